@@ -1,0 +1,200 @@
+//! The command line: parses arguments, runs the subcommand, and maps every
+//! outcome to an exit code. Exit codes follow sysexits where one fits
+//! (78 = configuration error).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::control::{self, Request, Response};
+use crate::logging::{self, LogFormat};
+
+/// Exit code for an invalid configuration (EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+/// Exit code when cutover itself cannot work (EX_SOFTWARE).
+pub const EXIT_INTERNAL: u8 = 70;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "A PID-1 supervisor that hot-reloads code in containers",
+    propagate_version = true
+)]
+struct Cli {
+    /// Log format for cutover's own messages (stderr).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Control socket (default: [control] socket, else /run/cutover.sock).
+    #[arg(long, global = true, env = "CUTOVER_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run as supervisor (the container's ENTRYPOINT).
+    Run {
+        /// Config file (TOML).
+        #[arg(short, long, env = "CUTOVER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Program to run; replaces [app].command. Without a config, cutover
+        /// runs just this, like tini.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Validate a config: exit 0, or print every problem and exit 78.
+    Check {
+        /// Config file (TOML).
+        #[arg(short, long, env = "CUTOVER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Ask the running cutover to reload the programs.
+    Reload {
+        /// Return when the reload finished; exit non-zero with the reason if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show programs, pids, states and the last reload of the running cutover.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    logging::init(cli.log_format);
+    let socket = cli.socket;
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, command } => run(config, command, socket),
+        Command::Reload { wait } => reload(&control_socket(socket), wait),
+        Command::Status { json } => status(&control_socket(socket), json),
+    }
+}
+
+fn control_socket(socket: Option<PathBuf>) -> PathBuf {
+    socket.unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET))
+}
+
+fn ask(socket: &Path, request: &Request) -> Result<Response, ExitCode> {
+    control::request(socket, request).map_err(|e| {
+        eprintln!("cutover: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn reload(socket: &Path, wait: bool) -> ExitCode {
+    let response = match ask(socket, &Request::Reload { wait }) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match (&response.reload, response.ok) {
+        (None, true) => println!("reload queued"),
+        (Some(record), true) => println!(
+            "reload #{} done in {:.0} ms ({})",
+            record.id, record.duration_ms, record.trigger
+        ),
+        (_, false) => {
+            eprintln!(
+                "cutover: reload failed: {}",
+                response.error.as_deref().unwrap_or("unknown reason")
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn status(socket: &Path, json: bool) -> ExitCode {
+    let response = match ask(socket, &Request::Status) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let Some(status) = response.status else {
+        eprintln!(
+            "cutover: {}",
+            response
+                .error
+                .as_deref()
+                .unwrap_or("no status in the answer")
+        );
+        return ExitCode::FAILURE;
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+    } else {
+        print!("{}", status.render_text());
+    }
+    ExitCode::SUCCESS
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path, None) {
+        Ok(config) => {
+            let names: Vec<&str> = config.programs.iter().map(|p| p.name.as_str()).collect();
+            println!("{}: ok ({})", path.display(), names.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_failure(&e),
+    }
+}
+
+fn run(path: Option<PathBuf>, command: Vec<String>, socket: Option<PathBuf>) -> ExitCode {
+    let command = (!command.is_empty()).then_some(command);
+    let config = match (path, command) {
+        (Some(path), command) => Config::load(&path, command),
+        (None, Some(command)) => Config::for_command(command),
+        (None, None) => {
+            eprintln!(
+                "cutover: nothing to run: pass -c FILE, set CUTOVER_CONFIG, \
+                 or give a command after `--`"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut config = match config {
+        Ok(c) => c,
+        Err(e) => return config_failure(&e),
+    };
+    if let Some(socket) = socket {
+        config.control.socket = socket;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cutover: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+    match runtime.block_on(crate::supervisor::run(config)) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("cutover: {e}");
+            ExitCode::from(EXIT_INTERNAL)
+        }
+    }
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("cutover: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}

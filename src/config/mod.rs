@@ -1,0 +1,334 @@
+//! The validated configuration: what cutover runs and how.
+//!
+//! `raw` mirrors the TOML, `validate` turns it into these types and collects
+//! every problem, `problems` renders them with file:line:col. Everything here
+//! is checked before anything starts, so a broken config starts nothing.
+
+mod problems;
+mod raw;
+mod sections;
+mod source;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Uid};
+
+pub use problems::{ConfigError, Problem};
+
+/// Default path of the control socket (`[control] socket`).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/cutover.sock";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub programs: Vec<ProgramConfig>,
+    pub control: ControlConfig,
+    pub reload: ReloadConfig,
+    pub listen: Vec<ListenConfig>,
+    pub source: Option<SourceConfig>,
+    pub hooks: HooksConfig,
+    /// A release that crashes within this time after its cutover is rolled back.
+    pub rollback_window: Duration,
+}
+
+/// Where the code comes from when cutover pulls it from git itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// As written; may hold credentials, so show it only through `redacted_repo`.
+    pub repo: String,
+    pub git_ref: String,
+    /// The volume: releases/<sha>/, the `current` symlink, cutover's cache and history.
+    pub root: PathBuf,
+    pub poll: Option<Duration>,
+    pub keep: u32,
+    /// 0 for a full fetch.
+    pub depth: u32,
+    pub ssh_key: Option<PathBuf>,
+    pub insecure_ignore_host_key: bool,
+    pub username: Option<String>,
+    /// An https token, read from the environment or a file when the config loads.
+    pub token: Option<Secret>,
+    pub webhook: Option<SocketAddr>,
+    pub webhook_secret: Option<Secret>,
+}
+
+/// A credential; its Debug and Display never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HooksConfig {
+    pub before_cutover: Vec<Vec<String>>,
+    pub after_cutover: Vec<Vec<String>>,
+    /// Per hook.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProgramConfig {
+    pub name: String,
+    pub command: Vec<String>,
+    pub workdir: Option<PathBuf>,
+    /// Added to (and overriding) the environment cutover inherited.
+    pub env: Vec<(String, String)>,
+    pub user: Option<RunAs>,
+    pub restart: RestartPolicy,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub backoff: Backoff,
+    pub reload: ReloadStrategy,
+    pub ready: ReadyConfig,
+    /// Who receives the signals cutover forwards (USR1, USR2, WINCH, ...).
+    pub forward_to: ForwardTo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardTo {
+    /// The program's whole process group (like `tini -g`).
+    Group,
+    /// Only the process cutover started. Right for gunicorn, whose workers
+    /// die of a HUP or USR2 meant for the master.
+    Main,
+}
+
+/// How a program takes new code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadStrategy {
+    /// Send this signal to the program's main process; it reloads itself
+    /// (gunicorn, uWSGI, nginx, puma). Then check readiness.
+    Signal(Signal),
+    /// Graceful stop, then start again.
+    Restart,
+    /// Start a new instance beside the old one, wait until it is ready, then
+    /// stop the old one. A new instance that fails changes nothing.
+    Overlap,
+    /// Not reloaded (a sidecar that keeps running across code changes).
+    None,
+}
+
+impl ReloadStrategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReloadStrategy::Signal(_) => "signal",
+            ReloadStrategy::Restart => "restart",
+            ReloadStrategy::Overlap => "overlap",
+            ReloadStrategy::None => "none",
+        }
+    }
+}
+
+/// When an instance counts as ready. All configured checks must pass, in
+/// order: sd_notify READY=1, surviving `grace`, then http/tcp/command polled
+/// every `interval`, all within `timeout`. `grace` defaults to 1 s, or 0
+/// with `notify` (READY=1 already speaks for the instance itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyConfig {
+    pub http: Option<HttpTarget>,
+    pub tcp: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub notify: bool,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub grace: Duration,
+}
+
+impl Default for ReadyConfig {
+    fn default() -> Self {
+        ReadyConfig {
+            http: None,
+            tcp: None,
+            command: None,
+            notify: false,
+            timeout: Duration::from_secs(30),
+            interval: Duration::from_millis(50),
+            grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `http://host:port/path`, split for a plain HTTP/1.1 GET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub authority: String,
+    pub path: String,
+}
+
+impl HttpTarget {
+    pub fn parse(url: &str) -> Result<HttpTarget, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!(
+                "`{url}`: only http:// URLs are supported (the check runs inside the container)"
+            )
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !authority.ends_with(']')
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(HttpTarget {
+            authority,
+            path: path.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.authority, self.path)
+    }
+}
+
+/// Triggers shared by every program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Files whose creation, modification, touch or replacement triggers a reload.
+    pub touch: Vec<PathBuf>,
+    /// Dev mode: glob patterns (relative to `watch_root`) whose changes trigger.
+    pub watch: Vec<String>,
+    pub watch_root: Option<PathBuf>,
+    pub debounce: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            touch: Vec::new(),
+            watch: Vec::new(),
+            watch_root: None,
+            debounce: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A socket cutover binds once and passes to programs as fd 3, 4, ...
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    pub name: String,
+    pub address: ListenAddress,
+    pub backlog: u32,
+    /// Programs that receive it; every program when `None`.
+    pub programs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Tcp(a) => write!(f, "{a}"),
+            ListenAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The account a program runs as, resolved when the config is loaded so that
+/// an unknown user is a config error rather than a failure at fork time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
+    pub home: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Exit with the program's status when it ends (the default, like tini).
+    Never,
+    /// Restart after a non-zero exit or a death by signal.
+    OnFailure,
+    /// Restart whenever it ends, except when cutover stops it.
+    Always,
+}
+
+/// Restart pacing: exponential backoff with a crash-loop limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// A program that stayed up this long starts again from `initial`.
+    pub reset_after: Duration,
+    /// Give up after this many failures within `window`.
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(10),
+            limit: 5,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+    /// Optional HTTP endpoint: /healthz, /status, /metrics.
+    pub http: Option<SocketAddr>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            http: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. `command` (from `run -- CMD`)
+    /// replaces `[app].command`.
+    pub fn load(path: &Path, command: Option<Vec<String>>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), command)
+    }
+
+    /// Validates config text; `origin` names it in error messages.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        command: Option<Vec<String>>,
+    ) -> Result<Config, ConfigError> {
+        validate::parse(text, command).map_err(|problems| ConfigError::Invalid {
+            origin: origin.to_string(),
+            problems,
+        })
+    }
+
+    /// The config of `cutover run -- CMD` without a file: behave like tini.
+    pub fn for_command(command: Vec<String>) -> Result<Config, ConfigError> {
+        Self::parse("", "command line", Some(command))
+    }
+}

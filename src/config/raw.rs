@@ -1,0 +1,138 @@
+//! The config file exactly as written: serde structs that mirror the TOML.
+//!
+//! Leaves that need interpretation (durations, signals, users, policies) stay
+//! strings here so that `validate` can check every one of them and report all
+//! problems at once, instead of serde stopping at the first.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Shorthand for a single program named "app".
+    pub app: Option<RawProgram>,
+    /// Several programs: `[[program]] name = "web"`.
+    #[serde(default)]
+    pub program: Vec<RawProgram>,
+    pub control: Option<RawControl>,
+    pub reload: Option<RawReload>,
+    /// Readiness check for every program that has no `ready` of its own.
+    pub ready: Option<RawReady>,
+    /// Sockets cutover binds once and hands to the programs (systemd protocol).
+    #[serde(default)]
+    pub listen: Vec<RawListen>,
+    /// Code pulled from git by cutover itself.
+    pub source: Option<RawSource>,
+    pub hooks: Option<RawHooks>,
+    pub rollback: Option<RawRollback>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub repo: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub root: Option<String>,
+    pub poll: Option<String>,
+    pub keep: Option<u32>,
+    pub depth: Option<u32>,
+    pub ssh_key: Option<String>,
+    /// Skip the ssh host key check against known_hosts.
+    pub insecure_ignore_host_key: Option<bool>,
+    pub username: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+    pub webhook: Option<String>,
+    pub webhook_secret_env: Option<String>,
+    pub webhook_secret_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    #[serde(default)]
+    pub before_cutover: Vec<Vec<String>>,
+    #[serde(default)]
+    pub after_cutover: Vec<Vec<String>>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollback {
+    pub window: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProgram {
+    pub name: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    /// Values may be strings, numbers or booleans (`PORT = 8000`).
+    #[serde(default)]
+    pub env: BTreeMap<String, toml::Value>,
+    pub user: Option<String>,
+    pub restart: Option<String>,
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<String>,
+    /// First delay before a restart; doubles on every failure.
+    pub restart_delay: Option<String>,
+    pub restart_delay_max: Option<String>,
+    /// Uptime after which the delay and the failure count start over.
+    pub restart_reset_after: Option<String>,
+    /// Give up after this many failures within `restart_window`.
+    pub restart_limit: Option<u32>,
+    pub restart_window: Option<String>,
+    /// Overrides `[reload] strategy` for this program.
+    pub reload_strategy: Option<String>,
+    /// Overrides `[reload] signal` for this program.
+    pub reload_signal: Option<String>,
+    pub ready: Option<RawReady>,
+    /// Where forwarded signals go: "group" (default) or "main".
+    pub forward_to: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    pub socket: Option<String>,
+    /// Address of the HTTP endpoint for /healthz, /status and /metrics.
+    pub http: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    pub touch: Option<Vec<String>>,
+    pub watch: Option<Vec<String>>,
+    pub watch_root: Option<String>,
+    pub debounce: Option<String>,
+    pub strategy: Option<String>,
+    pub signal: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReady {
+    pub http: Option<String>,
+    pub tcp: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub notify: Option<bool>,
+    pub timeout: Option<String>,
+    pub interval: Option<String>,
+    pub grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub backlog: Option<u32>,
+    /// Programs that receive this socket; all of them when absent.
+    pub programs: Option<Vec<String>>,
+}

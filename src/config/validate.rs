@@ -1,0 +1,375 @@
+//! Turns the raw TOML into a `Config`, collecting every problem on the way.
+//!
+//! Unknown keys are rejected by serde (`deny_unknown_fields`), which stops at
+//! the first; to still report them all, each one found is removed from a copy
+//! of the table and deserialization runs again.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::problems::{Locator, Problem, Problems, Segment};
+use super::raw::{RawConfig, RawProgram};
+use super::{
+    Backoff, Config, ForwardTo, ProgramConfig, ReadyConfig, ReloadStrategy, RestartPolicy, sections,
+};
+use crate::signals::parse_signal;
+use crate::user::resolve_user;
+
+const MAX_PASSES: usize = 64;
+
+pub(super) fn parse(text: &str, command: Option<Vec<String>>) -> Result<Config, Vec<Problem>> {
+    let locator = Locator::new(text);
+    let mut table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(vec![Problem {
+                path: String::new(),
+                location: e.span().map(|s| locator.line_col(s.start)),
+                message: format!("invalid TOML: {}", e.message().trim_end()),
+            }]);
+        }
+    };
+    let mut problems = Problems::new(&locator);
+    let raw = deserialize_reporting_unknown_keys(&mut table, &mut problems);
+    let config = raw.and_then(|raw| validate(raw, command, &mut problems));
+    match config {
+        Some(c) if problems.list.is_empty() => Ok(c),
+        _ => Err(problems.list),
+    }
+}
+
+fn deserialize_reporting_unknown_keys(
+    table: &mut toml::Table,
+    problems: &mut Problems,
+) -> Option<RawConfig> {
+    for _ in 0..MAX_PASSES {
+        let value = toml::Value::Table(table.clone());
+        let err = match serde_path_to_error::deserialize::<_, RawConfig>(value) {
+            Ok(raw) => return Some(raw),
+            Err(err) => err,
+        };
+        let mut path = convert_path(err.path());
+        let message = err.inner().message().trim_end().to_string();
+        if let Some(key) = unknown_field(&message) {
+            // serde_path_to_error may or may not already end the path with the key.
+            if path.last() != Some(&Segment::Key(key.clone())) {
+                path.push(Segment::Key(key));
+            }
+            problems.add(&path, message.replacen("unknown field", "unknown key", 1));
+            if remove(table, &path) {
+                continue;
+            }
+        } else {
+            problems.add(&path, message);
+        }
+        return None;
+    }
+    None
+}
+
+fn convert_path(path: &serde_path_to_error::Path) -> Vec<Segment> {
+    use serde_path_to_error::Segment as S;
+    path.iter()
+        .filter_map(|s| match s {
+            S::Seq { index } => Some(Segment::Index(*index)),
+            S::Map { key } => Some(Segment::Key(key.clone())),
+            S::Enum { variant } => Some(Segment::Key(variant.clone())),
+            S::Unknown => None,
+        })
+        .collect()
+}
+
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// Removes the entry at `path` (tables and arrays of tables) from `table`.
+fn remove(table: &mut toml::Table, path: &[Segment]) -> bool {
+    let Some((Segment::Key(last), parents)) = path.split_last() else {
+        return false;
+    };
+    let mut current: Option<&mut toml::Value> = None;
+    for seg in parents {
+        let next = match (current.take(), seg) {
+            (None, Segment::Key(k)) => table.get_mut(k),
+            (Some(toml::Value::Table(t)), Segment::Key(k)) => t.get_mut(k),
+            (Some(toml::Value::Array(a)), Segment::Index(i)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(v) => current = Some(v),
+            None => return false,
+        }
+    }
+    match current {
+        None => table.remove(last).is_some(),
+        Some(toml::Value::Table(t)) => t.remove(last).is_some(),
+        Some(_) => false,
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    command: Option<Vec<String>>,
+    problems: &mut Problems,
+) -> Option<Config> {
+    let mut entries: Vec<(Vec<Segment>, RawProgram)> = Vec::new();
+    let had_app = raw.app.is_some();
+    if let Some(app) = raw.app {
+        entries.push((vec![key("app")], app));
+    }
+    if had_app && !raw.program.is_empty() {
+        problems.add(
+            &[key("program")],
+            "use either [app] (one program) or [[program]] (several), not both",
+        );
+    }
+    for (i, p) in raw.program.into_iter().enumerate() {
+        entries.push((vec![key("program"), Segment::Index(i)], p));
+    }
+
+    if let Some(cmd) = command {
+        match entries.len() {
+            0 => entries.push((vec![key("app")], RawProgram::default())),
+            1 => {}
+            n => {
+                problems.add(
+                    &[],
+                    format!(
+                        "a command after `--` replaces the program's command, \
+                         but this config has {n} programs"
+                    ),
+                );
+                return None;
+            }
+        }
+        entries[0].1.command = Some(cmd);
+    }
+    if entries.is_empty() {
+        problems.add(
+            &[],
+            "nothing to run: add [app] with a command, [[program]] entries, \
+             or give a command after `--`",
+        );
+        return None;
+    }
+
+    let (reload, default_strategy) = sections::reload(raw.reload, problems);
+    let default_ready = sections::ready(&[key("ready")], raw.ready.unwrap_or_default(), problems);
+    let mut names = HashSet::new();
+    let mut programs = Vec::new();
+    for (path, raw) in entries {
+        let implicit_name = path == [key("app")];
+        let inherited = Inherited {
+            strategy: default_strategy,
+            ready: &default_ready,
+        };
+        if let Some(p) = program(&path, raw, implicit_name, inherited, problems) {
+            if !names.insert(p.name.clone()) {
+                problems.add(
+                    &child(&path, "name"),
+                    format!("another program is already named `{}`", p.name),
+                );
+            }
+            programs.push(p);
+        }
+    }
+
+    let control = sections::control(raw.control, problems);
+    let names: Vec<String> = programs.iter().map(|p| p.name.clone()).collect();
+    let listen = sections::listen(raw.listen, &names, problems);
+    let source = raw.source.and_then(|s| super::source::source(s, problems));
+    let hooks = super::source::hooks(raw.hooks, problems);
+    let rollback_window = super::source::rollback_window(raw.rollback, problems);
+    Some(Config {
+        programs,
+        control,
+        reload,
+        listen,
+        source,
+        hooks,
+        rollback_window,
+    })
+}
+
+/// Program settings that fall back to the top-level sections.
+#[derive(Clone, Copy)]
+struct Inherited<'a> {
+    strategy: ReloadStrategy,
+    ready: &'a ReadyConfig,
+}
+
+fn key(k: &str) -> Segment {
+    Segment::Key(k.to_string())
+}
+
+pub(super) fn child(path: &[Segment], k: &str) -> Vec<Segment> {
+    let mut p = path.to_vec();
+    p.push(key(k));
+    p
+}
+
+fn program(
+    path: &[Segment],
+    raw: RawProgram,
+    implicit_name: bool,
+    inherited: Inherited,
+    problems: &mut Problems,
+) -> Option<ProgramConfig> {
+    let before = problems.list.len();
+    let name = match (raw.name, implicit_name) {
+        (Some(n), _) => problems.check(&child(path, "name"), check_name(&n).map(|_| n)),
+        (None, true) => Some("app".to_string()),
+        (None, false) => {
+            problems.add(path, "missing key `name`");
+            None
+        }
+    };
+    let command = match raw.command {
+        None => {
+            problems.add(
+                path,
+                "missing key `command` (the program and its arguments)",
+            );
+            None
+        }
+        Some(c) if c.first().is_none_or(|p| p.trim().is_empty()) => {
+            problems.add(
+                &child(path, "command"),
+                "empty command: give the program and its arguments",
+            );
+            None
+        }
+        Some(c) => Some(c),
+    };
+    let mut env = Vec::new();
+    for (k, v) in raw.env {
+        let p = child(&child(path, "env"), &k);
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            problems.add(&p, "environment names must be non-empty without `=`");
+            continue;
+        }
+        let value = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                problems.add(
+                    &p,
+                    format!(
+                        "expected a string, number or boolean, found {}",
+                        other.type_str()
+                    ),
+                );
+                continue;
+            }
+        };
+        env.push((k, value));
+    }
+    let user = raw
+        .user
+        .and_then(|u| problems.check(&child(path, "user"), resolve_user(&u)));
+    let restart = match raw.restart.as_deref() {
+        None | Some("never") => RestartPolicy::Never,
+        Some("on-failure") => RestartPolicy::OnFailure,
+        Some("always") => RestartPolicy::Always,
+        Some(other) => {
+            problems.add(
+                &child(path, "restart"),
+                format!("unknown policy `{other}`; expected never, on-failure or always"),
+            );
+            RestartPolicy::Never
+        }
+    };
+    let stop_signal = match raw.stop_signal {
+        None => Some(nix::sys::signal::Signal::SIGTERM),
+        Some(s) => problems.check(&child(path, "stop_signal"), parse_signal(&s)),
+    };
+    let mut duration = |k: &str, v: Option<String>, default: Duration| match v {
+        None => Some(default),
+        Some(s) => problems.check(&child(path, k), parse_duration(&s)),
+    };
+    let defaults = Backoff::default();
+    let stop_timeout = duration("stop_timeout", raw.stop_timeout, Duration::from_secs(10));
+    let initial = duration("restart_delay", raw.restart_delay, defaults.initial);
+    let max = duration("restart_delay_max", raw.restart_delay_max, defaults.max);
+    let reset_after = duration(
+        "restart_reset_after",
+        raw.restart_reset_after,
+        defaults.reset_after,
+    );
+    let window = duration("restart_window", raw.restart_window, defaults.window);
+    let limit = raw.restart_limit.unwrap_or(defaults.limit);
+    if limit == 0 {
+        problems.add(&child(path, "restart_limit"), "must be at least 1");
+    }
+    let reload = sections::strategy(
+        path,
+        raw.reload_strategy,
+        raw.reload_signal,
+        Some(inherited.strategy),
+        problems,
+    );
+    let forward_to = match raw.forward_to.as_deref() {
+        None | Some("group") => ForwardTo::Group,
+        Some("main") => ForwardTo::Main,
+        Some(other) => {
+            problems.add(
+                &child(path, "forward_to"),
+                format!("unknown target `{other}`; expected group or main"),
+            );
+            ForwardTo::Group
+        }
+    };
+    let ready = match raw.ready {
+        Some(own) => sections::ready(&child(path, "ready"), own, problems),
+        None => inherited.ready.clone(),
+    };
+    if problems.list.len() > before {
+        return None;
+    }
+    Some(ProgramConfig {
+        name: name?,
+        command: command?,
+        workdir: raw.workdir.map(PathBuf::from),
+        env,
+        user,
+        restart,
+        stop_signal: stop_signal?,
+        stop_timeout: stop_timeout?,
+        backoff: Backoff {
+            initial: initial?,
+            max: max?,
+            reset_after: reset_after?,
+            limit,
+            window: window?,
+        },
+        reload,
+        ready,
+        forward_to,
+    })
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name `{name}`: use letters, digits, `-` and `_`"
+        ))
+    }
+}
+
+/// Parses "250ms", "10s", "2m", "1h 30m".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration `{text}` ({e}); write it like \"250ms\", \"10s\" or \"2m\"")
+    })
+}

@@ -1,0 +1,117 @@
+//! Deploy hooks (`[hooks] before_cutover`, `after_cutover`): commands such as
+//! database migrations, run in the new release directory before or after the
+//! programs switch to it.
+//!
+//! They are started by cutover's own spawn and reaped by the one reaper like
+//! every other process; their output is read from a pipe and logged line by
+//! line under the hook's name, and a hook that outlives its timeout is killed
+//! with its whole process group.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::time::timeout;
+use tracing::{info, warn};
+
+use crate::config::RunAs;
+use crate::exit::ExitStatus;
+use crate::group::signal_group;
+use crate::reaper::Reaper;
+use crate::spawn::{LaunchSpec, fork_exec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("hook {hook} could not start: {message}")]
+    Start { hook: String, message: String },
+    #[error("hook {hook} failed: {status}")]
+    Failed { hook: String, status: ExitStatus },
+    #[error("hook {hook} did not finish within {}", humantime::format_duration(*.timeout))]
+    Timeout { hook: String, timeout: Duration },
+}
+
+/// One group of hooks to run in order; the first failure stops the rest.
+pub struct Hooks<'a> {
+    /// "before_cutover" or "after_cutover", for names and logs.
+    pub kind: &'static str,
+    pub commands: &'a [Vec<String>],
+    pub dir: &'a Path,
+    pub env: Vec<(String, String)>,
+    pub user: Option<&'a RunAs>,
+    pub timeout: Duration,
+    pub reaper: &'a Reaper,
+}
+
+impl Hooks<'_> {
+    pub async fn run(&self) -> Result<(), HookError> {
+        for (i, command) in self.commands.iter().enumerate() {
+            let name = format!("{}[{i}]", self.kind);
+            self.run_one(&name, command).await?;
+        }
+        Ok(())
+    }
+
+    async fn run_one(&self, name: &str, command: &[String]) -> Result<(), HookError> {
+        let start_err = |message: String| HookError::Start {
+            hook: name.to_string(),
+            message,
+        };
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| start_err(e.to_string()))?;
+        let spec = LaunchSpec {
+            command,
+            workdir: Some(self.dir),
+            env: &[],
+            extra_env: &self.env,
+            user: self.user,
+            listen: &[],
+            foreground_tty: false,
+            output: Some(write.as_fd()),
+        };
+        info!(hook = %name, command = ?command, dir = %self.dir.display(), "running hook");
+        let forked_at = std::time::Instant::now();
+        let forked = fork_exec(&spec).map_err(|e| start_err(e.to_string()))?;
+        let mut exit = self.reaper.watch(forked.pid, forked_at);
+        // Our copy must go, or the pipe never reaches end-of-file.
+        drop(write);
+        let pid = forked
+            .confirm()
+            .await
+            .map_err(|e| start_err(e.to_string()))?;
+        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(read)
+            .map_err(|e| start_err(e.to_string()))?;
+        let hook = name.to_string();
+        let logger = tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                info!(hook = %hook, "{line}");
+            }
+        });
+        let status = match timeout(self.timeout, &mut exit).await {
+            Ok(status) => status.unwrap_or(ExitStatus::Exited(255)),
+            Err(_) => {
+                warn!(hook = %name, "timed out; killing it");
+                signal_group(pid, Signal::SIGKILL);
+                let _ = exit.await;
+                logger.abort();
+                return Err(HookError::Timeout {
+                    hook: name.to_string(),
+                    timeout: self.timeout,
+                });
+            }
+        };
+        // Output left in the pipe by processes that outlived the hook is not waited for.
+        let _ = tokio::time::timeout(Duration::from_secs(1), logger).await;
+        if status.success() {
+            info!(hook = %name, "hook done");
+            Ok(())
+        } else {
+            Err(HookError::Failed {
+                hook: name.to_string(),
+                status,
+            })
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Starting and stopping one instance of a program: where it runs, what it
+//! inherits (held sockets, its own NOTIFY_SOCKET), its readiness check, and
+//! the graceful stop of its whole process group.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use super::{Flow, Program, now};
+use crate::exit::ExitStatus;
+use crate::group::{group_alive, signal_group, wait_group_empty};
+use crate::notify::NotifySocket;
+use crate::ready::{NotReady, Probe, ReadyCheck};
+use crate::reaper::ExitWatch;
+use crate::spawn::{LaunchSpec, PassedFd, SpawnError, fork_exec};
+use crate::status::ProgramState;
+
+/// How long to wait for a group to vanish after SIGKILL before moving on
+/// (a process in uninterruptible sleep can outlive it).
+const AFTER_KILL: Duration = Duration::from_secs(5);
+
+/// Where an instance starts.
+pub(super) enum Dir {
+    /// The configured workdir with symlinks resolved now, so `current`
+    /// flipped to a new release is picked up.
+    Resolve,
+    /// A directory that is known to work.
+    Pinned(PathBuf),
+}
+
+/// The leader's exit, remembered once seen (a oneshot can be read once).
+pub(super) struct ExitSlot {
+    watch: ExitWatch,
+    status: Option<ExitStatus>,
+}
+
+impl ExitSlot {
+    pub fn new(watch: ExitWatch) -> Self {
+        ExitSlot {
+            watch,
+            status: None,
+        }
+    }
+
+    pub async fn wait(&mut self) -> ExitStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        // The reaper never drops a watch while running; 255 marks the impossible.
+        let s = (&mut self.watch).await.unwrap_or(ExitStatus::Exited(255));
+        self.status = Some(s);
+        s
+    }
+
+    pub fn seen(&self) -> Option<ExitStatus> {
+        self.status
+    }
+}
+
+/// A running process of the program: the group leader cutover forked.
+pub(super) struct Instance {
+    pub pid: Pid,
+    pub exit: ExitSlot,
+    /// The resolved directory it started in.
+    pub dir: Option<PathBuf>,
+    pub started_at: SystemTime,
+    /// Kept open for the instance's life; removed on drop.
+    pub notify: Option<NotifySocket>,
+    /// The readiness check in progress, if any.
+    pub ready: Option<ReadyCheck>,
+}
+
+/// Awaits the check if there is one; never resolves otherwise.
+pub(super) async fn ready_of(check: &mut Option<ReadyCheck>) -> Result<Duration, NotReady> {
+    match check {
+        Some(c) => c.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Program {
+    pub(super) async fn launch(&mut self, dir_choice: &Dir) -> Result<Instance, SpawnError> {
+        self.launched += 1;
+        let dir = match dir_choice {
+            Dir::Pinned(p) => Some(p.clone()),
+            Dir::Resolve => self
+                .config
+                .workdir
+                .as_ref()
+                .map(|w| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone())),
+        };
+        let notify = if self.config.ready.notify {
+            let tag = format!("{}-{}", self.config.name, self.launched);
+            match NotifySocket::bind(&self.context.runtime_dir, &tag) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    warn!(program = %self.config.name, error = %e, "cannot create NOTIFY_SOCKET");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut extra_env = vec![("CUTOVER_PROGRAM".to_string(), self.config.name.clone())];
+        // PWD names the directory as configured (the `current` symlink) when
+        // it resolves to where the instance starts; apps that honour PWD, as
+        // gunicorn does, then follow the symlink on their own reloads.
+        let pwd = match dir_choice {
+            Dir::Resolve => self.config.workdir.clone(),
+            Dir::Pinned(p) => Some(p.clone()),
+        };
+        if let Some(pwd) = pwd {
+            extra_env.push(("PWD".to_string(), pwd.display().to_string()));
+        }
+        if let Some(n) = &notify {
+            extra_env.push(("NOTIFY_SOCKET".to_string(), n.path().display().to_string()));
+        }
+        let passed: Vec<PassedFd> = self
+            .context
+            .sockets
+            .iter()
+            .filter(|s| s.is_for(&self.config.name))
+            .map(|s| PassedFd {
+                name: &s.name,
+                fd: s.fd(),
+            })
+            .collect();
+        let spec = LaunchSpec {
+            command: &self.config.command,
+            workdir: dir.as_deref(),
+            env: &self.config.env,
+            extra_env: &extra_env,
+            user: self.config.user.as_ref(),
+            listen: &passed,
+            foreground_tty: self.context.foreground_tty,
+            output: None,
+        };
+        let forked_at = Instant::now();
+        let forked = fork_exec(&spec)?;
+        let exit = self.context.reaper.watch(forked.pid, forked_at);
+        let pid = forked.confirm().await?;
+        info!(
+            program = %self.config.name,
+            %pid,
+            dir = %dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default(),
+            "started"
+        );
+        let mut instance = Instance {
+            pid,
+            exit: ExitSlot::new(exit),
+            dir,
+            started_at: now(),
+            notify,
+            ready: None,
+        };
+        self.check_readiness(&mut instance, true);
+        Ok(instance)
+    }
+
+    /// (Re)starts the readiness check of `instance`. sd_notify only counts
+    /// for a fresh instance: a program reloaded by signal does not repeat it.
+    pub(super) fn check_readiness(&self, instance: &mut Instance, fresh: bool) {
+        let notify = instance
+            .notify
+            .as_ref()
+            .filter(|_| fresh)
+            .map(NotifySocket::ready);
+        instance.ready = Some(ReadyCheck::start(Probe {
+            config: self.config.ready.clone(),
+            pid: instance.pid,
+            notify,
+            reaper: self.context.reaper.clone(),
+            workdir: instance.dir.clone(),
+            user: self.config.user.clone(),
+            env: self.config.env.clone(),
+        }));
+    }
+
+    /// Graceful stop of the whole group: stop_signal, then SIGKILL once
+    /// stop_timeout has passed. Returns the group leader's status.
+    pub(super) async fn stop(&mut self, mut instance: Instance, kill_now: bool) -> ExitStatus {
+        let pgid = instance.pid;
+        let name = self.config.name.clone();
+        let timeout = self.config.stop_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let previous_state = self.stats.state;
+        self.stats.state = Some(ProgramState::Stopping);
+        instance.ready = None;
+        let mut status = instance.exit.seen();
+        if !kill_now && status.is_none() {
+            info!(program = %name, pid = %pgid, signal = %self.config.stop_signal, "stopping");
+            signal_group(pgid, self.config.stop_signal);
+            loop {
+                tokio::select! {
+                    s = instance.exit.wait(), if status.is_none() => status = Some(s),
+                    // Wait for the rest of the group too, up to the same deadline.
+                    _ = wait_group_empty(pgid, deadline), if status.is_some() => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    command = self.commands.recv(), if !self.commands.is_closed() => {
+                        match self.answer(command, &[&instance]) {
+                            Some(Flow::Stop { kill: true }) => break,
+                            Some(Flow::Reload(request)) => request.refuse(&self.config, "the program is stopping"),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        if status.is_none() || group_alive(pgid) {
+            if !kill_now {
+                warn!(
+                    program = %name,
+                    pid = %pgid,
+                    timeout = %humantime::format_duration(timeout),
+                    "did not stop in time; sending SIGKILL to the process group"
+                );
+            }
+            signal_group(pgid, Signal::SIGKILL);
+            if status.is_none() {
+                status = Some(instance.exit.wait().await);
+            }
+            wait_group_empty(pgid, tokio::time::Instant::now() + AFTER_KILL).await;
+        }
+        let status = status.expect("set above");
+        info!(program = %name, pid = %pgid, %status, "stopped");
+        self.stats.state = previous_state;
+        status
+    }
+
+    /// After the leader ended on its own, stop what it left in its group so a
+    /// restart never runs beside the previous generation.
+    pub(super) async fn clear_leftovers(&mut self, pgid: Pid) {
+        if !group_alive(pgid) {
+            return;
+        }
+        warn!(program = %self.config.name, %pgid, "the program left processes behind; stopping them");
+        signal_group(pgid, self.config.stop_signal);
+        let deadline = tokio::time::Instant::now() + self.config.stop_timeout;
+        if !wait_group_empty(pgid, deadline).await {
+            signal_group(pgid, Signal::SIGKILL);
+            wait_group_empty(pgid, tokio::time::Instant::now() + AFTER_KILL).await;
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! One supervised program, as an actor.
+//!
+//! A task owns the program's instances and all its state (restart
+//! bookkeeping, the last directory that proved good, counters); a cloneable
+//! `ProgramHandle` sends it commands. When the program is finished for good
+//! (it ended and will not be restarted, or it was stopped) the task reports
+//! `Finished` to the supervisor. `instance` starts and stops processes,
+//! `reload` carries out the reload strategies.
+
+mod instance;
+mod reload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep;
+use tracing::{error, info, warn};
+
+use crate::config::{ForwardTo, ProgramConfig};
+use crate::exit::ExitStatus;
+use crate::group::signal_group;
+use crate::listen::HeldSocket;
+use crate::reaper::Reaper;
+use crate::restart::{Decision, RestartTracker};
+use crate::status::{ProgramReload, ProgramState, ProgramStatus, timestamp};
+
+use instance::{Dir, Instance};
+use reload::ReloadRequest;
+
+#[derive(Debug)]
+enum Command {
+    /// Pass a signal to the running instance's process group.
+    Signal(Signal),
+    /// Stop gracefully: stop_signal, stop_timeout, then SIGKILL.
+    Stop,
+    /// Skip the grace period.
+    Kill,
+    Reload(ReloadRequest),
+    Status(oneshot::Sender<ProgramStatus>),
+}
+
+/// A program that is done for good, with the status cutover passes on.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub name: String,
+    pub status: ExitStatus,
+}
+
+/// What the rest of cutover may want to know about a program as it happens.
+#[derive(Debug, Clone)]
+pub enum ProgramEvent {
+    /// An instance ended on its own (a crash, or a clean exit nobody asked for).
+    Exited { name: String, status: ExitStatus },
+}
+
+/// Shared, read-only things every program actor needs.
+#[derive(Clone)]
+pub struct Context {
+    pub reaper: Reaper,
+    pub finished: mpsc::UnboundedSender<Finished>,
+    /// Hand the terminal's foreground to the program (interactive `docker run -it`).
+    pub foreground_tty: bool,
+    pub sockets: Arc<Vec<HeldSocket>>,
+    /// Where per-instance NOTIFY_SOCKETs are created.
+    pub runtime_dir: Arc<PathBuf>,
+    pub events: tokio::sync::broadcast::Sender<ProgramEvent>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProgramHandle {
+    name: String,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl ProgramHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let _ = self.commands.send(Command::Signal(signal));
+    }
+
+    pub fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+    }
+
+    pub fn kill(&self) {
+        let _ = self.commands.send(Command::Kill);
+    }
+
+    /// Reloads the program with its strategy; resolves when it is done.
+    pub async fn reload(&self, trigger: &str) -> ProgramReload {
+        let (reply, rx) = oneshot::channel();
+        let request = ReloadRequest {
+            trigger: trigger.to_string(),
+            received: Instant::now(),
+            reply,
+        };
+        let _ = self.commands.send(Command::Reload(request));
+        rx.await.unwrap_or_else(|_| ProgramReload {
+            program: self.name.clone(),
+            strategy: String::new(),
+            ok: false,
+            error: Some("the program is finished".to_string()),
+            pid: None,
+            release: None,
+            action_ms: 0.0,
+            ready_ms: 0.0,
+            cutover_ms: 0.0,
+        })
+    }
+
+    /// None once the program is finished.
+    pub async fn status(&self) -> Option<ProgramStatus> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Status(reply));
+        rx.await.ok()
+    }
+}
+
+/// Starts the actor; the program is launched at once.
+pub fn start(config: ProgramConfig, context: Context) -> ProgramHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = ProgramHandle {
+        name: config.name.clone(),
+        commands: tx,
+    };
+    let tracker = RestartTracker::new(config.restart, config.backoff);
+    let program = Program {
+        config,
+        context,
+        commands: rx,
+        tracker,
+        stats: Stats::default(),
+        good_dir: None,
+        launched: 0,
+    };
+    tokio::spawn(program.run());
+    handle
+}
+
+struct Program {
+    config: ProgramConfig,
+    context: Context,
+    commands: mpsc::UnboundedReceiver<Command>,
+    tracker: RestartTracker,
+    stats: Stats,
+    /// The directory of the last instance that proved ready: where crash
+    /// restarts and failed reloads go back to, even if a symlink moved.
+    good_dir: Option<PathBuf>,
+    launched: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    state: Option<ProgramState>,
+    restarts: u64,
+    reloads: u64,
+    reload_failures: u64,
+    last_exit: Option<ExitStatus>,
+}
+
+enum Ended {
+    /// It ended by itself; the restart policy decides what follows.
+    Exited(ExitStatus),
+    /// cutover stopped it; the program is finished.
+    Stopped(ExitStatus),
+}
+
+/// A command that changes what the actor is doing.
+enum Flow {
+    Stop { kill: bool },
+    Reload(ReloadRequest),
+}
+
+impl Program {
+    async fn run(mut self) {
+        let status = self.lifecycle().await;
+        self.stats.state = Some(ProgramState::Stopped);
+        let _ = self.context.finished.send(Finished {
+            name: self.config.name.clone(),
+            status,
+        });
+    }
+
+    async fn lifecycle(&mut self) -> ExitStatus {
+        let mut dir = Dir::Resolve;
+        let mut reload_on_start: Option<ReloadRequest> = None;
+        loop {
+            self.stats.state = Some(ProgramState::Starting);
+            let started = Instant::now();
+            let status = match self.launch(&dir).await {
+                Ok(instance) => {
+                    let ended = match reload_on_start.take() {
+                        Some(request) => self.reload_from_stopped(instance, request).await,
+                        None => self.supervise(instance).await,
+                    };
+                    match ended {
+                        Ended::Stopped(status) => return status,
+                        Ended::Exited(status) => status,
+                    }
+                }
+                Err(e) => {
+                    error!(program = %self.config.name, error = %e, "cannot start program");
+                    if let Some(request) = reload_on_start.take() {
+                        self.stats.reload_failures += 1;
+                        let report = request.report(&self.config, Err(e.to_string()));
+                        let _ = request.reply.send(report);
+                    }
+                    ExitStatus::Exited(e.exit_code())
+                }
+            };
+            self.stats.last_exit = Some(status);
+            match self
+                .tracker
+                .on_exit(status, started.elapsed(), Instant::now())
+            {
+                Decision::Finish => return status,
+                Decision::GiveUp { failures, window } => {
+                    error!(
+                        program = %self.config.name,
+                        %status,
+                        failures,
+                        window = %humantime::format_duration(window),
+                        "giving up: the program keeps failing; not restarting it again"
+                    );
+                    return status;
+                }
+                Decision::RestartAfter(delay) => {
+                    info!(
+                        program = %self.config.name,
+                        delay = %humantime::format_duration(delay),
+                        "restarting after backoff"
+                    );
+                    self.stats.state = Some(ProgramState::BackingOff);
+                    match self.wait_backoff(delay).await {
+                        None => return status,
+                        Some(request) => reload_on_start = request,
+                    }
+                    self.stats.restarts += 1;
+                }
+            }
+            dir = match (&reload_on_start, &self.good_dir) {
+                (None, Some(good)) => Dir::Pinned(good.clone()),
+                _ => Dir::Resolve,
+            };
+        }
+    }
+
+    /// Runs commands against the instance until it ends or is stopped.
+    async fn supervise(&mut self, mut instance: Instance) -> Ended {
+        loop {
+            tokio::select! {
+                biased;
+                status = instance.exit.wait() => return self.exited(instance, status).await,
+                result = instance::ready_of(&mut instance.ready) => {
+                    instance.ready = None;
+                    self.on_ready(&instance, result);
+                }
+                command = self.commands.recv() => match self.answer(command, &[&instance]) {
+                    None => {}
+                    Some(Flow::Stop { kill }) => return Ended::Stopped(self.stop(instance, kill).await),
+                    Some(Flow::Reload(request)) => match self.reload(instance, request).await {
+                        reload::After::Running(next) => instance = next,
+                        reload::After::Ended(ended) => return ended,
+                    },
+                },
+            }
+        }
+    }
+
+    async fn exited(&mut self, instance: Instance, status: ExitStatus) -> Ended {
+        info!(program = %self.config.name, pid = %instance.pid, %status, "exited");
+        let _ = self.context.events.send(ProgramEvent::Exited {
+            name: self.config.name.clone(),
+            status,
+        });
+        self.clear_leftovers(instance.pid).await;
+        Ended::Exited(status)
+    }
+
+    fn on_ready(&mut self, instance: &Instance, result: Result<Duration, crate::ready::NotReady>) {
+        match result {
+            Ok(took) => {
+                info!(program = %self.config.name, pid = %instance.pid, ms = took.as_millis() as u64, "ready");
+                self.stats.state = Some(ProgramState::Running);
+                self.good_dir = instance.dir.clone();
+            }
+            Err(e) => {
+                warn!(program = %self.config.name, pid = %instance.pid, error = %e, "not ready");
+                self.stats.state = Some(ProgramState::Unready);
+            }
+        }
+    }
+
+    /// Handles the commands that need no change of flow; returns the others.
+    /// `live` are the instances running now (two during an overlap).
+    fn answer(&mut self, command: Option<Command>, live: &[&Instance]) -> Option<Flow> {
+        match command {
+            Some(Command::Signal(signal)) => {
+                for instance in live {
+                    match self.config.forward_to {
+                        ForwardTo::Group => {
+                            signal_group(instance.pid, signal);
+                        }
+                        ForwardTo::Main => {
+                            let _ = nix::sys::signal::kill(instance.pid, signal);
+                        }
+                    }
+                }
+                None
+            }
+            Some(Command::Status(reply)) => {
+                let _ = reply.send(self.snapshot(live.first().copied()));
+                None
+            }
+            Some(Command::Stop) | None => Some(Flow::Stop { kill: false }),
+            Some(Command::Kill) => Some(Flow::Stop { kill: true }),
+            Some(Command::Reload(request)) => Some(Flow::Reload(request)),
+        }
+    }
+
+    fn snapshot(&self, live: Option<&Instance>) -> ProgramStatus {
+        ProgramStatus {
+            name: self.config.name.clone(),
+            state: self.stats.state.unwrap_or(ProgramState::Starting),
+            pid: live.map(|i| i.pid.as_raw()),
+            strategy: self.config.reload.name().to_string(),
+            release: live
+                .and_then(|i| i.dir.as_ref())
+                .map(|d| d.display().to_string()),
+            started_at: live.map(|i| timestamp(i.started_at)),
+            restarts: self.stats.restarts,
+            reloads: self.stats.reloads,
+            reload_failures: self.stats.reload_failures,
+            last_exit: self.stats.last_exit.map(|s| s.to_string()),
+        }
+    }
+
+    /// Sleeps out the restart delay. None if told to stop meanwhile; a reload
+    /// request cuts the delay short (it should start the new code now).
+    async fn wait_backoff(&mut self, delay: Duration) -> Option<Option<ReloadRequest>> {
+        let wake = sleep(delay);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                _ = &mut wake => return Some(None),
+                command = self.commands.recv(), if !self.commands.is_closed() => {
+                    match self.answer(command, &[]) {
+                        None => {}
+                        Some(Flow::Stop { .. }) => return None,
+                        Some(Flow::Reload(request)) => return Some(Some(request)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Milliseconds as a float, for reports.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}

@@ -1,0 +1,393 @@
+//! The reload strategies of one program: `signal`, `restart`, `overlap`.
+//!
+//! Each ends with the program running (new code, or the old code kept when
+//! the new failed) or ended, and a `ProgramReload` report for the caller.
+//! A broken release never replaces a working one: with `overlap` the old
+//! instance keeps serving; with `restart` the program is brought back in the
+//! last directory that proved ready, even if `current` now points elsewhere.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::instance::{Dir, ExitSlot, Instance, ready_of};
+use super::{Ended, Flow, Program, ms};
+use crate::config::{ProgramConfig, ReloadStrategy};
+use crate::exit::ExitStatus;
+use crate::status::{ProgramReload, ProgramState};
+
+#[derive(Debug)]
+pub(crate) struct ReloadRequest {
+    pub trigger: String,
+    pub received: Instant,
+    pub reply: oneshot::Sender<ProgramReload>,
+}
+
+/// Where a reload leaves the program.
+pub(super) enum After {
+    Running(Instance),
+    Ended(Ended),
+}
+
+/// The measured parts of a successful reload.
+#[derive(Default)]
+pub(crate) struct Timings {
+    action: Duration,
+    ready: Duration,
+    cutover: Duration,
+    pid: Option<i32>,
+    release: Option<PathBuf>,
+}
+
+enum Wait {
+    Ready,
+    NotReady(String),
+    Exited(ExitStatus),
+    Stop { kill: bool },
+}
+
+impl ReloadRequest {
+    pub fn report(&self, config: &ProgramConfig, result: Result<Timings, String>) -> ProgramReload {
+        let (t, error) = match result {
+            Ok(t) => (t, None),
+            Err(e) => (Timings::default(), Some(e)),
+        };
+        ProgramReload {
+            program: config.name.clone(),
+            strategy: config.reload.name().to_string(),
+            ok: error.is_none(),
+            error,
+            pid: t.pid,
+            release: t.release.map(|r| r.display().to_string()),
+            action_ms: ms(t.action),
+            ready_ms: ms(t.ready),
+            cutover_ms: ms(t.cutover),
+        }
+    }
+
+    pub fn refuse(self, config: &ProgramConfig, why: &str) {
+        let report = self.report(config, Err(why.to_string()));
+        let _ = self.reply.send(report);
+    }
+}
+
+impl Program {
+    pub(super) async fn reload(&mut self, old: Instance, request: ReloadRequest) -> After {
+        let strategy = self.config.reload;
+        let before = self.stats.state;
+        if strategy != ReloadStrategy::None {
+            info!(program = %self.config.name, strategy = %strategy.name(), trigger = %request.trigger, "reloading");
+            self.stats.state = Some(ProgramState::Reloading);
+        }
+        let (after, result) = match strategy {
+            ReloadStrategy::None => (After::Running(old), Ok(Timings::default())),
+            ReloadStrategy::Signal(signal) => self.by_signal(old, signal, &request).await,
+            ReloadStrategy::Restart => self.by_restart(old, &request).await,
+            ReloadStrategy::Overlap => self.by_overlap(old, &request).await,
+        };
+        self.finish_reload(&after, before, result, request);
+        after
+    }
+
+    /// A reload asked for while the program was down (backing off): the new
+    /// instance is already launched; wait for it like any reload.
+    pub(super) async fn reload_from_stopped(
+        &mut self,
+        mut new: Instance,
+        request: ReloadRequest,
+    ) -> Ended {
+        let action = request.received.elapsed();
+        let started = Instant::now();
+        let result = match self.wait_ready(&mut new, None).await {
+            Wait::Ready => Ok(self.accept(&new, action, started, started.elapsed())),
+            Wait::NotReady(why) => Err(why),
+            Wait::Exited(status) => {
+                self.finish_reload(
+                    &After::Ended(Ended::Exited(status)),
+                    None,
+                    Err(format!("the new instance {status} before it was ready")),
+                    request,
+                );
+                return self.exited(new, status).await;
+            }
+            Wait::Stop { kill } => {
+                let status = self.stop(new, kill).await;
+                request.refuse(&self.config, "cutover is stopping");
+                return Ended::Stopped(status);
+            }
+        };
+        let after = After::Running(new);
+        self.finish_reload(&after, None, result, request);
+        match after {
+            After::Running(instance) => self.supervise_boxed(instance).await,
+            After::Ended(ended) => ended,
+        }
+    }
+
+    fn finish_reload(
+        &mut self,
+        after: &After,
+        before: Option<ProgramState>,
+        result: Result<Timings, String>,
+        request: ReloadRequest,
+    ) {
+        if self.config.reload != ReloadStrategy::None {
+            self.stats.reloads += 1;
+        }
+        match (&result, after) {
+            (Ok(t), _) => {
+                info!(program = %self.config.name, pid = t.pid.unwrap_or_default(), total_ms = ms(request.received.elapsed()) as u64, "reload done");
+                if self.config.reload != ReloadStrategy::None {
+                    self.stats.state = Some(ProgramState::Running);
+                }
+            }
+            (Err(why), after) => {
+                self.stats.reload_failures += 1;
+                warn!(program = %self.config.name, error = %why, "reload failed");
+                self.stats.state = match after {
+                    After::Running(i) if i.ready.is_some() => Some(ProgramState::Starting),
+                    _ => before,
+                };
+            }
+        }
+        let report = request.report(&self.config, result);
+        let _ = request.reply.send(report);
+    }
+
+    /// Records a new instance as good and returns the timings.
+    fn accept(
+        &mut self,
+        new: &Instance,
+        action: Duration,
+        started: Instant,
+        cutover: Duration,
+    ) -> Timings {
+        self.good_dir = new.dir.clone();
+        Timings {
+            action,
+            ready: started.elapsed().saturating_sub(cutover),
+            cutover,
+            pid: Some(new.pid.as_raw()),
+            release: new.dir.clone(),
+        }
+    }
+
+    /// `signal`: the program reloads itself; readiness is checked again.
+    async fn by_signal(
+        &mut self,
+        mut old: Instance,
+        signal: Signal,
+        request: &ReloadRequest,
+    ) -> (After, Result<Timings, String>) {
+        // The leader only: workers of gunicorn and the like must not see it.
+        if let Err(e) = nix::sys::signal::kill(old.pid, signal) {
+            return (
+                After::Running(old),
+                Err(format!("cannot send {signal}: {e}")),
+            );
+        }
+        let action = request.received.elapsed();
+        let started = Instant::now();
+        // Report the code it now serves: the workdir as it resolves now.
+        if let Some(w) = &self.config.workdir {
+            old.dir = Some(std::fs::canonicalize(w).unwrap_or_else(|_| w.clone()));
+        }
+        self.check_readiness(&mut old, false);
+        match self.wait_ready(&mut old, None).await {
+            Wait::Ready => {
+                let t = self.accept(&old, action, started, Duration::ZERO);
+                (After::Running(old), Ok(t))
+            }
+            Wait::NotReady(why) => (After::Running(old), Err(why)),
+            Wait::Exited(status) => {
+                warn!(program = %self.config.name, %status, "the program died while reloading; its restart policy decides what follows");
+                let ended = self.exited(old, status).await;
+                (
+                    After::Ended(ended),
+                    Err(format!("the program {status} while reloading")),
+                )
+            }
+            Wait::Stop { kill } => (
+                After::Ended(Ended::Stopped(self.stop(old, kill).await)),
+                Err("cutover is stopping".into()),
+            ),
+        }
+    }
+
+    /// `restart`: graceful stop, start on the re-resolved workdir. Held
+    /// sockets keep connections waiting in the backlog meanwhile.
+    async fn by_restart(
+        &mut self,
+        old: Instance,
+        request: &ReloadRequest,
+    ) -> (After, Result<Timings, String>) {
+        let fallback = self.good_dir.clone().or_else(|| old.dir.clone());
+        self.stop(old, false).await;
+        let action = request.received.elapsed();
+        let started = Instant::now();
+        let mut new = match self.launch(&Dir::Resolve).await {
+            Ok(i) => i,
+            Err(e) => {
+                return self
+                    .fall_back(fallback, format!("cannot start the new code: {e}"))
+                    .await;
+            }
+        };
+        match self.wait_ready(&mut new, None).await {
+            Wait::Ready => {
+                let t = self.accept(&new, action, started, Duration::ZERO);
+                (After::Running(new), Ok(t))
+            }
+            Wait::NotReady(why) => {
+                self.stop(new, false).await;
+                self.fall_back(fallback, why).await
+            }
+            Wait::Exited(status) => {
+                self.clear_leftovers(new.pid).await;
+                self.fall_back(
+                    fallback,
+                    format!("the new instance {status} before it was ready"),
+                )
+                .await
+            }
+            Wait::Stop { kill } => (
+                After::Ended(Ended::Stopped(self.stop(new, kill).await)),
+                Err("cutover is stopping".into()),
+            ),
+        }
+    }
+
+    /// Brings the program back in the last directory that worked.
+    async fn fall_back(
+        &mut self,
+        dir: Option<PathBuf>,
+        why: String,
+    ) -> (After, Result<Timings, String>) {
+        let target = dir.clone().map_or(Dir::Resolve, Dir::Pinned);
+        let shown = dir
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "its workdir".into());
+        warn!(program = %self.config.name, error = %why, dir = %shown, "new code failed; starting the previous code again");
+        match self.launch(&target).await {
+            Ok(instance) => (
+                After::Running(instance),
+                Err(format!("{why}; restarted the previous code in {shown}")),
+            ),
+            Err(e) => (
+                After::Ended(Ended::Exited(ExitStatus::Exited(e.exit_code()))),
+                Err(format!(
+                    "{why}; the previous code could not start either: {e}"
+                )),
+            ),
+        }
+    }
+
+    /// `overlap`: the new instance starts beside the old one; the old one is
+    /// stopped only once the new one is ready. Users see no gap.
+    async fn by_overlap(
+        &mut self,
+        mut old: Instance,
+        request: &ReloadRequest,
+    ) -> (After, Result<Timings, String>) {
+        let started = Instant::now();
+        let mut new = match self.launch(&Dir::Resolve).await {
+            Ok(i) => i,
+            Err(e) => {
+                return (
+                    After::Running(old),
+                    Err(format!("cannot start the new code: {e}")),
+                );
+            }
+        };
+        let action = request.received.elapsed().saturating_sub(started.elapsed());
+        match self.wait_ready(&mut new, Some(&mut old.exit)).await {
+            Wait::Ready => {
+                let cutover_started = Instant::now();
+                let t = self.accept(&new, action, started, Duration::ZERO);
+                let old_pid = old.pid;
+                // stop() sends stop_signal first thing; cutover's part ends there.
+                let signal_sent = cutover_started.elapsed();
+                self.stop_previous(old).await;
+                info!(program = %self.config.name, old = %old_pid, new = %new.pid, "cut over to the new instance");
+                (
+                    After::Running(new),
+                    Ok(Timings {
+                        cutover: signal_sent,
+                        ..t
+                    }),
+                )
+            }
+            Wait::NotReady(why) => {
+                self.stop(new, false).await;
+                (After::Running(old), Err(why))
+            }
+            Wait::Exited(status) => {
+                self.clear_leftovers(new.pid).await;
+                (
+                    After::Running(old),
+                    Err(format!("the new instance {status} before it was ready")),
+                )
+            }
+            Wait::Stop { kill } => {
+                self.stop(new, kill).await;
+                (
+                    After::Ended(Ended::Stopped(self.stop(old, kill).await)),
+                    Err("cutover is stopping".into()),
+                )
+            }
+        }
+    }
+
+    async fn stop_previous(&mut self, old: Instance) {
+        let state = self.stats.state;
+        self.stop(old, false).await;
+        self.stats.state = state;
+    }
+
+    /// Waits for `new` to pass readiness while answering commands. `old`, the
+    /// instance still serving during an overlap, may end meanwhile; that is
+    /// remembered in its slot and handled once the reload is over.
+    async fn wait_ready(&mut self, new: &mut Instance, mut old: Option<&mut ExitSlot>) -> Wait {
+        loop {
+            tokio::select! {
+                biased;
+                status = new.exit.wait() => return Wait::Exited(status),
+                status = old_exit(&mut old) => {
+                    warn!(program = %self.config.name, %status, "the old instance ended during the overlap");
+                    old = None;
+                }
+                result = ready_of(&mut new.ready) => {
+                    new.ready = None;
+                    return match result {
+                        Ok(_) => Wait::Ready,
+                        Err(e) => Wait::NotReady(e.to_string()),
+                    };
+                }
+                command = self.commands.recv(), if !self.commands.is_closed() => {
+                    match self.answer(command, &[&*new]) {
+                        None => {}
+                        Some(Flow::Stop { kill }) => return Wait::Stop { kill },
+                        Some(Flow::Reload(r)) => r.refuse(&self.config, "a reload of this program is already running"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn supervise_boxed(
+        &mut self,
+        instance: Instance,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send + '_>> {
+        Box::pin(self.supervise(instance))
+    }
+}
+
+async fn old_exit(old: &mut Option<&mut ExitSlot>) -> ExitStatus {
+    match old {
+        Some(slot) if slot.seen().is_none() => slot.wait().await,
+        _ => std::future::pending().await,
+    }
+}

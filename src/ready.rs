@@ -1,0 +1,196 @@
+//! Readiness: when an instance counts as ready to serve.
+//!
+//! Checks run in this order, all within `timeout`: READY=1 on the instance's
+//! own NOTIFY_SOCKET (when `notify`), surviving `grace`, then the http, tcp
+//! and command checks polled every `interval` until all pass. The caller
+//! races the check against the instance's exit, so a crash fails at once.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, timeout_at};
+
+use crate::config::{HttpTarget, ReadyConfig, RunAs};
+use crate::group::signal_group;
+use crate::reaper::Reaper;
+use crate::spawn::{LaunchSpec, fork_exec};
+
+/// Longest a single probe attempt may take before it counts as failed.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("no READY=1 on NOTIFY_SOCKET within {}", humantime::format_duration(*.timeout))]
+    NoNotify { timeout: Duration },
+    #[error("not ready within {}: {last}", humantime::format_duration(*.timeout))]
+    Timeout { timeout: Duration, last: String },
+    #[error("readiness check stopped")]
+    Aborted,
+}
+
+/// Everything a readiness check needs about the instance it checks.
+pub struct Probe {
+    pub config: ReadyConfig,
+    pub pid: Pid,
+    pub notify: Option<watch::Receiver<bool>>,
+    pub reaper: Reaper,
+    pub workdir: Option<PathBuf>,
+    pub user: Option<RunAs>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A running readiness check; dropping it stops the check.
+pub struct ReadyCheck(JoinHandle<Result<Duration, NotReady>>);
+
+impl ReadyCheck {
+    pub fn start(probe: Probe) -> ReadyCheck {
+        ReadyCheck(tokio::spawn(probe.run()))
+    }
+}
+
+impl Future for ReadyCheck {
+    type Output = Result<Duration, NotReady>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(NotReady::Aborted)))
+    }
+}
+
+impl Drop for ReadyCheck {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Probe {
+    /// Waits until ready; the time it took.
+    pub async fn run(mut self) -> Result<Duration, NotReady> {
+        let started = Instant::now();
+        let timeout = self.config.timeout;
+        let deadline = started + timeout;
+        if let Some(mut ready) = self.notify.take() {
+            let waited = timeout_at(deadline, ready.wait_for(|r| *r)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                return Err(NotReady::NoNotify { timeout });
+            }
+        }
+        let mut last = String::from("the instance did not survive its grace period");
+        let checks = async {
+            sleep(self.config.grace).await;
+            loop {
+                match self.check_once(deadline).await {
+                    Ok(()) => return,
+                    Err(e) => last = e,
+                }
+                sleep(self.config.interval).await;
+            }
+        };
+        match timeout_at(deadline, checks).await {
+            Ok(()) => Ok(started.elapsed()),
+            Err(_) => Err(NotReady::Timeout { timeout, last }),
+        }
+    }
+
+    async fn check_once(&self, deadline: Instant) -> Result<(), String> {
+        let attempt_deadline = deadline.min(Instant::now() + ATTEMPT_LIMIT);
+        if let Some(target) = &self.config.http {
+            timeout_at(attempt_deadline, http_get(target))
+                .await
+                .map_err(|_| format!("GET {}: no answer", target.url()))??;
+        }
+        if let Some(addr) = &self.config.tcp {
+            timeout_at(attempt_deadline, TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("connect {addr}: timed out"))?
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+        }
+        if let Some(command) = &self.config.command {
+            self.run_command(command, attempt_deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the check command through cutover's own spawn and reaper (never
+    /// a second waitpid), with the instance's pid in CUTOVER_PID.
+    async fn run_command(&self, command: &[String], deadline: Instant) -> Result<(), String> {
+        let extra = [("CUTOVER_PID".to_string(), self.pid.to_string())];
+        let spec = LaunchSpec {
+            command,
+            workdir: self.workdir.as_deref(),
+            env: &self.env,
+            extra_env: &extra,
+            user: self.user.as_ref(),
+            listen: &[],
+            foreground_tty: false,
+            output: None,
+        };
+        let forked_at = std::time::Instant::now();
+        let forked = fork_exec(&spec).map_err(|e| e.to_string())?;
+        let mut exit = self.reaper.watch(forked.pid, forked_at);
+        let pid = forked.confirm().await.map_err(|e| e.to_string())?;
+        match timeout_at(deadline, &mut exit).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("check command {status}")),
+            Ok(Err(_)) => Err("check command: exit status lost".to_string()),
+            Err(_) => {
+                signal_group(pid, Signal::SIGKILL);
+                let _ = exit.await;
+                Err(format!(
+                    "check command still running after {}",
+                    humantime::format_duration(ATTEMPT_LIMIT)
+                ))
+            }
+        }
+    }
+}
+
+/// One plain HTTP/1.1 GET; Ok for a 2xx status.
+pub async fn http_get(target: &HttpTarget) -> Result<(), String> {
+    let url = target.url();
+    let mut stream = TcpStream::connect(&target.authority)
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cutover\r\nConnection: close\r\n\r\n",
+        target.path, target.authority
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let status = line
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("GET {url}: no HTTP status in the answer"))?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("GET {url}: status {status}"))
+    }
+}

@@ -1,0 +1,559 @@
+//! Starting one program instance: everything between "we want a process" and
+//! "exec succeeded".
+//!
+//! All allocation and lookup happens before `fork`; the child only makes
+//! async-signal-safe calls (setpgid, dup2, chdir, set*id, sigaction,
+//! sigprocmask, execve, write, _exit), because cutover is multi-threaded and
+//! any lock held by another thread at fork time stays locked in the child.
+//! That is also why cutover does its own fork/exec instead of using
+//! `std::process::Command`: `LISTEN_PID` must be the child's own pid, which
+//! only the child knows.
+//!
+//! Exec failures travel back over a close-on-exec pipe, so "command not
+//! found" is reported with its reason instead of a bare exit status.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+use nix::unistd::{ForkResult, Pid};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::config::RunAs;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Environment cutover sets itself; inherited values would describe cutover's
+/// own sockets, not the program's.
+const RESERVED_ENV: [&str; 4] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+];
+const FIRST_LISTEN_FD: RawFd = 3;
+
+/// A socket handed to the program as fd 3, 4, ... (the systemd protocol).
+pub struct PassedFd<'a> {
+    pub name: &'a str,
+    pub fd: BorrowedFd<'a>,
+}
+
+/// What to start and how.
+pub struct LaunchSpec<'a> {
+    pub command: &'a [String],
+    pub workdir: Option<&'a Path>,
+    /// The program's configured environment, over the inherited one.
+    pub env: &'a [(String, String)],
+    /// Variables cutover adds last (NOTIFY_SOCKET, CUTOVER_*).
+    pub extra_env: &'a [(String, String)],
+    pub user: Option<&'a RunAs>,
+    pub listen: &'a [PassedFd<'a>],
+    /// Give the program's process group the terminal's foreground.
+    pub foreground_tty: bool,
+    /// Where stdout and stderr go instead of cutover's own (hooks' output is
+    /// read and logged line by line).
+    pub output: Option<BorrowedFd<'a>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command `{program}` not found in PATH ({path})")]
+    NotFound { program: String, path: String },
+    #[error("`{}` is not executable: {source}", .path.display())]
+    NotExecutable { path: PathBuf, source: Errno },
+    #[error("cannot start `{}`: {source}", .path.display())]
+    Exec { path: PathBuf, source: Errno },
+    #[error("cannot enter workdir `{}`: {source}", .path.display())]
+    Workdir { path: PathBuf, source: Errno },
+    #[error("cannot switch to user `{user}`: {source}")]
+    User { user: String, source: Errno },
+    #[error("cannot pass listening sockets: {0}")]
+    Fds(Errno),
+    #[error("{what} contains a NUL byte")]
+    Nul { what: &'static str },
+    #[error("cannot fork: {0}")]
+    Fork(Errno),
+}
+
+impl SpawnError {
+    /// The exit status a shell would give for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFound { .. } => 127,
+            SpawnError::Exec { source, .. } if *source == Errno::ENOENT => 127,
+            _ => 126,
+        }
+    }
+}
+
+/// A forked child whose exec has not been confirmed yet.
+pub struct Forked {
+    pub pid: Pid,
+    status_pipe: OwnedFd,
+    failure: FailureContext,
+}
+
+struct FailureContext {
+    path: PathBuf,
+    workdir: Option<PathBuf>,
+    user: Option<String>,
+}
+
+/// Which step in the child failed, sent through the status pipe with errno.
+#[repr(u8)]
+#[derive(Clone, Copy)]
+enum Stage {
+    Fds = 1,
+    Workdir = 2,
+    User = 3,
+    Exec = 4,
+}
+
+/// Forks and execs `spec`. Register the pid with the reaper, then `confirm`.
+pub fn fork_exec(spec: &LaunchSpec) -> Result<Forked, SpawnError> {
+    let env = build_env(spec);
+    let path = resolve_program(&spec.command[0], &env, spec.workdir)?;
+    let prepared = Prepared::new(spec, &path, env)?;
+
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Fork)?;
+    // Every fd the child touches must sit above the range it dup2s into.
+    let floor = FIRST_LISTEN_FD + spec.listen.len() as RawFd;
+    let write_end = dup_above(write_end.as_raw_fd(), floor).map_err(SpawnError::Fds)?;
+    let sources = spec
+        .listen
+        .iter()
+        .map(|p| dup_above(p.fd.as_raw_fd(), floor))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SpawnError::Fds)?;
+    let source_fds: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
+    let output = spec
+        .output
+        .map(|fd| dup_above(fd.as_raw_fd(), floor))
+        .transpose()
+        .map_err(SpawnError::Fds)?;
+
+    let argv_ptrs = null_terminated(prepared.argv.iter().map(|a| a.as_ptr()));
+    let mut env_bufs = prepared.env;
+    // Derived from one mutable pass so the child may write the LISTEN_PID digits.
+    let env_ptrs: Vec<*mut u8> = env_bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+    let listen_pid_ptr = prepared
+        .listen_pid_slot
+        // SAFETY: the slot buffer is LISTEN_PID_PREFIX + 20 digits + NUL long.
+        .map(|i| unsafe { env_ptrs[i].add(LISTEN_PID_PREFIX.len()) });
+    let envp_ptrs = null_terminated(env_ptrs.iter().map(|&p| p.cast_const().cast()));
+    let rtmax = libc::SIGRTMAX();
+
+    // Block every signal so that nothing runs cutover's handlers in the child
+    // before it resets them; the parent restores its mask right after fork.
+    let mut old_mask = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old_mask),
+    )
+    .map_err(SpawnError::Fork)?;
+    // SAFETY: the child branch only calls async-signal-safe functions on memory
+    // prepared above and never returns (it execs or _exits).
+    let forked = unsafe { nix::unistd::fork() };
+    match forked {
+        Ok(ForkResult::Child) => {
+            let child = ChildSetup {
+                status_fd: write_end.as_raw_fd(),
+                source_fds: &source_fds,
+                output: output.as_ref().map(|o| o.as_raw_fd()),
+                listen_pid: listen_pid_ptr,
+                workdir: prepared.workdir.as_ref().map(|w| w.as_ptr()),
+                user: prepared.user.as_ref(),
+                foreground_tty: spec.foreground_tty,
+                rtmax,
+                path: prepared.path.as_ptr(),
+                argv: argv_ptrs.as_ptr(),
+                envp: envp_ptrs.as_ptr(),
+            };
+            // SAFETY: we are the freshly forked child; see ChildSetup::exec.
+            unsafe { child.exec() }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            // Also set the group from this side so a signal sent right after
+            // fork_exec returns reaches the group even if the child has not run yet.
+            let _ = nix::unistd::setpgid(child, child);
+            drop(write_end);
+            Ok(Forked {
+                pid: child,
+                status_pipe: read_end,
+                failure: FailureContext {
+                    path,
+                    workdir: spec.workdir.map(Path::to_path_buf),
+                    user: spec.user.map(|u| u.name.clone()),
+                },
+            })
+        }
+        Err(e) => {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            Err(SpawnError::Fork(e))
+        }
+    }
+}
+
+impl Forked {
+    /// Waits until the child has exec'd (the status pipe closes empty) or
+    /// reports why it could not.
+    pub async fn confirm(self) -> Result<Pid, SpawnError> {
+        nix::fcntl::fcntl(
+            &self.status_pipe,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(SpawnError::Fork)?;
+        // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the
+        // same for the AsyncFd's whole life.
+        let fd = unsafe { AsyncFd::register_with_interest(self.status_pipe, Interest::READABLE) }
+            .map_err(|e| SpawnError::Fork(io_errno(&e.into_parts().1)))?;
+        let mut buf = [0u8; 5];
+        let mut filled = 0;
+        loop {
+            let mut guard = fd
+                .readable()
+                .await
+                .map_err(|e| SpawnError::Fork(io_errno(&e)))?;
+            match nix::unistd::read(guard.get_inner(), &mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        break;
+                    }
+                }
+                Err(Errno::EAGAIN) => guard.clear_ready(),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(SpawnError::Fork(e)),
+            }
+        }
+        if filled < buf.len() {
+            return Ok(self.pid);
+        }
+        let errno = Errno::from_raw(i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]));
+        let f = self.failure;
+        Err(match buf[0] {
+            x if x == Stage::Fds as u8 => SpawnError::Fds(errno),
+            x if x == Stage::Workdir as u8 => SpawnError::Workdir {
+                path: f.workdir.unwrap_or_default(),
+                source: errno,
+            },
+            x if x == Stage::User as u8 => SpawnError::User {
+                user: f.user.unwrap_or_default(),
+                source: errno,
+            },
+            _ if errno == Errno::EACCES => SpawnError::NotExecutable {
+                path: f.path,
+                source: errno,
+            },
+            _ => SpawnError::Exec {
+                path: f.path,
+                source: errno,
+            },
+        })
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// Owned C strings for the child; built before fork.
+struct Prepared {
+    path: CString,
+    argv: Vec<CString>,
+    /// `KEY=VALUE\0` buffers; the LISTEN_PID one has room for the digits.
+    env: Vec<Vec<u8>>,
+    listen_pid_slot: Option<usize>,
+    workdir: Option<CString>,
+    user: Option<UserIds>,
+}
+
+struct UserIds {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+}
+
+impl Prepared {
+    fn new(
+        spec: &LaunchSpec,
+        path: &Path,
+        env: Vec<(OsString, OsString)>,
+    ) -> Result<Self, SpawnError> {
+        let cstr = |bytes: &[u8], what| CString::new(bytes).map_err(|_| SpawnError::Nul { what });
+        let argv = spec
+            .command
+            .iter()
+            .map(|a| cstr(a.as_bytes(), "an argument"))
+            .collect::<Result<_, _>>()?;
+        let mut env_bufs: Vec<Vec<u8>> = env
+            .into_iter()
+            .map(|(k, v)| {
+                let mut b = k.into_vec();
+                b.push(b'=');
+                b.extend_from_slice(v.as_bytes());
+                b
+            })
+            .collect();
+        let mut listen_pid_slot = None;
+        if !spec.listen.is_empty() {
+            let names: Vec<&str> = spec.listen.iter().map(|p| p.name).collect();
+            env_bufs.push(format!("LISTEN_FDS={}", spec.listen.len()).into_bytes());
+            env_bufs.push(format!("LISTEN_FDNAMES={}", names.join(":")).into_bytes());
+            let mut slot = LISTEN_PID_PREFIX.to_vec();
+            slot.extend_from_slice(&[b'0'; 20]);
+            listen_pid_slot = Some(env_bufs.len());
+            env_bufs.push(slot);
+        }
+        for b in &mut env_bufs {
+            if b.contains(&0) {
+                return Err(SpawnError::Nul {
+                    what: "an environment variable",
+                });
+            }
+            b.push(0);
+        }
+        Ok(Prepared {
+            path: cstr(path.as_os_str().as_bytes(), "the command")?,
+            argv,
+            env: env_bufs,
+            listen_pid_slot,
+            workdir: spec
+                .workdir
+                .map(|w| cstr(w.as_os_str().as_bytes(), "the workdir"))
+                .transpose()?,
+            user: spec.user.map(|u| UserIds {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                groups: u.groups.iter().map(|g| g.as_raw()).collect(),
+            }),
+        })
+    }
+}
+
+/// The program's environment: inherited, minus cutover's own protocol
+/// variables, plus the configured values, plus what cutover adds.
+fn build_env(spec: &LaunchSpec) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !RESERVED_ENV.iter().any(|r| OsStr::new(r) == k))
+        .collect();
+    let mut set = |k: &str, v: &str| {
+        env.retain(|(key, _)| key != k);
+        env.push((k.into(), v.into()));
+    };
+    if let Some(user) = spec.user {
+        if let Some(home) = &user.home {
+            set("HOME", &home.to_string_lossy());
+        }
+        set("USER", &user.name);
+        set("LOGNAME", &user.name);
+    }
+    for (k, v) in spec.env.iter().chain(spec.extra_env) {
+        set(k, v);
+    }
+    env
+}
+
+/// Looks `program` up in the PATH the child will have, before forking.
+fn resolve_program(
+    program: &str,
+    env: &[(OsString, OsString)],
+    workdir: Option<&Path>,
+) -> Result<PathBuf, SpawnError> {
+    if program.contains('/') {
+        // Relative paths are resolved by execve after the child's chdir.
+        return Ok(PathBuf::from(program));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.to_string_lossy().into_owned())
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    let mut not_executable = None;
+    for dir in path_var.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let mut candidate = PathBuf::from(dir).join(program);
+        if let (true, Some(w)) = (candidate.is_relative(), workdir) {
+            candidate = w.join(candidate);
+        }
+        match std::fs::metadata(&candidate) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(candidate),
+            Ok(m) if m.is_file() => not_executable = not_executable.or(Some(candidate)),
+            _ => {}
+        }
+    }
+    match not_executable {
+        Some(path) => Err(SpawnError::NotExecutable {
+            path,
+            source: Errno::EACCES,
+        }),
+        None => Err(SpawnError::NotFound {
+            program: program.to_string(),
+            path: path_var,
+        }),
+    }
+}
+
+/// A close-on-exec duplicate of `fd` numbered at least `floor`.
+fn dup_above(fd: RawFd, floor: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a valid fd returns a new fd we own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
+    if new < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `new` was just returned by fcntl and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+fn null_terminated<T>(items: impl Iterator<Item = *const T>) -> Vec<*const T> {
+    items.chain(std::iter::once(std::ptr::null())).collect()
+}
+
+/// Raw pointers into memory prepared before fork; used only in the child.
+struct ChildSetup<'a> {
+    status_fd: RawFd,
+    source_fds: &'a [RawFd],
+    output: Option<RawFd>,
+    listen_pid: Option<*mut u8>,
+    workdir: Option<*const libc::c_char>,
+    user: Option<&'a UserIds>,
+    foreground_tty: bool,
+    rtmax: libc::c_int,
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+}
+
+impl ChildSetup<'_> {
+    /// # Safety
+    /// Call only in the child right after fork. Uses async-signal-safe calls only.
+    unsafe fn exec(&self) -> ! {
+        // SAFETY (whole body): plain syscalls on fds and pointers that stay
+        // valid in the child's copy of the parent's memory; no allocation, no locks.
+        unsafe {
+            libc::setpgid(0, 0);
+            if self.foreground_tty {
+                // All signals are blocked, so SIGTTOU cannot stop us here.
+                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpgrp());
+            }
+            for (i, &src) in self.source_fds.iter().enumerate() {
+                // dup2 clears close-on-exec on the target: exactly these survive exec.
+                if libc::dup2(src, FIRST_LISTEN_FD + i as RawFd) < 0 {
+                    self.fail(Stage::Fds);
+                }
+            }
+            if let Some(out) = self.output
+                && (libc::dup2(out, libc::STDOUT_FILENO) < 0
+                    || libc::dup2(out, libc::STDERR_FILENO) < 0)
+            {
+                self.fail(Stage::Fds);
+            }
+            if let Some(slot) = self.listen_pid {
+                write_decimal(slot, libc::getpid() as u64);
+            }
+            if let Some(dir) = self.workdir
+                && libc::chdir(dir) < 0
+            {
+                self.fail(Stage::Workdir);
+            }
+            if let Some(user) = self.user
+                && (libc::setgroups(user.groups.len(), user.groups.as_ptr()) < 0
+                    || libc::setgid(user.gid) < 0
+                    || libc::setuid(user.uid) < 0)
+            {
+                self.fail(Stage::User);
+            }
+            // The raw syscall, because glibc's sigaction refuses the two
+            // signals it reserves (32, 33), which may still arrive ignored.
+            // All zeroes is SIG_DFL with no flags and an empty mask in the
+            // kernel's layout, whatever the architecture orders its fields.
+            let default = [0u64; 4];
+            for sig in 1..=self.rtmax {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        default.as_ptr(),
+                        std::ptr::null_mut::<u64>(),
+                        8usize,
+                    );
+                }
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::execve(self.path, self.argv, self.envp);
+            self.fail(Stage::Exec)
+        }
+    }
+
+    /// Reports the failed stage and errno to the parent and exits.
+    unsafe fn fail(&self, stage: Stage) -> ! {
+        // SAFETY: errno location, write and _exit are async-signal-safe.
+        unsafe {
+            let errno = (*libc::__errno_location()).to_ne_bytes();
+            let msg = [stage as u8, errno[0], errno[1], errno[2], errno[3]];
+            libc::write(self.status_fd, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        }
+    }
+}
+
+/// Writes `n` as NUL-terminated decimal into a 21-byte slot.
+///
+/// # Safety
+/// `slot` must point to at least 21 writable bytes.
+unsafe fn write_decimal(slot: *mut u8, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        // SAFETY: len <= 20 and the caller guarantees 21 bytes.
+        unsafe { *slot.add(i) = digits[len - 1 - i] };
+    }
+    // SAFETY: as above; index len <= 20.
+    unsafe { *slot.add(len) = 0 };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_through_path_and_reports_missing() {
+        let env = vec![(OsString::from("PATH"), OsString::from("/nonexistent:/bin"))];
+        assert_eq!(
+            resolve_program("sh", &env, None).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        let err = resolve_program("no-such-cmd-xyz", &env, None).unwrap_err();
+        assert_eq!(err.exit_code(), 127);
+        assert!(err.to_string().contains("no-such-cmd-xyz"));
+    }
+
+    #[test]
+    fn decimal_slot_is_nul_terminated() {
+        let mut slot = [b'x'; 21];
+        // SAFETY: slot has 21 bytes.
+        unsafe { write_decimal(slot.as_mut_ptr(), 4194304) };
+        assert_eq!(&slot[..8], b"4194304\0");
+    }
+}

@@ -1,0 +1,311 @@
+//! What `cutover status`, /status, /healthz and /metrics report: plain data
+//! gathered from the program actors and the reload coordinator, rendered as
+//! JSON, text or Prometheus exposition.
+
+use std::fmt::Write;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProgramState {
+    Starting,
+    Running,
+    /// Started, but its readiness check failed.
+    Unready,
+    Reloading,
+    BackingOff,
+    Stopping,
+    Stopped,
+}
+
+impl ProgramState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProgramState::Starting => "starting",
+            ProgramState::Running => "running",
+            ProgramState::Unready => "unready",
+            ProgramState::Reloading => "reloading",
+            ProgramState::BackingOff => "backing-off",
+            ProgramState::Stopping => "stopping",
+            ProgramState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub state: ProgramState,
+    pub pid: Option<i32>,
+    pub strategy: String,
+    /// The directory the running instance was started in (symlinks resolved).
+    pub release: Option<String>,
+    pub started_at: Option<String>,
+    pub restarts: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_exit: Option<String>,
+}
+
+/// One program's part of a reload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramReload {
+    pub program: String,
+    pub strategy: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub pid: Option<i32>,
+    pub release: Option<String>,
+    /// Command received to reload action started (cutover's own latency).
+    pub action_ms: f64,
+    /// Action started to readiness seen.
+    pub ready_ms: f64,
+    /// Readiness seen to cutover done (old instance told to stop; cutover's own latency).
+    pub cutover_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadRecord {
+    pub id: u64,
+    pub trigger: String,
+    pub started_at: String,
+    /// Trigger seen to reload finished.
+    pub duration_ms: f64,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub programs: Vec<ProgramReload>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReloadStats {
+    pub in_progress: bool,
+    pub pending: bool,
+    pub triggers: u64,
+    pub reloads: u64,
+    pub failures: u64,
+    pub last: Option<ReloadRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    pub programs: Vec<ProgramStatus>,
+    pub reload: ReloadStats,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::source::SourceStatus>,
+}
+
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Status {
+    /// Healthy when every program has an instance that passed readiness.
+    pub fn health(&self) -> Result<(), String> {
+        let bad: Vec<String> = self
+            .programs
+            .iter()
+            .filter(|p| !matches!(p.state, ProgramState::Running | ProgramState::Reloading))
+            .map(|p| format!("{} is {}", p.name, p.state.as_str()))
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join(", "))
+        }
+    }
+
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "cutover {} (pid {}), up {}",
+            self.version,
+            self.pid,
+            humantime::format_duration(std::time::Duration::from_secs(self.uptime_seconds as u64))
+        );
+        for p in &self.programs {
+            let pid = p.pid.map_or("-".to_string(), |p| p.to_string());
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<11} pid {:<8} strategy {:<8} restarts {} reloads {} failed {}",
+                p.name,
+                p.state.as_str(),
+                pid,
+                p.strategy,
+                p.restarts,
+                p.reloads,
+                p.reload_failures
+            );
+            if let Some(r) = &p.release {
+                let _ = writeln!(out, "  {:<12} release {r}", "");
+            }
+            if let Some(e) = &p.last_exit {
+                let _ = writeln!(out, "  {:<12} last exit: {e}", "");
+            }
+        }
+        let r = &self.reload;
+        let _ = writeln!(
+            out,
+            "reloads: {} done, {} failed, {} triggers{}{}",
+            r.reloads,
+            r.failures,
+            r.triggers,
+            if r.in_progress {
+                ", one in progress"
+            } else {
+                ""
+            },
+            if r.pending { ", one pending" } else { "" }
+        );
+        if let Some(src) = &self.source {
+            let _ = writeln!(
+                out,
+                "source: {} ({}) -> {}",
+                src.repo, src.git_ref, src.root
+            );
+            let _ = writeln!(
+                out,
+                "  current {}  previous {}",
+                src.current.as_deref().unwrap_or("-"),
+                src.previous.as_deref().unwrap_or("-")
+            );
+            if !src.bad.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  rolled back (not deployed again): {}",
+                    src.bad.join(", ")
+                );
+            }
+            if let Some(e) = &src.last_error {
+                let retry = src
+                    .retry_in_seconds
+                    .map(|s| format!("; retrying in {s:.0} s"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "  last error: {e}{retry}");
+            }
+            for h in src.history.iter().rev().take(5) {
+                let _ = writeln!(
+                    out,
+                    "  {} {:<11} {} by {} ({:.0} ms){}",
+                    h.time,
+                    format!("{:?}", h.outcome).to_lowercase(),
+                    h.sha.as_deref().map_or("-", |s| &s[..12.min(s.len())]),
+                    h.trigger,
+                    h.duration_ms,
+                    h.error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        if let Some(last) = &r.last {
+            let _ = writeln!(
+                out,
+                "last reload #{}: {} by {} at {}, {:.0} ms{}",
+                last.id,
+                if last.ok { "ok" } else { "FAILED" },
+                last.trigger,
+                last.started_at,
+                last.duration_ms,
+                last.error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        out
+    }
+
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+            let _ = writeln!(
+                out,
+                "# HELP cutover_{name} {help}\n# TYPE cutover_{name} {kind}"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "cutover_{name}{labels} {value}");
+            }
+        };
+        let per_program = |f: &dyn Fn(&ProgramStatus) -> f64| {
+            self.programs
+                .iter()
+                .map(|p| (format!("{{program=\"{}\"}}", p.name), f(p)))
+                .collect::<Vec<_>>()
+        };
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since cutover started.",
+            vec![(String::new(), self.uptime_seconds)],
+        );
+        metric(
+            "program_up",
+            "gauge",
+            "1 when the program has a ready instance.",
+            per_program(&|p| {
+                f64::from(u8::from(matches!(
+                    p.state,
+                    ProgramState::Running | ProgramState::Reloading
+                )))
+            }),
+        );
+        metric(
+            "program_restarts_total",
+            "counter",
+            "Restarts after the program ended by itself.",
+            per_program(&|p| p.restarts as f64),
+        );
+        metric(
+            "program_reloads_total",
+            "counter",
+            "Reloads of the program.",
+            per_program(&|p| p.reloads as f64),
+        );
+        metric(
+            "program_reload_failures_total",
+            "counter",
+            "Failed reloads of the program.",
+            per_program(&|p| p.reload_failures as f64),
+        );
+        metric(
+            "reload_triggers_total",
+            "counter",
+            "Reload triggers received.",
+            vec![(String::new(), self.reload.triggers as f64)],
+        );
+        metric(
+            "reloads_total",
+            "counter",
+            "Reloads run.",
+            vec![(String::new(), self.reload.reloads as f64)],
+        );
+        metric(
+            "reload_failures_total",
+            "counter",
+            "Reloads that failed.",
+            vec![(String::new(), self.reload.failures as f64)],
+        );
+        if let Some(last) = &self.reload.last {
+            metric(
+                "last_reload_duration_seconds",
+                "gauge",
+                "Duration of the last reload.",
+                vec![(String::new(), last.duration_ms / 1000.0)],
+            );
+            metric(
+                "last_reload_ok",
+                "gauge",
+                "1 when the last reload succeeded.",
+                vec![(String::new(), f64::from(u8::from(last.ok)))],
+            );
+        }
+        out
+    }
+}

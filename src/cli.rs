@@ -58,6 +58,25 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Fetch from git and cut over now: to the configured ref, or to REF/SHA.
+    Deploy {
+        /// A branch, tag or commit id; default: `[source] ref`.
+        #[arg(value_name = "REF|SHA")]
+        target: Option<String>,
+        /// Return when the deploy finished; exit non-zero with the reason if
+        /// it failed, was refused or was rolled back.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Switch back to the previous good release (or a kept one) and reload.
+    Rollback {
+        /// A kept release (full or abbreviated sha); default: the previous good one.
+        #[arg(long, value_name = "SHA")]
+        to: Option<String>,
+        /// Return when the rollback finished; exit non-zero if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Show programs, pids, states and the last reload of the running cutover.
     Status {
         /// Print the status as JSON.
@@ -81,6 +100,12 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config, command } => run(config, command, socket),
         Command::Reload { wait } => reload(&control_socket(socket), wait),
+        Command::Deploy { target, wait } => {
+            deploy(&control_socket(socket), &Request::Deploy { target, wait })
+        }
+        Command::Rollback { to, wait } => {
+            deploy(&control_socket(socket), &Request::Rollback { to, wait })
+        }
         Command::Status { json } => status(&control_socket(socket), json),
     }
 }
@@ -110,6 +135,39 @@ fn reload(socket: &Path, wait: bool) -> ExitCode {
         (_, false) => {
             eprintln!(
                 "cutover: reload failed: {}",
+                response.error.as_deref().unwrap_or("unknown reason")
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `deploy` and `rollback`: both answer with a history record when waited for.
+fn deploy(socket: &Path, request: &Request) -> ExitCode {
+    let response = match ask(socket, request) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let what = match request {
+        Request::Rollback { .. } => "rollback",
+        _ => "deploy",
+    };
+    match (&response.deploy, response.ok) {
+        (None, true) => println!("{what} queued"),
+        (Some(record), true) => println!(
+            "{} {} in {:.0} ms ({})",
+            record.outcome,
+            record.sha.as_deref().unwrap_or("-"),
+            record.duration_ms,
+            record.trigger
+        ),
+        (record, false) => {
+            let outcome = record
+                .as_ref()
+                .map_or_else(|| "failed".to_string(), |r| r.outcome.to_string());
+            eprintln!(
+                "cutover: {what} {outcome}: {}",
                 response.error.as_deref().unwrap_or("unknown reason")
             );
             return ExitCode::FAILURE;

@@ -193,7 +193,7 @@ impl Status {
                     out,
                     "  {} {:<11} {} by {} ({:.0} ms){}",
                     h.time,
-                    format!("{:?}", h.outcome).to_lowercase(),
+                    h.outcome.to_string(),
                     h.sha.as_deref().map_or("-", |s| &s[..12.min(s.len())]),
                     h.trigger,
                     h.duration_ms,

@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::control::{self, Inventory};
 use crate::exit::ExitStatus;
+use crate::http::Routes;
 use crate::listen::{self, ListenError};
 use crate::program::{self, Context, Finished, ProgramHandle};
 use crate::reaper::Reaper;
@@ -150,9 +151,15 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
             None
         }
     };
-    let _webhook =
-        webhook.map(|listener| AbortOnDrop(crate::http::serve(listener, inventory.clone())));
-    let _http = http.map(|listener| AbortOnDrop(crate::http::serve(listener, inventory)));
+    let _webhook = webhook.map(|listener| {
+        AbortOnDrop(crate::http::serve(
+            listener,
+            inventory.clone(),
+            Routes::WebhookOnly,
+        ))
+    });
+    let _http =
+        http.map(|listener| AbortOnDrop(crate::http::serve(listener, inventory, Routes::All)));
 
     let mut statuses: HashMap<String, ExitStatus> = HashMap::new();
     let mut first_to_end: Option<Finished> = None;

@@ -183,6 +183,18 @@ fn validate(
     let source = raw.source.and_then(|s| super::source::source(s, problems));
     let hooks = super::source::hooks(raw.hooks, problems);
     let rollback_window = super::source::rollback_window(raw.rollback, problems);
+    if let Some(source) = &source {
+        // Programs run in the deployed code unless told otherwise; a relative
+        // workdir is a directory inside the release.
+        let current = source.root.join("current");
+        for p in &mut programs {
+            p.workdir = Some(match p.workdir.take() {
+                None => current.clone(),
+                Some(dir) if dir.is_relative() => current.join(dir),
+                Some(dir) => dir,
+            });
+        }
+    }
     Some(Config {
         programs,
         control,

@@ -54,6 +54,18 @@ pub enum Outcome {
     Unchanged,
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Deployed => "deployed",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+            Outcome::Unchanged => "unchanged",
+        })
+    }
+}
+
 /// One line of history.jsonl, and the answer to `cutover deploy --wait`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployRecord {

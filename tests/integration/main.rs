@@ -1,5 +1,6 @@
 //! Integration tests: the real `cutover` binary against real processes.
 
+mod gitrepo;
 mod helpers;
 
 mod cli;
@@ -9,6 +10,8 @@ mod gunicorn;
 mod process_tree;
 mod reload;
 mod restart;
+mod source;
+mod source_faults;
 
 #[cfg(feature = "container-tests")]
 mod container;

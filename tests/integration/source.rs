@@ -1,0 +1,2 @@
+//! Code delivery from git: deploys by push, poll, webhook and command;
+//! hooks; rollback; history.

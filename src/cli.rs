@@ -83,6 +83,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print (or write as the image's baseline) the digest of a release's
+    /// dependency files and the files that went into it.
+    Fingerprint {
+        /// The release directory.
+        #[arg(value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Write the fingerprint to FILE (the `[dependencies] baseline` cutover
+        /// compares releases with), atomically.
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+        /// Config file whose `[dependencies] files` to use (only that section
+        /// is read); default: the built-in patterns.
+        #[arg(short, long, env = "CUTOVER_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Entry point used by `main.rs`.
@@ -107,6 +122,9 @@ pub fn main() -> ExitCode {
             deploy(&control_socket(socket), &Request::Rollback { to, wait })
         }
         Command::Status { json } => status(&control_socket(socket), json),
+        Command::Fingerprint { dir, write, config } => {
+            fingerprint(&dir, write.as_deref(), config.as_deref())
+        }
     }
 }
 
@@ -211,6 +229,41 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => config_failure(&e),
     }
+}
+
+fn fingerprint(dir: &Path, write: Option<&Path>, config: Option<&Path>) -> ExitCode {
+    let patterns = match config.map(Config::load_dependencies) {
+        None => crate::fingerprint::Patterns::default(),
+        Some(Ok(deps)) => deps.patterns,
+        Some(Err(e)) => return config_failure(&e),
+    };
+    let fp = match crate::fingerprint::Fingerprint::compute(dir, &patterns) {
+        Ok(fp) => fp,
+        Err(e) => {
+            eprintln!("cutover: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if fp.files.is_empty() {
+        eprintln!(
+            "cutover: no file in {} matches {}",
+            dir.display(),
+            patterns.as_strings().join(", ")
+        );
+    }
+    if let Some(file) = write {
+        if let Err(e) = fp.write(file) {
+            eprintln!("cutover: {e}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("cutover: wrote {}", file.display());
+    }
+    // `sha256sum` format after the digest line.
+    println!("{}", fp.digest);
+    for (path, digest) in &fp.files {
+        println!("{digest}  {path}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(path: Option<PathBuf>, command: Vec<String>, socket: Option<PathBuf>) -> ExitCode {

@@ -54,64 +54,106 @@ impl Hooks<'_> {
     }
 
     async fn run_one(&self, name: &str, command: &[String]) -> Result<(), HookError> {
-        let start_err = |message: String| HookError::Start {
-            hook: name.to_string(),
-            message,
-        };
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| start_err(e.to_string()))?;
-        let spec = LaunchSpec {
+        run_logged(&LoggedCommand {
+            what: "hook",
+            name,
             command,
-            workdir: Some(self.dir),
-            env: &[],
-            extra_env: &self.env,
+            dir: self.dir,
+            env: &self.env,
             user: self.user,
-            listen: &[],
-            foreground_tty: false,
-            output: Some(write.as_fd()),
-        };
-        info!(hook = %name, command = ?command, dir = %self.dir.display(), "running hook");
-        let forked_at = std::time::Instant::now();
-        let forked = fork_exec(&spec).map_err(|e| start_err(e.to_string()))?;
-        let mut exit = self.reaper.watch(forked.pid, forked_at);
-        // Our copy must go, or the pipe never reaches end-of-file.
-        drop(write);
-        let pid = forked
-            .confirm()
-            .await
-            .map_err(|e| start_err(e.to_string()))?;
-        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(read)
-            .map_err(|e| start_err(e.to_string()))?;
-        let hook = name.to_string();
-        let logger = tokio::spawn(async move {
-            let mut lines = BufReader::new(reader).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                info!(hook = %hook, "{line}");
-            }
-        });
-        let status = match timeout(self.timeout, &mut exit).await {
-            Ok(status) => status.unwrap_or(ExitStatus::Exited(255)),
-            Err(_) => {
-                warn!(hook = %name, "timed out; killing it");
-                signal_group(pid, Signal::SIGKILL);
-                let _ = exit.await;
-                logger.abort();
-                return Err(HookError::Timeout {
-                    hook: name.to_string(),
-                    timeout: self.timeout,
-                });
-            }
-        };
-        // Output left in the pipe by processes that outlived the hook is not waited for.
-        let _ = tokio::time::timeout(Duration::from_secs(1), logger).await;
-        if status.success() {
-            info!(hook = %name, "hook done");
-            Ok(())
-        } else {
-            Err(HookError::Failed {
-                hook: name.to_string(),
-                status,
-            })
+            timeout: self.timeout,
+            reaper: self.reaper,
+        })
+        .await
+    }
+}
+
+/// One command run to completion with its output logged line by line under
+/// `name`: a hook, or the `[redeploy] command`.
+pub struct LoggedCommand<'a> {
+    /// What it is, for the log ("hook", "redeploy command").
+    pub what: &'static str,
+    pub name: &'a str,
+    pub command: &'a [String],
+    pub dir: &'a Path,
+    pub env: &'a [(String, String)],
+    pub user: Option<&'a RunAs>,
+    pub timeout: Duration,
+    pub reaper: &'a Reaper,
+}
+
+/// Runs `run` through cutover's spawn and reaper; a non-zero exit, a failure
+/// to start and the timeout (the whole process group is killed) are errors.
+pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
+    let LoggedCommand {
+        what,
+        name,
+        command,
+        dir,
+        env,
+        user,
+        timeout: limit,
+        reaper,
+    } = *run;
+    let start_err = |message: String| HookError::Start {
+        hook: name.to_string(),
+        message,
+    };
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| start_err(e.to_string()))?;
+    let spec = LaunchSpec {
+        command,
+        workdir: Some(dir),
+        env: &[],
+        extra_env: env,
+        user,
+        listen: &[],
+        foreground_tty: false,
+        output: Some(write.as_fd()),
+    };
+    info!(hook = %name, command = ?command, dir = %dir.display(), "running {what}");
+    let forked_at = std::time::Instant::now();
+    let forked = fork_exec(&spec).map_err(|e| start_err(e.to_string()))?;
+    let mut exit = reaper.watch(forked.pid, forked_at);
+    // Our copy must go, or the pipe never reaches end-of-file.
+    drop(write);
+    let pid = forked
+        .confirm()
+        .await
+        .map_err(|e| start_err(e.to_string()))?;
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(read)
+        .map_err(|e| start_err(e.to_string()))?;
+    let hook = name.to_string();
+    let logger = tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            // Prefixed in the message itself, so the text format shows
+            // the hook first (fields come after the message).
+            info!(hook = %hook, "{hook}: {line}");
         }
+    });
+    let status = match timeout(limit, &mut exit).await {
+        Ok(status) => status.unwrap_or(ExitStatus::Exited(255)),
+        Err(_) => {
+            warn!(hook = %name, "timed out; killing it");
+            signal_group(pid, Signal::SIGKILL);
+            let _ = exit.await;
+            logger.abort();
+            return Err(HookError::Timeout {
+                hook: name.to_string(),
+                timeout: limit,
+            });
+        }
+    };
+    // Output left in the pipe by processes that outlived the hook is not waited for.
+    let _ = tokio::time::timeout(Duration::from_secs(1), logger).await;
+    if status.success() {
+        info!(hook = %name, "{what} done");
+        Ok(())
+    } else {
+        Err(HookError::Failed {
+            hook: name.to_string(),
+            status,
+        })
     }
 }

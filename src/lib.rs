@@ -6,12 +6,14 @@
 //! loads and validates; `supervisor` wires the parts together; `program` is
 //! the per-program actor; `spawn` forks and execs; `reaper` owns waitpid;
 //! `signals` turns signals into messages; `group`, `restart`, `exit` and
-//! `user` are the small pieces they share.
+//! `user` are the small pieces they share; `fingerprint` digests a release's
+//! dependency files so a deploy can tell whether hot reload is safe.
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod exit;
+pub mod fingerprint;
 pub mod group;
 pub mod hooks;
 pub mod http;

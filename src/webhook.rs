@@ -152,6 +152,13 @@ fn verify(forge: Forge, delivery: &Delivery, secret: &[u8]) -> Result<(), Webhoo
         .map_err(|_| WebhookError::BadSignature)
 }
 
+/// `sha256=<hex HMAC-SHA256 of body under secret>`: the form GitHub signs
+/// deliveries with, and cutover its own `[redeploy] webhook` requests.
+pub fn sign_sha256(secret: &[u8], body: &[u8]) -> String {
+    let mac = keyed(secret).chain_update(body).finalize().into_bytes();
+    format!("sha256={}", hex::encode(mac))
+}
+
 fn keyed(secret: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length")
 }

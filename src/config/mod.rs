@@ -4,8 +4,10 @@
 //! every problem, `problems` renders them with file:line:col. Everything here
 //! is checked before anything starts, so a broken config starts nothing.
 
+mod dependencies;
 mod problems;
 mod raw;
+mod redeploy;
 mod sections;
 mod source;
 mod validate;
@@ -19,8 +21,12 @@ use nix::unistd::{Gid, Uid};
 
 pub use problems::{ConfigError, Problem};
 
+use crate::fingerprint::Patterns;
+
 /// Default path of the control socket (`[control] socket`).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/cutover.sock";
+/// Default path of the image's dependency fingerprint (`[dependencies] baseline`).
+pub const DEFAULT_DEPENDENCIES_BASELINE: &str = "/etc/cutover/dependencies";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,6 +38,80 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// A release that crashes within this time after its cutover is rolled back.
     pub rollback_window: Duration,
+    /// Which files need a new image when they change; defaults when absent.
+    pub dependencies: DependenciesConfig,
+    /// What to do when a release needs a new image (`[redeploy]`).
+    pub redeploy: Option<RedeployConfig>,
+}
+
+/// `[redeploy]`: how cutover gets a new image when a release's dependencies
+/// differ from the image's. Run by `crate::redeploy::Redeploy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedeployConfig {
+    pub action: RedeployAction,
+    /// A failed redeploy is retried after 1 s, doubling up to this.
+    pub retry_max: Duration,
+}
+
+/// Exactly one of the `[redeploy]` actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeployAction {
+    /// Run a command with CUTOVER_SHA, CUTOVER_REF and CUTOVER_CHANGED_FILES.
+    Command {
+        command: Vec<String>,
+        timeout: Duration,
+    },
+    /// POST a JSON body to a URL.
+    Webhook(WebhookTarget),
+    /// Build a new image and replace this container through the Docker API.
+    Docker(DockerRedeploy),
+    /// Stop gracefully and exit with this code (1..=255).
+    Exit(u8),
+}
+
+/// `[redeploy] webhook`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// `http://` or `https://`.
+    pub url: String,
+    /// Signs the body: `X-Cutover-Signature-256: sha256=<hex HMAC-SHA256>`.
+    pub secret: Option<Secret>,
+    pub timeout: Duration,
+}
+
+/// `[redeploy] docker = { ... }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerRedeploy {
+    /// The Docker engine's unix socket.
+    pub socket: PathBuf,
+    /// Relative to the release directory (the build context).
+    pub dockerfile: String,
+    pub build_args: Vec<(String, String)>,
+    /// Repository of the new image, tagged with the short sha; default: the
+    /// repository of the current container's image.
+    pub image: Option<String>,
+    /// Name or id of the container to replace; default: the one cutover runs in.
+    pub container: Option<String>,
+    /// How long the new container may take to become healthy.
+    pub health_timeout: Duration,
+}
+
+/// `[dependencies]`: the files whose fingerprint must match the image's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependenciesConfig {
+    /// Globs relative to the release (`crate::fingerprint::DEFAULT_PATTERNS`).
+    pub patterns: Patterns,
+    /// The fingerprint baked into the image (`cutover fingerprint --write`).
+    pub baseline: PathBuf,
+}
+
+impl Default for DependenciesConfig {
+    fn default() -> Self {
+        DependenciesConfig {
+            patterns: Patterns::default(),
+            baseline: PathBuf::from(DEFAULT_DEPENDENCIES_BASELINE),
+        }
+    }
 }
 
 /// Where the code comes from when cutover pulls it from git itself.
@@ -323,6 +403,20 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         validate::parse(text, command).map_err(|problems| ConfigError::Invalid {
             origin: origin.to_string(),
+            problems,
+        })
+    }
+
+    /// Reads only `[dependencies]` of a config file (defaults when absent),
+    /// for `cutover fingerprint` at image build time: the rest of the config
+    /// (users, secrets, programs) need not be valid or available yet.
+    pub fn load_dependencies(path: &Path) -> Result<DependenciesConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        validate::parse_dependencies(&text).map_err(|problems| ConfigError::Invalid {
+            origin: path.display().to_string(),
             problems,
         })
     }

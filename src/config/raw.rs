@@ -27,6 +27,10 @@ pub struct RawConfig {
     pub source: Option<RawSource>,
     pub hooks: Option<RawHooks>,
     pub rollback: Option<RawRollback>,
+    /// Files whose changes need a new image instead of a hot reload.
+    pub dependencies: Option<RawDependencies>,
+    /// What to do when a release needs a new image.
+    pub redeploy: Option<RawRedeploy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,6 +68,45 @@ pub struct RawHooks {
 #[serde(deny_unknown_fields)]
 pub struct RawRollback {
     pub window: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDependencies {
+    /// Glob patterns relative to the release.
+    pub files: Option<Vec<String>>,
+    /// Where the image's fingerprint is stored.
+    pub baseline: Option<String>,
+}
+
+/// `[redeploy]`: exactly one of `command`, `webhook`, `docker`, `exit`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedeploy {
+    pub command: Option<Vec<String>>,
+    pub webhook: Option<String>,
+    pub webhook_secret_env: Option<String>,
+    pub webhook_secret_file: Option<String>,
+    /// For `command` and `webhook`.
+    pub timeout: Option<String>,
+    pub docker: Option<RawDocker>,
+    /// Integer, checked by validation (1..=255).
+    pub exit: Option<i64>,
+    /// Upper bound of the retry backoff.
+    pub retry_max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocker {
+    pub socket: Option<String>,
+    pub dockerfile: Option<String>,
+    #[serde(default)]
+    pub build_args: BTreeMap<String, toml::Value>,
+    pub image: Option<String>,
+    /// The container to replace; default: the one cutover runs in.
+    pub container: Option<String>,
+    pub health_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

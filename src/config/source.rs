@@ -106,7 +106,7 @@ pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
 }
 
 /// Reads `<name>_env` or `<name>_file`; an empty or missing value is a problem.
-fn secret(
+pub(super) fn secret(
     path: &[Segment],
     name: &str,
     env: Option<String>,

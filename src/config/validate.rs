@@ -11,7 +11,8 @@ use std::time::Duration;
 use super::problems::{Locator, Problem, Problems, Segment};
 use super::raw::{RawConfig, RawProgram};
 use super::{
-    Backoff, Config, ForwardTo, ProgramConfig, ReadyConfig, ReloadStrategy, RestartPolicy, sections,
+    Backoff, Config, DependenciesConfig, ForwardTo, ProgramConfig, ReadyConfig, ReloadStrategy,
+    RestartPolicy, sections,
 };
 use crate::signals::parse_signal;
 use crate::user::resolve_user;
@@ -20,16 +21,7 @@ const MAX_PASSES: usize = 64;
 
 pub(super) fn parse(text: &str, command: Option<Vec<String>>) -> Result<Config, Vec<Problem>> {
     let locator = Locator::new(text);
-    let mut table: toml::Table = match toml::from_str(text) {
-        Ok(t) => t,
-        Err(e) => {
-            return Err(vec![Problem {
-                path: String::new(),
-                location: e.span().map(|s| locator.line_col(s.start)),
-                message: format!("invalid TOML: {}", e.message().trim_end()),
-            }]);
-        }
-    };
+    let mut table = parse_table(text, &locator)?;
     let mut problems = Problems::new(&locator);
     let raw = deserialize_reporting_unknown_keys(&mut table, &mut problems);
     let config = raw.and_then(|raw| validate(raw, command, &mut problems));
@@ -37,6 +29,30 @@ pub(super) fn parse(text: &str, command: Option<Vec<String>>) -> Result<Config, 
         Some(c) if problems.list.is_empty() => Ok(c),
         _ => Err(problems.list),
     }
+}
+
+/// Only `[dependencies]`; the other sections are not looked at.
+pub(super) fn parse_dependencies(text: &str) -> Result<DependenciesConfig, Vec<Problem>> {
+    let locator = Locator::new(text);
+    let mut table = parse_table(text, &locator)?;
+    table.retain(|k, _| k == "dependencies");
+    let mut problems = Problems::new(&locator);
+    let raw = deserialize_reporting_unknown_keys(&mut table, &mut problems);
+    let config = raw.map(|raw| super::dependencies::dependencies(raw.dependencies, &mut problems));
+    match config {
+        Some(c) if problems.list.is_empty() => Ok(c),
+        _ => Err(problems.list),
+    }
+}
+
+fn parse_table(text: &str, locator: &Locator) -> Result<toml::Table, Vec<Problem>> {
+    toml::from_str(text).map_err(|e| {
+        vec![Problem {
+            path: String::new(),
+            location: e.span().map(|s| locator.line_col(s.start)),
+            message: format!("invalid TOML: {}", e.message().trim_end()),
+        }]
+    })
 }
 
 fn deserialize_reporting_unknown_keys(
@@ -183,6 +199,10 @@ fn validate(
     let source = raw.source.and_then(|s| super::source::source(s, problems));
     let hooks = super::source::hooks(raw.hooks, problems);
     let rollback_window = super::source::rollback_window(raw.rollback, problems);
+    let dependencies = super::dependencies::dependencies(raw.dependencies, problems);
+    let redeploy = raw
+        .redeploy
+        .and_then(|r| super::redeploy::redeploy(r, problems));
     if let Some(source) = &source {
         // Programs run in the deployed code unless told otherwise; a relative
         // workdir is a directory inside the release.
@@ -203,6 +223,8 @@ fn validate(
         source,
         hooks,
         rollback_window,
+        dependencies,
+        redeploy,
     })
 }
 

@@ -181,6 +181,10 @@ pub struct Source {
     deployed_at: Option<Instant>,
     /// The bad sha last refused, so a poll does not log the refusal every time.
     refused: Option<String>,
+    /// The sha whose before_cutover hook failed: automatic triggers leave it
+    /// alone (no hook rerun on every poll) until the ref moves; `cutover
+    /// deploy` tries again.
+    hook_failed: Option<String>,
     reaper: Reaper,
     hook_user: Option<RunAs>,
     wiring: Option<Wiring>,
@@ -219,6 +223,7 @@ impl Source {
             retry_at: None,
             deployed_at: None,
             refused: None,
+            hook_failed: None,
             reaper,
             hook_user,
             wiring: None,
@@ -415,6 +420,13 @@ impl Source {
             }
             return done;
         }
+        if !explicit && self.hook_failed.as_deref() == Some(sha.as_str()) {
+            let why = format!(
+                "the before_cutover hook failed for {sha}; waiting for `{}` to move, or `cutover deploy`",
+                self.config.git_ref
+            );
+            return record.finish(Outcome::Refused, Some(why));
+        }
         if let Err(e) = self.write_release(&sha).await {
             return self.failed(record, e.to_string());
         }
@@ -422,6 +434,7 @@ impl Source {
             .run_hooks("before_cutover", &sha, current.as_deref())
             .await
         {
+            self.hook_failed = Some(sha.clone());
             return self.failed(record, format!("{e}; the old release keeps serving"));
         }
         if let Err(e) = self.volume.switch_to(&sha) {
@@ -610,6 +623,10 @@ impl Source {
                 Some("no previous release to roll back to".into()),
             );
         };
+        let target = match self.full_sha_of(&target) {
+            Ok(sha) => sha,
+            Err(why) => return self.failed(record, why),
+        };
         record.sha = Some(target.clone());
         if let Err(e) = self.write_release(&target).await {
             return self.failed(record, format!("cannot restore {target}: {e}"));
@@ -649,6 +666,36 @@ impl Source {
             self.remember(&done);
         }
         done
+    }
+
+    /// The full sha of a kept release named by a full or abbreviated sha
+    /// (`cutover rollback --to`), or of a commit in the cache.
+    fn full_sha_of(&self, name: &str) -> Result<String, String> {
+        let name = name.to_ascii_lowercase();
+        if release::is_sha(&name) {
+            return Ok(name);
+        }
+        if name.len() < 4 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("`{name}` is not a commit id"));
+        }
+        let kept: Vec<String> = std::fs::read_dir(self.volume.releases())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| release::is_sha(n) && n.starts_with(&name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match kept.as_slice() {
+            [one] => return Ok(one.clone()),
+            [] => {}
+            _ => return Err(format!("`{name}` is ambiguous: {}", kept.join(", "))),
+        }
+        git2::Repository::open_bare(self.volume.cache())
+            .and_then(|repo| Ok(repo.revparse_single(&name)?.peel_to_commit()?.id()))
+            .map(|id| id.to_string())
+            .map_err(|_| format!("no kept release or cached commit matches `{name}`"))
     }
 
     async fn on_crash(&mut self, program: &str, status: &str) {

@@ -44,9 +44,15 @@ impl Repo {
         let work = dir.join("work");
         let remote = dir.join("remote.git");
         std::fs::create_dir_all(&work).unwrap();
-        git(dir.path(), &["init", "-q", "--bare", "-b", "main", "remote.git"]);
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", "-b", "main", "remote.git"],
+        );
         git(&work, &["init", "-q", "-b", "main"]);
-        git(&work, &["remote", "add", "origin", remote.to_str().unwrap()]);
+        git(
+            &work,
+            &["remote", "add", "origin", remote.to_str().unwrap()],
+        );
         Repo { work, remote }
     }
 
@@ -95,33 +101,7 @@ pub struct Server {
 impl Server {
     /// `git daemon` serving `dir` (read-only) at git://127.0.0.1:PORT/.
     pub fn daemon(base: &Path) -> Server {
-        let port = free_port();
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--base-path={}", base.display()),
-                base.to_str().unwrap(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start git daemon");
-        let server = Server {
-            child,
-            url: format!("git://127.0.0.1:{port}"),
-        };
-        wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        })
-        .expect("git daemon never listened");
-        server
+        Server::daemon_on(base, free_port())
     }
 
     /// Smart HTTP via `apps/git_http.py` serving the bare repos under `base`,
@@ -153,8 +133,89 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("a port in the server URL")
+    }
+
+    /// Stops the server and every process it started (`git daemon` runs
+    /// `git-daemon` as a child, which a plain kill of `git` leaves running).
+    pub fn stop(self) {
+        drop(self);
+    }
+
+    /// `git daemon` on a given port, e.g. to bring a stopped remote back at
+    /// the same URL. Runs `git-daemon` itself, so dropping it stops it.
+    pub fn daemon_on(base: &Path, port: u16) -> Server {
+        let exec_path = git(base, &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args([
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+                base.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        let server = Server {
+            child,
+            url: format!("git://127.0.0.1:{port}"),
+        };
+        wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        })
+        .expect("git daemon never listened");
+        server
+    }
+
+    /// `apps/git_http.py` on a given port (see `http`).
+    pub fn http_on(dir: &TestDir, base: &Path, auth: Option<(&str, &str)>, port: u16) -> Server {
+        let ready = dir.join("git-http.ready");
+        let _ = std::fs::remove_file(&ready);
+        let mut cmd = Command::new("python3");
+        cmd.arg(app("git_http.py"))
+            .args(["--root", base.to_str().unwrap()])
+            .args(["--port", &port.to_string()])
+            .args(["--ready-file", ready.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("git-http.stderr")).unwrap());
+        if let Some((user, password)) = auth {
+            cmd.args(["--user", user, "--password", password]);
+        }
+        let child = cmd.spawn().expect("start git_http.py");
+        let url = wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(&ready)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        })
+        .expect("git_http.py never became ready");
+        Server {
+            child,
+            url: url.trim().to_string(),
+        }
+    }
+}
+
 impl Drop for Server {
+    /// Kills the server and whatever it forked (CGI children, daemon workers).
     fn drop(&mut self) {
+        for p in crate::helpers::descendants_of(self.child.id() as i32) {
+            // SAFETY: kill(2) on a process this test started.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -6,8 +6,10 @@ mod helpers;
 mod cli;
 mod config_errors;
 mod exit_codes;
+mod fingerprint;
 mod gunicorn;
 mod process_tree;
+mod redeploy;
 mod reload;
 mod restart;
 mod source;
@@ -15,3 +17,5 @@ mod source_faults;
 
 #[cfg(feature = "container-tests")]
 mod container;
+#[cfg(feature = "container-tests")]
+mod redeploy_docker;

@@ -1,0 +1,1201 @@
+//! Source benchmark (`[source]`, code delivered from git): prints figures,
+//! asserts nothing about time.
+//!
+//! - push-to-new-code latency with the local push watch: cutover follows a
+//!   bare repository on disk (`[source] repo` is a path) and serves
+//!   tests/integration/apps/fdserver.py from `current`; the bench commits a
+//!   new `version`, runs `git push`, and polls `GET /` (every 2 ms, a fresh
+//!   connection each time) until the new version answers;
+//! - the same with the webhook: the bare repository is served by `git daemon`
+//!   on loopback (no watch is possible), and after the push the bench POSTs a
+//!   signed GitHub-style push delivery to `[control] http` `/webhook`;
+//! - fetching and materialising a 10,000-file, 100 MB repository (one commit):
+//!   cutover's first deploy into an empty volume against
+//!   `git clone --bare` + `git worktree add` with the machine's git, over
+//!   the same transport (a local path, and `git daemon`).
+//!
+//! The app's own boot (fdserver: python start to READY=1 on NOTIFY_SOCKET,
+//! `ready_ms` of the reload in `cutover status`) is reported apart, so
+//! cutover's part of a deploy shows.
+//!
+//! Run with `cargo bench --bench source` (about a minute; the first run also
+//! generates the big repository, cached under target/bench-source/). Needs
+//! git and python3. Traffic goes to 127.0.0.1 only. Every process started
+//! here lives in a process group of its own; all of them, and the temporary
+//! directories, are removed at the end, on panic and on Ctrl-C.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cutover");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Pushes per latency row.
+const PUSHES: usize = 10;
+/// Pause between two probes for the new code.
+const PROBE_EVERY: Duration = Duration::from_millis(2);
+/// Give up waiting for the new code after a push.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Quiet time before each push, longer than the reload debounce (200 ms).
+const SETTLE: Duration = Duration::from_millis(400);
+const SECRET: &str = "bench-webhook-secret";
+
+/// The big repository: files, total bytes (decimal MB), rounds per tool.
+const BIG_FILES: usize = 10_000;
+const BIG_BYTES: usize = 100_000_000;
+const BIG_ROUNDS: usize = 3;
+const BIG_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn main() {
+    install_cleanup();
+    let started = Instant::now();
+    let nproc = command_output(&mut Command::new("nproc"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    let git_version = command_output(Command::new("git").arg("--version"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "git ?".into());
+    let python = command_output(Command::new("python3").arg("--version"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "python3 ?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("cutover source benchmark ({BIN})");
+    println!(
+        "machine: nproc {nproc}, Linux {}, load average {}; {git_version}; {python}",
+        kernel.trim(),
+        loadavg()
+    );
+    println!();
+
+    let rows = [Trigger::Watch, Trigger::Webhook].map(latency_row);
+    println!();
+    println!(
+        "push -> new code: {PUSHES} pushes per row, each a new commit of `version`; new code = first GET / \
+         (fresh connection every {} ms) answered by the new version. app = fdserver.py, reload_strategy \
+         = overlap, [ready] notify = true.",
+        PROBE_EVERY.as_millis()
+    );
+    println!(
+        "{:<22} | {:>15} | {:>15} | {:>15} | {:>13} | {:>15} | {:>11}",
+        "trigger",
+        "push start->new",
+        "push done->new",
+        "minus boot",
+        "app boot",
+        "deploy record",
+        "git push"
+    );
+    println!(
+        "{:<22} | {:>15} | {:>15} | {:>15} | {:>13} | {:>15} | {:>11}",
+        "",
+        "p50 / max ms",
+        "p50 / max ms",
+        "p50 / max ms",
+        "p50 / max ms",
+        "p50 / max ms",
+        "p50 ms"
+    );
+    println!(
+        "{:-<22}-+-{:-<15}-+-{:-<15}-+-{:-<15}-+-{:-<13}-+-{:-<15}-+-{:-<11}",
+        "", "", "", "", "", "", ""
+    );
+    for row in &rows {
+        row.print_line();
+    }
+    println!();
+    println!(
+        "push start->new: `git push` started -> new version served (target <= 500 ms plus the app's boot). \
+         push done->new: from `git push` returning (webhook row: from the POST's answer). minus boot: \
+         push start->new minus the app's boot, i.e. git push + cutover + the probe's granularity. app boot: \
+         the reload's ready_ms (new instance spawned -> READY=1). deploy record: duration_ms of the deploy \
+         in the source history (trigger seen -> fetched, written, switched, reloaded)."
+    );
+    println!();
+
+    big_repo();
+    println!();
+    println!(
+        "whole bench: {:.1} s; load average now {}",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+}
+
+// ---------------------------------------------------------------- push latency
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// `[source] repo` is the bare repository's path; cutover watches its refs.
+    Watch,
+    /// `git daemon` serves it; a signed POST /webhook says it moved.
+    Webhook,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Watch => "local push watch",
+            Trigger::Webhook => "webhook (git daemon)",
+        }
+    }
+}
+
+struct Push {
+    push_ms: f64,
+    /// `git push` started -> new version answered.
+    to_new_ms: f64,
+    /// `git push` returned (webhook: POST answered) -> new version answered.
+    after_ms: f64,
+    /// The reload's ready_ms: the new instance's boot.
+    boot_ms: f64,
+    /// The deploy record's duration_ms.
+    deploy_ms: f64,
+}
+
+struct LatencyRow {
+    trigger: Trigger,
+    pushes: Vec<Push>,
+    notes: Vec<String>,
+}
+
+impl LatencyRow {
+    fn print_line(&self) {
+        let col = |f: &dyn Fn(&Push) -> f64| {
+            let v: Vec<f64> = self.pushes.iter().map(f).collect();
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0} / {:.0}", p50(&v), max(&v))
+            }
+        };
+        let push: Vec<f64> = self.pushes.iter().map(|p| p.push_ms).collect();
+        println!(
+            "{:<22} | {:>15} | {:>15} | {:>15} | {:>13} | {:>15} | {:>11}",
+            format!("{} ({}/{PUSHES})", self.trigger.name(), self.pushes.len()),
+            col(&|p| p.to_new_ms),
+            col(&|p| p.after_ms),
+            col(&|p| p.to_new_ms - p.boot_ms),
+            col(&|p| p.boot_ms),
+            col(&|p| p.deploy_ms),
+            if push.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", p50(&push))
+            },
+        );
+        for note in &self.notes {
+            println!("{:<22}   note: {note}", "");
+        }
+    }
+}
+
+fn latency_row(trigger: Trigger) -> LatencyRow {
+    let dir = TempDir::new("cutover-bench-source");
+    let bare = dir.path().join("remote.git");
+    let work = dir.path().join("work");
+    let volume = dir.path().join("volume");
+    std::fs::create_dir_all(&work).unwrap();
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", "-b", "main", "remote.git"],
+    );
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    std::fs::write(work.join("version"), "v0\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "v0"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+
+    let daemon = (trigger == Trigger::Webhook).then(|| GitDaemon::start(dir.path()));
+    let repo = match &daemon {
+        Some(d) => format!("git://127.0.0.1:{}/remote.git", d.port),
+        None => bare.display().to_string(),
+    };
+    let port = free_port();
+    let control = free_port();
+    let webhook = if trigger == Trigger::Webhook {
+        "webhook_secret_env = \"BENCH_WEBHOOK_SECRET\"\n"
+    } else {
+        ""
+    };
+    let config = format!(
+        r#"[[listen]]
+name = "http"
+address = "127.0.0.1:{port}"
+
+[app]
+command = ["python3", {server}]
+stop_timeout = "5s"
+reload_strategy = "overlap"
+
+[ready]
+notify = true
+timeout = "30s"
+
+[control]
+http = "127.0.0.1:{control}"
+
+[source]
+repo = {repo}
+ref = "main"
+root = {root}
+{webhook}"#,
+        server = toml_str(&format!("{REPO}/tests/integration/apps/fdserver.py")),
+        repo = toml_str(&repo),
+        root = toml_str(&volume.display().to_string()),
+    );
+    let log = dir.path().join("cutover.log");
+    let mut cutover = start_cutover(
+        dir.path(),
+        &config,
+        &log,
+        &[("BENCH_WEBHOOK_SECRET", SECRET)],
+    );
+
+    let mut notes = Vec::new();
+    if let Err(e) = wait_for_version(port, 0, START_TIMEOUT, &mut cutover) {
+        panic!(
+            "{}: v0 never served: {e}\n{}",
+            trigger.name(),
+            tail(&log, 30)
+        );
+    }
+    let mut pushes = Vec::new();
+    for n in 1..=PUSHES {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            panic!("interrupted");
+        }
+        std::fs::write(work.join("version"), format!("v{n}\n")).unwrap();
+        git(&work, &["commit", "-q", "-am", &format!("v{n}")]);
+        let sha = git(&work, &["rev-parse", "HEAD"]);
+        settle(control);
+
+        let started = Instant::now();
+        git(&work, &["push", "-q", "origin", "main"]);
+        let pushed = started.elapsed();
+        let mut from = Instant::now();
+        if trigger == Trigger::Webhook {
+            let body = format!(r#"{{"ref":"refs/heads/main","after":"{sha}"}}"#);
+            let mut mac =
+                Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+            mac.update(body.as_bytes());
+            let signature = hex::encode(mac.finalize().into_bytes());
+            let answer = http(
+                control,
+                "POST",
+                "/webhook",
+                &[
+                    ("X-GitHub-Event", "push"),
+                    ("X-Hub-Signature-256", &format!("sha256={signature}")),
+                    ("Content-Type", "application/json"),
+                ],
+                body.as_bytes(),
+            );
+            match answer {
+                Ok((202, _)) => {}
+                Ok((code, text)) => notes.push(format!(
+                    "push {n}: webhook answered {code}: {}",
+                    text.trim()
+                )),
+                Err(e) => notes.push(format!("push {n}: webhook failed: {e}")),
+            }
+            from = Instant::now();
+        }
+        let new_code = probe_new_code(port, n, started);
+        let Some(to_new) = new_code else {
+            notes.push(format!(
+                "push {n}: v{n} not served within {} s",
+                DEPLOY_TIMEOUT.as_secs()
+            ));
+            continue;
+        };
+        let after = to_new.saturating_sub(from.duration_since(started));
+        match deploy_report(control, &sha) {
+            Ok((boot_ms, deploy_ms)) => pushes.push(Push {
+                push_ms: ms(pushed),
+                to_new_ms: ms(to_new),
+                after_ms: ms(after),
+                boot_ms,
+                deploy_ms,
+            }),
+            Err(e) => notes.push(format!("push {n}: {e}")),
+        }
+    }
+    for p in log_problems(&log) {
+        notes.push(p);
+    }
+    cutover.stop(Duration::from_secs(10));
+    drop(daemon);
+    println!(
+        "{}: {} pushes measured{}",
+        trigger.name(),
+        pushes.len(),
+        if notes.is_empty() { "" } else { " (see notes)" }
+    );
+    for (i, p) in pushes.iter().enumerate() {
+        println!(
+            "  push {:>2}: git push {:>5.1} ms, push start->new {:>6.1} ms, done->new {:>6.1} ms, boot {:>6.1} ms, deploy record {:>6.1} ms",
+            i + 1,
+            p.push_ms,
+            p.to_new_ms,
+            p.after_ms,
+            p.boot_ms,
+            p.deploy_ms
+        );
+    }
+    LatencyRow {
+        trigger,
+        pushes,
+        notes,
+    }
+}
+
+/// Waits until no reload runs or waits, then for a quiet SETTLE.
+fn settle(control: u16) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(s) = status(control) {
+            let r = &s["reload"];
+            if r["in_progress"] == false && r["pending"] == false {
+                break;
+            }
+        }
+        sleep(Duration::from_millis(10));
+    }
+    sleep(SETTLE);
+}
+
+/// Once the deploy of `sha` is recorded: (the reload's ready_ms, the deploy's duration_ms).
+fn deploy_report(control: u16, sha: &str) -> Result<(f64, f64), String> {
+    let deadline = Instant::now() + DEPLOY_TIMEOUT;
+    let mut last = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        if let Some(s) = status(control) {
+            let record = s["source"]["history"]
+                .as_array()
+                .and_then(|h| h.iter().rev().find(|r| r["sha"] == sha).cloned());
+            let reload = &s["reload"]["last"];
+            let reload_done = reload["trigger"]
+                .as_str()
+                .is_some_and(|t| t.contains(&sha[..12]));
+            if let Some(record) = record.filter(|_| reload_done) {
+                if record["outcome"] != "deployed" {
+                    return Err(format!("deploy of {sha} recorded as {record}"));
+                }
+                let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+                return Ok((
+                    f(&reload["programs"][0]["ready_ms"]),
+                    f(&record["duration_ms"]),
+                ));
+            }
+            last = s;
+        }
+        sleep(Duration::from_millis(10));
+    }
+    Err(format!(
+        "no deploy of {sha} recorded within {} s; status: {last}",
+        DEPLOY_TIMEOUT.as_secs()
+    ))
+}
+
+fn start_cutover(dir: &Path, config: &str, log: &Path, env: &[(&str, &str)]) -> Group {
+    let path = dir.join("cutover.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut check = Command::new(BIN);
+    check.args(["check", "-c"]).arg(&path);
+    for (k, v) in env {
+        check.env(k, v);
+    }
+    let out = check.output().unwrap();
+    assert!(
+        out.status.success(),
+        "cutover check rejects the config:\n{config}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::File::create(log).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "-c"])
+        .arg(&path)
+        .arg("--socket")
+        .arg(dir.join("ctl.sock"))
+        .current_dir(dir)
+        .env("CUTOVER_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Group::spawn(&mut cmd)
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+struct GitDaemon {
+    _group: Group,
+    port: u16,
+}
+
+impl GitDaemon {
+    /// `git daemon` serving the repositories under `base` on 127.0.0.1.
+    fn start(base: &Path) -> GitDaemon {
+        let port = free_port();
+        let group = Group::spawn(
+            Command::new("git")
+                .args([
+                    "daemon",
+                    "--reuseaddr",
+                    "--export-all",
+                    "--listen=127.0.0.1",
+                    &format!("--port={port}"),
+                    &format!("--base-path={}", base.display()),
+                    base.to_str().unwrap(),
+                ])
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("HOME", base)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon never listened");
+            sleep(Duration::from_millis(10));
+        }
+        GitDaemon {
+            _group: group,
+            port,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- big repository
+
+struct BigRound {
+    /// cutover started -> `current` in place.
+    wall_ms: f64,
+    /// The first deploy's duration_ms (ls-remote, fetch, write, switch).
+    deploy_ms: f64,
+    /// "release written ... ms=": the materialisation alone.
+    write_ms: f64,
+}
+
+struct GitRound {
+    clone_ms: f64,
+    worktree_ms: f64,
+}
+
+fn big_repo() {
+    let (cached, generated) = big_repository();
+    let (files, bytes) = (
+        git(&cached, &["ls-tree", "-r", "--name-only", "main"])
+            .lines()
+            .count(),
+        dir_bytes(&cached.join("objects")),
+    );
+    println!(
+        "big repository: {files} files, {:.1} MB of content in one commit, pack {:.1} MB; {} ({})",
+        big_content_bytes() as f64 / 1e6,
+        bytes as f64 / 1e6,
+        cached.display(),
+        match generated {
+            Some(d) => format!("generated in {:.1} s", d.as_secs_f64()),
+            None => "cached".to_string(),
+        }
+    );
+    let base = cached.parent().unwrap().to_path_buf();
+    let mut table = Vec::new();
+    for transport in ["path", "git daemon"] {
+        let daemon = (transport == "git daemon").then(|| GitDaemon::start(&base));
+        let name = cached.file_name().unwrap().to_str().unwrap();
+        let (cutover_url, git_url) = match &daemon {
+            Some(d) => {
+                let url = format!("git://127.0.0.1:{}/{name}", d.port);
+                (url.clone(), url)
+            }
+            None => (
+                cached.display().to_string(),
+                format!("file://{}", cached.display()),
+            ),
+        };
+        let mut cut = Vec::new();
+        let mut gits = Vec::new();
+        for round in 1..=BIG_ROUNDS {
+            let c = cutover_first_deploy(&cutover_url);
+            let g = git_clone_worktree(&git_url);
+            println!(
+                "  {transport} round {round}: cutover {:>7.0} ms (deploy record {:.0} ms, of which release written {:.0} ms) | git clone {:.0} ms + worktree add {:.0} ms = {:.0} ms",
+                c.wall_ms,
+                c.deploy_ms,
+                c.write_ms,
+                g.clone_ms,
+                g.worktree_ms,
+                g.clone_ms + g.worktree_ms
+            );
+            cut.push(c);
+            gits.push(g);
+        }
+        drop(daemon);
+        table.push((transport, git_url, cut, gits));
+    }
+    println!();
+    println!(
+        "fetch + materialise {BIG_FILES} files / {:.0} MB (median of {BIG_ROUNDS}; `sync` before each run; cutover = \
+         `cutover run` started -> `current` in place, app `sleep`; git = `git clone -q --bare URL` + \
+         `git worktree add -q --detach DIR main`)",
+        big_content_bytes() as f64 / 1e6
+    );
+    println!(
+        "{:<11} | {:>12} | {:>13} | {:>13} | {:>12} | {:>12} | {:>12} | {:>13}",
+        "transport",
+        "cutover ms",
+        "  its fetch",
+        "  its write",
+        "git ms",
+        "  clone",
+        "  worktree",
+        "cutover / git"
+    );
+    println!(
+        "{:-<11}-+-{:-<12}-+-{:-<13}-+-{:-<13}-+-{:-<12}-+-{:-<12}-+-{:-<12}-+-{:-<13}",
+        "", "", "", "", "", "", "", ""
+    );
+    for (transport, _, cut, gits) in &table {
+        let wall = median(cut.iter().map(|c| c.wall_ms));
+        let fetch = median(cut.iter().map(|c| c.deploy_ms - c.write_ms));
+        let write = median(cut.iter().map(|c| c.write_ms));
+        let git_total = median(gits.iter().map(|g| g.clone_ms + g.worktree_ms));
+        let clone = median(gits.iter().map(|g| g.clone_ms));
+        let worktree = median(gits.iter().map(|g| g.worktree_ms));
+        println!(
+            "{:<11} | {:>12.0} | {:>13.0} | {:>13.0} | {:>12.0} | {:>12.0} | {:>12.0} | {:>13.2}",
+            transport,
+            wall,
+            fetch,
+            write,
+            git_total,
+            clone,
+            worktree,
+            wall / git_total
+        );
+    }
+    println!(
+        "its fetch = deploy record duration_ms minus the write (resolving the ref, fetching, indexing the pack, \
+         switching current); its write = the \"release written\" log line's ms. target ratio <= 1.0"
+    );
+}
+
+fn big_content_bytes() -> usize {
+    (0..BIG_FILES).map(big_file_size).sum()
+}
+
+/// Sizes spread 2 KB..18 KB around BIG_BYTES / BIG_FILES.
+fn big_file_size(i: usize) -> usize {
+    let mean = BIG_BYTES / BIG_FILES;
+    let spread = mean * 4 / 5;
+    let r = (xorshift(i as u64 ^ 0x5eed) % (2 * spread as u64 + 1)) as usize;
+    mean - spread + r
+}
+
+fn xorshift(seed: u64) -> u64 {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// Deterministic text: base64-alphabet lines of 76 characters (6 bits of
+/// entropy per byte, so zlib saves at most a quarter).
+fn big_file(i: usize, out: &mut Vec<u8>) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let size = big_file_size(i);
+    out.clear();
+    let mut x = xorshift(i as u64 + 1);
+    while out.len() < size {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let mut r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        for _ in 0..10 {
+            if out.len() >= size {
+                break;
+            }
+            out.push(if out.len() % 77 == 76 {
+                b'\n'
+            } else {
+                ALPHABET[(r & 63) as usize]
+            });
+            r >>= 6;
+        }
+    }
+}
+
+fn big_path(i: usize) -> String {
+    format!("d{:02}/e{}/f{:04}.txt", i / 100, (i / 10) % 10, i)
+}
+
+/// The cached bare repository, generated with `git fast-import` when missing.
+fn big_repository() -> (PathBuf, Option<Duration>) {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(REPO).join("target"));
+    let base = target.join("bench-source");
+    let repo = base.join(format!("big-{BIG_FILES}-{BIG_BYTES}-v1.git"));
+    if repo.join("refs").is_dir()
+        && Command::new("git")
+            .args(["rev-parse", "--verify", "-q", "main"])
+            .current_dir(&repo)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        return (repo, None);
+    }
+    let started = Instant::now();
+    std::fs::create_dir_all(&base).unwrap();
+    let tmp = base.join(format!("tmp-{}.git", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    git(
+        &base,
+        &["init", "-q", "--bare", "-b", "main", tmp.to_str().unwrap()],
+    );
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(&tmp)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", &tmp)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = std::io::BufWriter::new(child.stdin.take().unwrap());
+        let mut content = Vec::new();
+        for i in 0..BIG_FILES {
+            big_file(i, &mut content);
+            write!(stdin, "blob\nmark :{}\ndata {}\n", i + 1, content.len()).unwrap();
+            stdin.write_all(&content).unwrap();
+            stdin.write_all(b"\n").unwrap();
+        }
+        let message = "big repository for benches/source.rs\n";
+        write!(
+            stdin,
+            "commit refs/heads/main\nauthor bench <bench@example.com> 1700000000 +0000\n\
+             committer bench <bench@example.com> 1700000000 +0000\ndata {}\n{message}",
+            message.len()
+        )
+        .unwrap();
+        for i in 0..BIG_FILES {
+            writeln!(stdin, "M 100644 :{} {}", i + 1, big_path(i)).unwrap();
+        }
+        writeln!(stdin, "done").unwrap();
+        stdin.flush().unwrap();
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "git fast-import failed: {status}");
+    let _ = std::fs::remove_dir_all(&repo);
+    std::fs::rename(&tmp, &repo).unwrap();
+    (repo, Some(started.elapsed()))
+}
+
+fn cutover_first_deploy(url: &str) -> BigRound {
+    let dir = TempDir::new("cutover-bench-big");
+    let volume = dir.path().join("volume");
+    let config = format!(
+        r#"[app]
+command = ["sleep", "1000"]
+
+[ready]
+grace = "0s"
+
+[source]
+repo = {repo}
+ref = "main"
+root = {root}
+"#,
+        repo = toml_str(url),
+        root = toml_str(&volume.display().to_string()),
+    );
+    let log = dir.path().join("cutover.log");
+    sync();
+    let started = Instant::now();
+    let mut cutover = start_cutover(dir.path(), &config, &log, &[]);
+    let current = volume.join("current");
+    let wall = loop {
+        if std::fs::symlink_metadata(&current).is_ok() {
+            break started.elapsed();
+        }
+        if let Some(status) = cutover.exited() {
+            panic!("cutover exited ({status}):\n{}", tail(&log, 30));
+        }
+        assert!(
+            started.elapsed() < BIG_TIMEOUT,
+            "no current within {} s:\n{}",
+            BIG_TIMEOUT.as_secs(),
+            tail(&log, 30)
+        );
+        sleep(Duration::from_millis(2));
+    };
+    let history = volume.join("history.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (deploy_ms, write_ms) = loop {
+        let record = std::fs::read_to_string(&history)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["trigger"] == "first start" && r["outcome"] == "deployed");
+        let write = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("release written"))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("ms=")))
+            .and_then(|v| v.parse::<f64>().ok());
+        if let (Some(r), Some(w)) = (record, write) {
+            break (r["duration_ms"].as_f64().unwrap_or(f64::NAN), w);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no first deploy recorded:\n{}",
+            tail(&log, 30)
+        );
+        sleep(Duration::from_millis(10));
+    };
+    cutover.stop(Duration::from_secs(10));
+    let written = volume.join("current").join(big_path(BIG_FILES - 1));
+    assert!(written.is_file(), "{} missing", written.display());
+    BigRound {
+        wall_ms: ms(wall),
+        deploy_ms,
+        write_ms,
+    }
+}
+
+fn git_clone_worktree(url: &str) -> GitRound {
+    let dir = TempDir::new("cutover-bench-git");
+    sync();
+    let started = Instant::now();
+    git(dir.path(), &["clone", "-q", "--bare", url, "cache.git"]);
+    let cloned = started.elapsed();
+    git(
+        &dir.path().join("cache.git"),
+        &["worktree", "add", "-q", "--detach", "../release", "main"],
+    );
+    let worktree = started.elapsed() - cloned;
+    let written = dir.path().join("release").join(big_path(BIG_FILES - 1));
+    assert!(written.is_file(), "{} missing", written.display());
+    GitRound {
+        clone_ms: ms(cloned),
+        worktree_ms: ms(worktree),
+    }
+}
+
+fn sync() {
+    let _ = Command::new("sync").status();
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => total += dir_bytes(&e.path()),
+            Ok(_) => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => {}
+        }
+    }
+    total
+}
+
+// ---------------------------------------------------------------- git
+
+/// Runs git in `dir` without the user's or the system's config; panics with
+/// git's stderr on failure, returns stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed in {}:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+// ---------------------------------------------------------------- HTTP
+
+/// One request on a fresh connection: (status code, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("truncated answer")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {}", head.lines().next().unwrap_or("")))?;
+    Ok((code, body.to_string()))
+}
+
+/// fdserver answers `/` with "<version> <pid>".
+fn is_version(body: &str, n: usize) -> bool {
+    body.starts_with(&format!("v{n} "))
+}
+
+fn wait_for_version(
+    port: u16,
+    n: usize,
+    timeout: Duration,
+    server: &mut Group,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some(status) = server.exited() {
+            return Err(format!("cutover exited ({status})"));
+        }
+        match http(port, "GET", "/", &[], b"") {
+            Ok((200, body)) if is_version(&body, n) => return Ok(()),
+            Ok((code, body)) => last = format!("{code} {body}"),
+            Err(e) => last = e,
+        }
+        sleep(Duration::from_millis(20));
+    }
+    Err(format!("timed out; last answer: {last}"))
+}
+
+/// Polls until v`n` answers; the time since `since`.
+fn probe_new_code(port: u16, n: usize, since: Instant) -> Option<Duration> {
+    while since.elapsed() < DEPLOY_TIMEOUT {
+        if let Ok((200, body)) = http(port, "GET", "/", &[], b"")
+            && is_version(&body, n)
+        {
+            return Some(since.elapsed());
+        }
+        sleep(PROBE_EVERY);
+    }
+    None
+}
+
+fn status(control: u16) -> Option<serde_json::Value> {
+    match http(control, "GET", "/status", &[], b"") {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------- figures
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn p50(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn median(v: impl Iterator<Item = f64>) -> f64 {
+    p50(&v.collect::<Vec<_>>())
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::MIN, f64::max)
+}
+
+fn command_output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// cutover's warnings and errors from a log.
+fn log_problems(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("Traceback"))
+        .collect();
+    let mut notes: Vec<String> = bad.iter().take(8).map(|l| format!("log: {l}")).collect();
+    if bad.len() > 8 {
+        notes.push(format!("log: ... {} more such lines", bad.len() - 8));
+    }
+    notes
+}
+
+// ---------------------------------------------------------------- cleanup
+
+/// Process groups started here, by leader pid (= pgid).
+static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn install_cleanup() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        cleanup_all();
+    }));
+    extern "C" fn on_signal(_: libc::c_int) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only stores to an atomic; SA_RESETHAND makes a
+    // second Ctrl-C kill the bench outright.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESETHAND;
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+fn sleep(d: Duration) {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        panic!("interrupted");
+    }
+    std::thread::sleep(d);
+}
+
+fn cleanup_all() {
+    let groups: Vec<i32> = std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in groups {
+        stop_tree(pid, Duration::from_secs(10));
+    }
+    let dirs: Vec<PathBuf> = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// (pid, ppid, pgid) of every process.
+fn processes() -> Vec<(i32, i32, i32)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ..."; comm may hold spaces and parens.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(Ok(ppid)), Some(Ok(pgid))) =
+            (f.get(1).map(|v| v.parse()), f.get(2).map(|v| v.parse()))
+        {
+            out.push((pid, ppid, pgid));
+        }
+    }
+    out
+}
+
+/// The process `root` and all its descendants: pid -> pgid.
+fn tree(root: i32) -> HashMap<i32, i32> {
+    let procs = processes();
+    let mut found = HashMap::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        for &(pid, ppid, pgid) in &procs {
+            if (pid == p || ppid == p) && !found.contains_key(&pid) {
+                found.insert(pid, pgid);
+                if pid != p {
+                    todo.push(pid);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// SIGTERM to the group led by `pid`, then waits for its leader to exit
+/// (cutover stops its programs itself); whatever of the tree is left after
+/// `grace` gets SIGKILL. Never touches the bench's own process group.
+fn stop_tree(pid: i32, grace: Duration) {
+    let before = tree(pid);
+    // SAFETY: kill(2) and waitpid(2) on a group/child this bench started.
+    unsafe { libc::kill(-pid, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    let mut reaped = false;
+    while Instant::now() < deadline {
+        let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        if r == pid || r < 0 {
+            reaped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Stragglers: processes of the old tree still alive in the same groups.
+    let own = unsafe { libc::getpgrp() };
+    let groups: HashSet<i32> = before.values().copied().filter(|&g| g != own).collect();
+    let left: Vec<i32> = processes()
+        .into_iter()
+        .filter(|(p, _, g)| before.contains_key(p) && groups.contains(g) && *p != pid)
+        .map(|(p, _, _)| p)
+        .collect();
+    for p in &left {
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    if !reaped {
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// A child started in a process group of its own, stopped (with everything
+/// it started) when dropped.
+struct Group {
+    child: Option<Child>,
+    pid: i32,
+}
+
+impl Group {
+    fn spawn(cmd: &mut Command) -> Group {
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        let pid = child.id() as i32;
+        GROUPS.lock().unwrap().push(pid);
+        Group {
+            child: Some(child),
+            pid,
+        }
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        let known = {
+            let mut g = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+            let known = g.contains(&self.pid);
+            g.retain(|&p| p != self.pid);
+            known
+        };
+        if known {
+            stop_tree(self.pid, grace);
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.try_wait();
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// A temporary directory, removed when dropped and on panic.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .unwrap()
+            .keep();
+        DIRS.lock().unwrap().push(dir.clone());
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        DIRS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|d| d != &self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,390 @@
+//! Validation of `[redeploy]`: what cutover does when a release's dependency
+//! files differ from the image's, so hot reload is unsafe. Exactly one action
+//! (`command`, `webhook`, `docker` or `exit`); the webhook secret is read
+//! here, so a missing one is a config error before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::problems::{Problems, Segment};
+use super::raw::{RawDocker, RawRedeploy};
+use super::validate::{child, parse_duration};
+use super::{DockerRedeploy, RedeployAction, RedeployConfig, WebhookTarget};
+
+/// Default Docker engine socket.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
+
+pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployConfig> {
+    let path = [Segment::Key("redeploy".into())];
+    let before = p.list.len();
+    let given: Vec<&str> = [
+        ("command", raw.command.is_some()),
+        ("webhook", raw.webhook.is_some()),
+        ("docker", raw.docker.is_some()),
+        ("exit", raw.exit.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    match given.as_slice() {
+        [] => p.add(
+            &path,
+            "give one action: command = [...], webhook = \"https://...\", \
+             docker = { ... } or exit = 75",
+        ),
+        [_] => {}
+        several => p.add(
+            &child(&path, several[1]),
+            format!(
+                "give exactly one action, not {}",
+                several
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        ),
+    }
+    let uses_timeout = raw.command.is_some() || raw.webhook.is_some();
+    if raw.timeout.is_some() && !uses_timeout {
+        p.add(
+            &child(&path, "timeout"),
+            "only for command and webhook (docker has health_timeout)",
+        );
+    }
+    let timeout = raw
+        .timeout
+        .and_then(|t| p.check(&child(&path, "timeout"), parse_duration(&t)));
+    if raw.webhook.is_none() {
+        for key in ["webhook_secret_env", "webhook_secret_file"] {
+            let set = match key {
+                "webhook_secret_env" => raw.webhook_secret_env.is_some(),
+                _ => raw.webhook_secret_file.is_some(),
+            };
+            if set {
+                p.add(&child(&path, key), "only with `webhook`");
+            }
+        }
+    }
+    let retry_max = match raw.retry_max {
+        None => Some(DEFAULT_RETRY_MAX),
+        Some(t) => p
+            .check(&child(&path, "retry_max"), parse_duration(&t))
+            .filter(|d| {
+                let ok = *d >= Duration::from_secs(1);
+                if !ok {
+                    p.add(&child(&path, "retry_max"), "must be at least 1s");
+                }
+                ok
+            }),
+    };
+
+    let action = if let Some(command) = raw.command {
+        if command.first().is_none_or(|c| c.trim().is_empty()) {
+            p.add(
+                &child(&path, "command"),
+                "empty command: give the program and its arguments",
+            );
+        }
+        Some(RedeployAction::Command {
+            command,
+            timeout: timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+        })
+    } else if let Some(url) = raw.webhook {
+        if let Err(e) = check_url(&url) {
+            p.add(&child(&path, "webhook"), e);
+        }
+        let secret = super::source::secret(
+            &path,
+            "webhook_secret",
+            raw.webhook_secret_env,
+            raw.webhook_secret_file,
+            p,
+        );
+        Some(RedeployAction::Webhook(WebhookTarget {
+            url,
+            secret,
+            timeout: timeout.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
+        }))
+    } else if let Some(docker) = raw.docker {
+        docker_action(&child(&path, "docker"), docker, p).map(RedeployAction::Docker)
+    } else if let Some(code) = raw.exit {
+        match u8::try_from(code) {
+            Ok(c) if c > 0 => Some(RedeployAction::Exit(c)),
+            _ => {
+                p.add(
+                    &child(&path, "exit"),
+                    format!("exit code {code} is not within 1..=255 (75 is EX_TEMPFAIL)"),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if p.list.len() > before {
+        return None;
+    }
+    Some(RedeployConfig {
+        action: action?,
+        retry_max: retry_max?,
+    })
+}
+
+/// `http://` or `https://` with a host.
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!(
+            "`{url}` needs a host (and no user:password@; use webhook_secret_env to sign)"
+        ));
+    }
+    url.parse::<hyper::Uri>()
+        .map(|_| ())
+        .map_err(|e| format!("`{url}` is not a valid URL: {e}"))
+}
+
+fn docker_action(path: &[Segment], raw: RawDocker, p: &mut Problems) -> Option<DockerRedeploy> {
+    let socket = PathBuf::from(
+        raw.socket
+            .as_deref()
+            .map(|s| s.trim_start_matches("unix://"))
+            .unwrap_or(DEFAULT_DOCKER_SOCKET),
+    );
+    if socket.is_relative() {
+        p.add(
+            &child(path, "socket"),
+            format!("`{}` is not an absolute path", socket.display()),
+        );
+    }
+    let dockerfile = raw.dockerfile.unwrap_or_else(|| "Dockerfile".to_string());
+    if dockerfile.trim().is_empty()
+        || dockerfile.starts_with('/')
+        || dockerfile.split('/').any(|c| c == "..")
+    {
+        p.add(
+            &child(path, "dockerfile"),
+            format!("`{dockerfile}` must be a path inside the release, like \"Dockerfile\""),
+        );
+    }
+    let mut build_args = Vec::new();
+    for (k, v) in raw.build_args {
+        let at = child(&child(path, "build_args"), &k);
+        let value = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                p.add(
+                    &at,
+                    format!(
+                        "expected a string, number or boolean, found {}",
+                        other.type_str()
+                    ),
+                );
+                continue;
+            }
+        };
+        if k.is_empty() || k.contains('=') {
+            p.add(&at, "build argument names must be non-empty without `=`");
+            continue;
+        }
+        build_args.push((k, value));
+    }
+    if let Some(image) = &raw.image
+        && let Err(e) = check_repository(image)
+    {
+        p.add(&child(path, "image"), e);
+    }
+    if raw
+        .container
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty())
+    {
+        p.add(&child(path, "container"), "empty container name");
+    }
+    let health_timeout = match raw.health_timeout {
+        None => Some(DEFAULT_HEALTH_TIMEOUT),
+        Some(t) => p.check(&child(path, "health_timeout"), parse_duration(&t)),
+    };
+    Some(DockerRedeploy {
+        socket,
+        dockerfile,
+        build_args,
+        image: raw.image,
+        container: raw.container,
+        health_timeout: health_timeout?,
+    })
+}
+
+/// A repository without a tag: `name`, `org/name`, `registry:5000/org/name`.
+fn check_repository(image: &str) -> Result<(), String> {
+    let last = image.rsplit('/').next().unwrap_or("");
+    let ok = !image.is_empty()
+        && !last.is_empty()
+        && !last.contains(':')
+        && !image.contains('@')
+        && image
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{image}` is not an image repository like \"org/app\" \
+             (lowercase, no tag: the tag is the short sha)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigError};
+    use super::*;
+
+    fn parse(redeploy: &str) -> Result<Config, Vec<(String, String)>> {
+        let text = format!("[app]\ncommand = [\"true\"]\n\n[redeploy]\n{redeploy}\n");
+        Config::parse(&text, "t.toml", None).map_err(|e| match e {
+            ConfigError::Invalid { problems, .. } => {
+                problems.into_iter().map(|p| (p.path, p.message)).collect()
+            }
+            other => panic!("{other}"),
+        })
+    }
+
+    fn action(redeploy: &str) -> RedeployAction {
+        parse(redeploy).unwrap().redeploy.unwrap().action
+    }
+
+    fn problems(redeploy: &str) -> Vec<(String, String)> {
+        parse(redeploy).unwrap_err()
+    }
+
+    #[test]
+    fn absent_means_none() {
+        let c = Config::parse("[app]\ncommand = [\"true\"]\n", "t", None).unwrap();
+        assert_eq!(c.redeploy, None);
+    }
+
+    #[test]
+    fn each_action() {
+        assert_eq!(
+            action("command = [\"ci-build\", \"--now\"]\ntimeout = \"1m\""),
+            RedeployAction::Command {
+                command: vec!["ci-build".into(), "--now".into()],
+                timeout: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            action("webhook = \"http://127.0.0.1:9/hook\""),
+            RedeployAction::Webhook(WebhookTarget {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: None,
+                timeout: DEFAULT_WEBHOOK_TIMEOUT
+            })
+        );
+        assert_eq!(action("exit = 75"), RedeployAction::Exit(75));
+        let docker = action(
+            "docker = { build_args = { PY = \"3.12\", N = 2 }, image = \"acme/app\", \
+             health_timeout = \"90s\" }",
+        );
+        assert_eq!(
+            docker,
+            RedeployAction::Docker(DockerRedeploy {
+                socket: PathBuf::from(DEFAULT_DOCKER_SOCKET),
+                dockerfile: "Dockerfile".into(),
+                build_args: vec![("N".into(), "2".into()), ("PY".into(), "3.12".into())],
+                image: Some("acme/app".into()),
+                container: None,
+                health_timeout: Duration::from_secs(90),
+            })
+        );
+        let c = parse("exit = 75\nretry_max = \"10m\"").unwrap().redeploy;
+        assert_eq!(c.unwrap().retry_max, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn webhook_secret_is_read_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let a = action(&format!(
+            "webhook = \"https://ci.example/hook\"\nwebhook_secret_file = \"{}\"",
+            file.display()
+        ));
+        let RedeployAction::Webhook(w) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(w.secret.map(|s| s.0).as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let found = problems(
+            "webhook = \"ftp://x\"\nexit = 300\ntimeout = \"soon\"\nretry_max = \"1ms\"\n\
+             webhook_secret_env = \"CUTOVER_TEST_NO_SUCH_VAR\"",
+        );
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        for want in [
+            "redeploy.exit",
+            "redeploy.timeout",
+            "redeploy.retry_max",
+            "redeploy.webhook",
+            "redeploy.webhook_secret_env",
+        ] {
+            assert!(paths.contains(&want), "{want} missing in {found:?}");
+        }
+        assert!(
+            found
+                .iter()
+                .any(|(_, m)| m.contains("exactly one action, not `webhook` and `exit`")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn bad_docker_settings() {
+        let found = problems(
+            "docker = { socket = \"docker.sock\", dockerfile = \"../Dockerfile\", \
+             image = \"Acme/App:v1\", build_args = { X = [1] }, health_timeout = \"x\" }",
+        );
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "redeploy.docker.socket",
+                "redeploy.docker.dockerfile",
+                "redeploy.docker.build_args.X",
+                "redeploy.docker.image",
+                "redeploy.docker.health_timeout",
+            ],
+            "{found:?}"
+        );
+        let found = problems("docker = { colour = \"blue\" }");
+        assert_eq!(found[0].0, "redeploy.docker.colour", "{found:?}");
+    }
+
+    #[test]
+    fn no_action_or_misplaced_keys() {
+        let found = problems("retry_max = \"1m\"");
+        assert!(found[0].1.contains("give one action"), "{found:?}");
+        let found = problems("exit = 75\ntimeout = \"1m\"\nwebhook_secret_file = \"/x\"");
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["redeploy.timeout", "redeploy.webhook_secret_file"],
+            "{found:?}"
+        );
+        let found = problems("command = []");
+        assert_eq!(found[0].0, "redeploy.command", "{found:?}");
+    }
+}

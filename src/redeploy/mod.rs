@@ -1,0 +1,243 @@
+//! `[redeploy]`: how cutover gets a new image when a release's dependency
+//! files differ from the ones baked into the image, so that hot-loading the
+//! release would run code against the wrong dependencies.
+//!
+//! A [`Redeployer`] runs the one configured action for a [`Redeploy`]
+//! request: a command (`command`), an HTTP POST (`webhook`), a new image and
+//! container through the Docker Engine API (`docker`), or a graceful exit
+//! with a code (`exit`, which only returns [`RedeployOutcome::Exit`]: stopping
+//! is the supervisor's job). Each action runs once per call; retrying a
+//! failure with [`RetryBackoff`], and never looping on the same sha faster
+//! than that, is the caller's job.
+
+mod command;
+mod docker;
+mod webhook;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{RedeployAction, RedeployConfig};
+use crate::exit::ExitStatus;
+use crate::reaper::Reaper;
+
+pub use webhook::{SIGNATURE_HEADER, webhook_body};
+
+/// One release that needs a new image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redeploy {
+    /// The commit, full hex.
+    pub sha: String,
+    /// The ref it came from ("main", "refs/heads/main"; may be empty).
+    pub git_ref: String,
+    /// Dependency files that differ from the image's, relative to the release.
+    pub changed_files: Vec<String>,
+    /// The release's directory (the docker build context; the command's cwd).
+    pub release_dir: PathBuf,
+}
+
+impl Redeploy {
+    /// The first 12 hex digits: image tags and container names.
+    pub fn short_sha(&self) -> &str {
+        let end = self
+            .sha
+            .char_indices()
+            .nth(12)
+            .map_or(self.sha.len(), |(i, _)| i);
+        &self.sha[..end]
+    }
+}
+
+/// What a successful redeploy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeployOutcome {
+    /// `command` exited 0.
+    CommandSucceeded,
+    /// `webhook` answered 2xx.
+    WebhookAccepted { status: u16 },
+    /// `docker`: the new container runs (healthy) under `name`, and the old
+    /// one was stopped. When the old one is the container cutover runs in,
+    /// cutover receives SIGTERM during that stop and usually never sees
+    /// this value.
+    DockerReplaced {
+        container_id: String,
+        name: String,
+        image: String,
+    },
+    /// `exit`: stop the programs gracefully and exit with this code.
+    Exit(u8),
+}
+
+impl fmt::Display for RedeployOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedeployOutcome::CommandSucceeded => f.write_str("redeploy command succeeded"),
+            RedeployOutcome::WebhookAccepted { status } => {
+                write!(f, "redeploy webhook accepted ({status})")
+            }
+            RedeployOutcome::DockerReplaced {
+                container_id,
+                name,
+                image,
+            } => write!(
+                f,
+                "replaced by container {name} ({}) running {image}",
+                &container_id[..container_id.len().min(12)]
+            ),
+            RedeployOutcome::Exit(code) => write!(f, "exiting with {code} for a redeploy"),
+        }
+    }
+}
+
+/// Why a redeploy failed. The messages are meant for `cutover status` and
+/// the log; none contains a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeployError {
+    #[error("redeploy command could not start: {0}")]
+    CommandStart(String),
+    #[error("redeploy command failed: {0}")]
+    CommandFailed(ExitStatus),
+    #[error("redeploy command did not finish within {}", humantime::format_duration(*.0))]
+    CommandTimeout(Duration),
+    #[error("redeploy webhook {url}: {message}")]
+    Webhook { url: String, message: String },
+    #[error("redeploy webhook {url} answered {status}{}", body_excerpt(.body))]
+    WebhookStatus {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("docker engine at {socket}: {message}")]
+    DockerConnect { socket: String, message: String },
+    #[error("docker: {step}: {message}")]
+    Docker { step: String, message: String },
+    #[error("docker: building {image} failed: {reason}")]
+    Build { image: String, reason: String },
+    #[error(
+        "docker: the new container {name} {reason}; it was removed and the old one keeps serving"
+    )]
+    NewContainer { name: String, reason: String },
+}
+
+fn body_excerpt(body: &str) -> String {
+    let body = body.trim();
+    if body.is_empty() {
+        return String::new();
+    }
+    let cut: String = body.chars().take(200).collect();
+    // {:?} so a response cannot forge log lines.
+    format!(": {cut:?}")
+}
+
+/// Runs the configured `[redeploy]` action.
+#[derive(Debug, Clone)]
+pub struct Redeployer {
+    config: RedeployConfig,
+    reaper: Reaper,
+}
+
+impl Redeployer {
+    /// `reaper` is the process's one reaper: `command` is spawned and reaped
+    /// through it like every other child.
+    pub fn new(config: RedeployConfig, reaper: Reaper) -> Redeployer {
+        Redeployer { config, reaper }
+    }
+
+    pub fn config(&self) -> &RedeployConfig {
+        &self.config
+    }
+
+    /// A fresh backoff for retrying failures: 1 s, doubling, up to `retry_max`.
+    pub fn backoff(&self) -> RetryBackoff {
+        RetryBackoff::new(self.config.retry_max)
+    }
+
+    /// Runs the action once for `request`.
+    pub async fn run(&self, request: &Redeploy) -> Result<RedeployOutcome, RedeployError> {
+        tracing::info!(
+            sha = %request.sha,
+            changed = ?request.changed_files,
+            "redeploy: dependencies changed, running the [redeploy] action"
+        );
+        match &self.config.action {
+            RedeployAction::Command { command, timeout } => {
+                command::run(command, *timeout, request, &self.reaper).await
+            }
+            RedeployAction::Webhook(target) => webhook::post(target, request).await,
+            RedeployAction::Docker(docker) => docker::replace(docker, request).await,
+            RedeployAction::Exit(code) => Ok(RedeployOutcome::Exit(*code)),
+        }
+    }
+}
+
+/// Delays between retries of a failed redeploy: 1 s, 2 s, 4 s, ... capped at
+/// `max`.
+#[derive(Debug, Clone)]
+pub struct RetryBackoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl RetryBackoff {
+    pub const INITIAL: Duration = Duration::from_secs(1);
+
+    pub fn new(max: Duration) -> RetryBackoff {
+        RetryBackoff {
+            next: Self::INITIAL.min(max),
+            max,
+        }
+    }
+
+    /// The delay before the next attempt; each call doubles the following one.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    /// Back to 1 s, after a success or for a different sha.
+    pub fn reset(&mut self) {
+        self.next = Self::INITIAL.min(self.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let mut b = RetryBackoff::new(Duration::from_secs(5));
+        let delays: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn short_sha() {
+        let r = Redeploy {
+            sha: "0123456789abcdef0123".into(),
+            git_ref: String::new(),
+            changed_files: vec![],
+            release_dir: PathBuf::new(),
+        };
+        assert_eq!(r.short_sha(), "0123456789ab");
+    }
+
+    #[test]
+    fn status_body_is_quoted_and_cut() {
+        let e = RedeployError::WebhookStatus {
+            url: "http://ci/hook".into(),
+            status: 500,
+            body: format!("boom\n{}", "x".repeat(500)),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("redeploy webhook http://ci/hook answered 500: \"boom\\n"),
+            "{text}"
+        );
+        assert!(text.len() < 300, "{text}");
+    }
+}

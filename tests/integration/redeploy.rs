@@ -1,0 +1,1 @@
+//! `[redeploy]` command and webhook: how cutover asks for a new image.

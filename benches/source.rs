@@ -86,7 +86,7 @@ fn main() {
         PROBE_EVERY.as_millis()
     );
     println!(
-        "{:<22} | {:>15} | {:>15} | {:>15} | {:>13} | {:>15} | {:>11}",
+        "{:<28} | {:>15} | {:>15} | {:>15} | {:>13} | {:>15} | {:>11}",
         "trigger",
         "push start->new",
         "push done->new",
@@ -96,7 +96,7 @@ fn main() {
         "git push"
     );
     println!(
-        "{:<22} | {:>15} | {:>15} | {:>15} | {:>13} | {:>15} | {:>11}",
+        "{:<28} | {:>15} | {:>15} | {:>15} | {:>13} | {:>15} | {:>11}",
         "",
         "p50 / max ms",
         "p50 / max ms",
@@ -106,7 +106,7 @@ fn main() {
         "p50 ms"
     );
     println!(
-        "{:-<22}-+-{:-<15}-+-{:-<15}-+-{:-<15}-+-{:-<13}-+-{:-<15}-+-{:-<11}",
+        "{:-<28}-+-{:-<15}-+-{:-<15}-+-{:-<15}-+-{:-<13}-+-{:-<15}-+-{:-<11}",
         "", "", "", "", "", "", ""
     );
     for row in &rows {
@@ -180,7 +180,7 @@ impl LatencyRow {
         };
         let push: Vec<f64> = self.pushes.iter().map(|p| p.push_ms).collect();
         println!(
-            "{:<22} | {:>15} | {:>15} | {:>15} | {:>13} | {:>15} | {:>11}",
+            "{:<28} | {:>15} | {:>15} | {:>15} | {:>13} | {:>15} | {:>11}",
             format!("{} ({}/{PUSHES})", self.trigger.name(), self.pushes.len()),
             col(&|p| p.to_new_ms),
             col(&|p| p.after_ms),
@@ -194,7 +194,7 @@ impl LatencyRow {
             },
         );
         for note in &self.notes {
-            println!("{:<22}   note: {note}", "");
+            println!("{:<28}   note: {note}", "");
         }
     }
 }
@@ -320,7 +320,7 @@ root = {root}
             continue;
         };
         let after = to_new.saturating_sub(from.duration_since(started));
-        match deploy_report(control, &sha) {
+        match deploy_report(control, port, &sha) {
             Ok((boot_ms, deploy_ms)) => pushes.push(Push {
                 push_ms: ms(pushed),
                 to_new_ms: ms(to_new),
@@ -376,10 +376,17 @@ fn settle(control: u16) {
 }
 
 /// Once the deploy of `sha` is recorded: (the reload's ready_ms, the deploy's duration_ms).
-fn deploy_report(control: u16, sha: &str) -> Result<(f64, f64), String> {
+///
+/// Meanwhile a trickle of traffic (one GET / per status poll) goes on, as it
+/// would in production: fdserver's listening socket blocks, so an old
+/// instance that lost the race for a connection to the new one sits in
+/// accept() until the next connection comes, and only then sees its SIGTERM;
+/// without traffic the overlap would wait for it until stop_timeout.
+fn deploy_report(control: u16, port: u16, sha: &str) -> Result<(f64, f64), String> {
     let deadline = Instant::now() + DEPLOY_TIMEOUT;
     let mut last = serde_json::Value::Null;
     while Instant::now() < deadline {
+        let _ = http(port, "GET", "/", &[], b"");
         if let Some(s) = status(control) {
             let record = s["source"]["history"]
                 .as_array()

@@ -98,6 +98,25 @@ enum Command {
         #[arg(short, long, env = "CUTOVER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run the configured `[redeploy]` action once, now: build and replace
+    /// the container, call the webhook or run the command for a release.
+    Redeploy {
+        /// Config file (TOML) with a `[redeploy]` section.
+        #[arg(short, long, env = "CUTOVER_CONFIG")]
+        config: PathBuf,
+        /// The release directory; default: `[source] root`/current, else `.`.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The commit; default: the release directory's name if it is a commit id.
+        #[arg(long, value_name = "SHA")]
+        sha: Option<String>,
+        /// The ref the commit came from (CUTOVER_REF, the webhook's `ref`).
+        #[arg(long = "ref", value_name = "REF", default_value = "")]
+        git_ref: String,
+        /// A dependency file that changed (repeatable).
+        #[arg(long = "changed", value_name = "FILE")]
+        changed: Vec<String>,
+    },
 }
 
 /// Entry point used by `main.rs`.
@@ -125,6 +144,13 @@ pub fn main() -> ExitCode {
         Command::Fingerprint { dir, write, config } => {
             fingerprint(&dir, write.as_deref(), config.as_deref())
         }
+        Command::Redeploy {
+            config,
+            dir,
+            sha,
+            git_ref,
+            changed,
+        } => redeploy(&config, dir, sha, git_ref, changed),
     }
 }
 
@@ -264,6 +290,87 @@ fn fingerprint(dir: &Path, write: Option<&Path>, config: Option<&Path>) -> ExitC
         println!("{digest}  {path}");
     }
     ExitCode::SUCCESS
+}
+
+/// `cutover redeploy`: the `[redeploy]` action once, outside the supervisor.
+fn redeploy(
+    path: &Path,
+    dir: Option<PathBuf>,
+    sha: Option<String>,
+    git_ref: String,
+    changed_files: Vec<String>,
+) -> ExitCode {
+    use crate::redeploy::{Redeploy, RedeployOutcome, Redeployer};
+    let config = match Config::load(path, None) {
+        Ok(c) => c,
+        Err(e) => return config_failure(&e),
+    };
+    let Some(redeploy) = config.redeploy else {
+        eprintln!("cutover: {}: no [redeploy] section", path.display());
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let dir = dir.unwrap_or_else(|| match &config.source {
+        Some(source) => source.root.join("current"),
+        None => PathBuf::from("."),
+    });
+    let release_dir = match dir.canonicalize() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cutover: release directory {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let sha = sha.or_else(|| {
+        let name = release_dir.file_name()?.to_str()?;
+        let is_sha = (7..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_hexdigit());
+        is_sha.then(|| name.to_string())
+    });
+    let Some(sha) = sha else {
+        eprintln!(
+            "cutover: {} is not named by a commit id: give --sha",
+            release_dir.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let request = Redeploy {
+        sha,
+        git_ref,
+        changed_files,
+        release_dir,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cutover: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+    let result = runtime.block_on(async {
+        let reaper = crate::reaper::Reaper::start().map_err(|e| format!("reaper: {e}"))?;
+        Redeployer::new(redeploy, reaper)
+            .run(&request)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(RedeployOutcome::Exit(code)) => {
+            println!(
+                "[redeploy] exit = {code}: a running cutover stops gracefully and exits {code}"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(outcome) => {
+            println!("{outcome}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cutover: redeploy failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(path: Option<PathBuf>, command: Vec<String>, socket: Option<PathBuf>) -> ExitCode {

@@ -23,6 +23,7 @@ pub mod notify;
 pub mod program;
 pub mod ready;
 pub mod reaper;
+pub mod redeploy;
 pub mod reload;
 pub mod restart;
 pub mod signals;

@@ -181,6 +181,36 @@ impl Status {
                     src.bad.join(", ")
                 );
             }
+            let deps = &src.dependencies;
+            let _ = writeln!(
+                out,
+                "  dependencies: baseline {} ({}), current {}",
+                deps.baseline.as_deref().unwrap_or("none yet"),
+                deps.baseline_file,
+                deps.current.as_deref().unwrap_or("-")
+            );
+            if let Some(r) = &deps.redeploy_required {
+                let _ = writeln!(
+                    out,
+                    "  redeploy-required {}: changed {}",
+                    r.sha,
+                    r.changed_files.join(", ")
+                );
+                let i = &src.redeploy;
+                let _ = writeln!(
+                    out,
+                    "  redeploy: {} after {} attempt(s){}{}",
+                    i.state,
+                    i.attempts,
+                    i.last_result
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default(),
+                    i.retry_in_seconds
+                        .map(|s| format!("; retrying in {s:.0} s"))
+                        .unwrap_or_default()
+                );
+            }
             if let Some(e) = &src.last_error {
                 let retry = src
                     .retry_in_seconds

@@ -87,13 +87,14 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
 
     // With git as the source: serve what `current` holds at once (a restarted
     // container serves immediately) or fetch the first release before starting.
+    // `[redeploy] exit = N`: stop the programs and exit with N.
+    let (exit_tx, mut exit_requests) = mpsc::unbounded_channel::<u8>();
     let mut source = match &config.source {
         Some(sc) => Some(Source::open(
             sc.clone(),
-            config.hooks.clone(),
-            config.rollback_window,
+            &config,
             reaper.clone(),
-            config.programs[0].user.clone(),
+            exit_tx.clone(),
         )?),
         None => None,
     };
@@ -103,6 +104,10 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
             Some(Incoming::Shutdown(sig)) = incoming.recv() => {
                 info!(signal = %sig, "stopped before the first release arrived");
                 return Ok(128 + sig as i32);
+            }
+            Some(code) = exit_requests.recv() => {
+                info!(code, "exiting for a redeploy before the first release ran");
+                return Ok(i32::from(code));
             }
         }
     }
@@ -164,8 +169,15 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
     let mut statuses: HashMap<String, ExitStatus> = HashMap::new();
     let mut first_to_end: Option<Finished> = None;
     let mut stopping = false;
+    let mut redeploy_exit: Option<u8> = None;
     while statuses.len() < handles.len() {
         tokio::select! {
+            Some(code) = exit_requests.recv(), if !stopping => {
+                info!(code, "stopping for a redeploy: the new image takes over");
+                stopping = true;
+                redeploy_exit = Some(code);
+                handles.iter().for_each(ProgramHandle::stop);
+            }
             Some(signal) = incoming.recv() => match signal {
                 Incoming::Shutdown(sig) if !stopping => {
                     info!(signal = %sig, "shutting down");
@@ -193,6 +205,10 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         }
     }
 
+    if let Some(code) = redeploy_exit {
+        info!(code, "cutover exiting for a redeploy");
+        return Ok(i32::from(code));
+    }
     let status = match first_to_end {
         Some(done) => done.status,
         None => statuses[&config.programs[0].name],

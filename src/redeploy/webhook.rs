@@ -65,10 +65,7 @@ pub(super) async fn post(
     let body = webhook_body(request, &hostname());
     let mut builder = Request::post(target.url.as_str())
         .header(CONTENT_TYPE, "application/json")
-        .header(
-            USER_AGENT,
-            concat!("cutover/", env!("CARGO_PKG_VERSION")),
-        )
+        .header(USER_AGENT, concat!("cutover/", env!("CARGO_PKG_VERSION")))
         .header("X-Cutover-Event", "redeploy");
     if let Some(secret) = &target.secret {
         builder = builder.header(
@@ -170,7 +167,8 @@ mod tests {
     #[test]
     fn signature_matches_githubs_scheme() {
         // GitHub's documented test vector: secret and body below.
-        let signature = crate::webhook::sign_sha256(b"It's a Secret to Everybody", b"Hello, World!");
+        let signature =
+            crate::webhook::sign_sha256(b"It's a Secret to Everybody", b"Hello, World!");
         assert_eq!(
             signature,
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"

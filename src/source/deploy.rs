@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{error, info, warn};
 
+use super::dependencies::{RedeployRequired, Verdict};
 use super::history::{DeployRecord, Outcome, Record};
 use super::release;
 use super::{HISTORY_SHOWN, RETRY_FIRST, RETRY_MAX, Source, SourceError, open_cache};
@@ -59,8 +60,29 @@ impl Source {
             );
             return record.finish(Outcome::Refused, Some(why));
         }
+        if let Some(pending) = self.dependencies.pending_for(&sha) {
+            // Already recorded and handed to [redeploy]; nothing new to say.
+            let why = needs_image(pending);
+            return record.finish(Outcome::RedeployRequired, Some(why));
+        }
         if let Err(e) = self.write_release(&sha).await {
             return self.failed(record, e.to_string());
+        }
+        match self
+            .dependencies
+            .check(&self.volume.release(&sha), &sha)
+            .await
+        {
+            Err(e) => return self.failed(record, e.to_string()),
+            Ok(Verdict::Differs(required)) => {
+                let why = needs_image(&required);
+                warn!(%sha, changed = ?required.changed_files, "dependencies changed: not hot-loading this release; the old one keeps serving");
+                let done = record.finish(Outcome::RedeployRequired, Some(why));
+                self.remember(&done);
+                self.request_redeploy(required);
+                return done;
+            }
+            Ok(Verdict::Matches | Verdict::Adopted) => {}
         }
         if let Err(e) = self
             .run_hooks("before_cutover", &sha, current.as_deref())
@@ -73,6 +95,7 @@ impl Source {
             return self.failed(record, e.to_string());
         }
         info!(%sha, previous = ?current, %trigger, "switched current; reloading");
+        self.dependencies.switched(Some(&self.volume.release(&sha)));
         self.state.previous = current.clone();
         self.state.bad.retain(|b| b != &sha);
         self.save_state();
@@ -286,6 +309,8 @@ impl Source {
         self.deployed_at = None;
         self.save_state();
         info!(sha = %target, from = ?from, "rolled back current");
+        self.dependencies
+            .switched(Some(&self.volume.release(&target)));
         // Programs that already run the old code (overlap kept it, restart fell
         // back to it) need nothing; reload the others.
         let reload_error = match &self.wiring {
@@ -385,4 +410,24 @@ async fn all_on(programs: &[ProgramHandle], dir: &Path) -> bool {
         }
     }
     true
+}
+
+impl Source {
+    fn request_redeploy(&self, required: RedeployRequired) {
+        self.images.request(crate::redeploy::Redeploy {
+            release_dir: self.volume.release(&required.sha),
+            sha: required.sha,
+            git_ref: self.config.git_ref.clone(),
+            changed_files: required.changed_files,
+        });
+    }
+}
+
+/// The refusal message for a release that needs a new image.
+fn needs_image(required: &RedeployRequired) -> String {
+    format!(
+        "redeploy-required {}: dependencies changed ({}); needs a new image, the old release keeps serving",
+        required.sha,
+        required.changed_files.join(", ")
+    )
 }

@@ -16,6 +16,8 @@ pub enum Outcome {
     Failed,
     Refused,
     Unchanged,
+    /// The release changes dependencies: it needs a new image.
+    RedeployRequired,
 }
 
 impl std::fmt::Display for Outcome {
@@ -26,6 +28,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Failed => "failed",
             Outcome::Refused => "refused",
             Outcome::Unchanged => "unchanged",
+            Outcome::RedeployRequired => "redeploy-required",
         })
     }
 }

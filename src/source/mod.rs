@@ -9,9 +9,11 @@
 //! `deploy` the pipeline, `git` the libgit2 work, `release` the files,
 //! `history` the records, `watch` the timers and the push watch.
 
+mod dependencies;
 mod deploy;
 mod git;
 mod history;
+mod image;
 mod release;
 mod watch;
 
@@ -23,15 +25,19 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 use tracing::{info, warn};
 
-use crate::config::{HooksConfig, RunAs, SourceConfig};
+use crate::config::{Config, HooksConfig, RunAs, SourceConfig};
 use crate::program::{ProgramEvent, ProgramHandle};
 use crate::reaper::Reaper;
 use crate::reload::ReloadQueue;
 use crate::status::timestamp;
 
+use dependencies::DependencyGate;
+pub use dependencies::{DependencyStatus, RedeployRequired};
 pub use git::redact_url;
 use git::{GitError, RemoteSpec, open_cache};
 pub use history::{DeployRecord, Outcome};
+use image::ImageRequests;
+pub use image::ImageStatus;
 use release::{ReleaseError, State, Volume};
 use watch::{git_push_watcher, next_event, tick};
 
@@ -45,6 +51,8 @@ pub enum SourceError {
     Git(#[from] GitError),
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Fingerprint(#[from] crate::fingerprint::FingerprintError),
     #[error("{0}")]
     Other(String),
 }
@@ -61,6 +69,8 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
     pub retry_in_seconds: Option<f64>,
     pub history: Vec<DeployRecord>,
+    pub dependencies: DependencyStatus,
+    pub redeploy: ImageStatus,
 }
 
 #[derive(Debug)]
@@ -152,19 +162,26 @@ pub struct Source {
     hook_failed: Option<String>,
     reaper: Reaper,
     hook_user: Option<RunAs>,
+    dependencies: DependencyGate,
+    images: ImageRequests,
     wiring: Option<Wiring>,
 }
 
 impl Source {
     /// Opens the volume, cleans up after an interrupted run and restores a
     /// missing release directory from the cache.
+    /// `exit` receives the code of a `[redeploy] exit = N` action.
     pub fn open(
         config: SourceConfig,
-        hooks: HooksConfig,
-        rollback_window: Duration,
+        all: &Config,
         reaper: Reaper,
-        hook_user: Option<RunAs>,
+        exit: mpsc::UnboundedSender<u8>,
     ) -> Result<Source, SourceError> {
+        let redeployer = all
+            .redeploy
+            .clone()
+            .map(|r| crate::redeploy::Redeployer::new(r, reaper.clone()));
+        let dependencies = DependencyGate::open(all.dependencies.clone())?;
         let volume = Volume {
             root: config.root.clone(),
         };
@@ -174,10 +191,10 @@ impl Source {
         let history = volume.read_history(HISTORY_SHOWN).into();
         let state = volume.load_state();
         let remote = RemoteSpec::new(&config);
-        let source = Source {
+        let mut source = Source {
             config,
-            hooks,
-            rollback_window,
+            hooks: all.hooks.clone(),
+            rollback_window: all.rollback_window,
             volume,
             remote,
             state,
@@ -190,10 +207,16 @@ impl Source {
             refused: None,
             hook_failed: None,
             reaper,
-            hook_user,
+            // Hooks run as the app's user: migrations write what the app reads.
+            hook_user: all.programs.first().and_then(|p| p.user.clone()),
+            dependencies,
+            images: ImageRequests::start(redeployer, exit),
             wiring: None,
         };
         source.recover_current();
+        if source.has_current() {
+            source.dependencies.serving(&source.volume.current());
+        }
         Ok(source)
     }
 
@@ -345,6 +368,8 @@ impl Source {
                     .as_secs_f64()
             }),
             history: self.history.iter().cloned().collect(),
+            dependencies: self.dependencies.status(),
+            redeploy: self.images.status(),
         }
     }
 }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod cli;
 mod config_errors;
+mod dependencies;
 mod exit_codes;
 mod fingerprint;
 mod gunicorn;

@@ -1,0 +1,138 @@
+//! The dependency gate of the deploy pipeline: a release whose dependency
+//! fingerprint differs from the image's baseline is never hot-loaded, since
+//! the packages installed in the image are not the ones its code expects.
+//!
+//! The baseline is the file baked into the image by `cutover fingerprint
+//! --write`. Without one, the first release cutover serves becomes it, in
+//! memory only: after a restart the release then served (which ran on this
+//! image) becomes it again, and nothing is written outside the volume when
+//! cutover runs on a host rather than in a container. The gate remembers the one release that is waiting for a
+//! new image, so status can show it and triggers do not ask twice.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::SourceError;
+use crate::config::DependenciesConfig;
+use crate::fingerprint::{Fingerprint, FingerprintError};
+
+/// A release held back until the image is rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedeployRequired {
+    pub sha: String,
+    /// Dependency files that differ from the baseline (changed, added, removed).
+    pub changed_files: Vec<String>,
+    pub digest: String,
+}
+
+/// What `cutover status` shows of the gate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyStatus {
+    /// The baseline file and its digest (none yet: the first release sets it).
+    pub baseline_file: String,
+    pub baseline: Option<String>,
+    /// The digest of the release `current` points at, when known.
+    pub current: Option<String>,
+    pub redeploy_required: Option<RedeployRequired>,
+}
+
+/// The gate's answer for one release.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Same dependencies as the image: hot reload is safe.
+    Matches,
+    /// There was no baseline; this release became it.
+    Adopted,
+    /// Different dependencies: needs a new image.
+    Differs(RedeployRequired),
+}
+
+pub struct DependencyGate {
+    config: DependenciesConfig,
+    baseline: Option<Fingerprint>,
+    current: Option<String>,
+    pending: Option<RedeployRequired>,
+}
+
+impl DependencyGate {
+    /// Reads the baseline; a baseline that exists but cannot be read or is
+    /// corrupt is an error, because guessing would risk a hot load onto the
+    /// wrong packages.
+    pub fn open(config: DependenciesConfig) -> Result<DependencyGate, FingerprintError> {
+        let baseline = Fingerprint::read(&config.baseline)?;
+        Ok(DependencyGate {
+            config,
+            baseline,
+            current: None,
+            pending: None,
+        })
+    }
+
+    /// Called with the release the programs start on before any deploy
+    /// (`current` at start): without a baseline it becomes the baseline.
+    pub fn serving(&mut self, release: &Path) {
+        match Fingerprint::compute(release, &self.config.patterns) {
+            Ok(fp) => {
+                self.current = Some(fp.digest.clone());
+                if self.baseline.is_none() {
+                    self.adopt(fp);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot fingerprint the release being served"),
+        }
+    }
+
+    /// Compares `release` (not yet serving) with the baseline.
+    pub async fn check(&mut self, release: &Path, sha: &str) -> Result<Verdict, SourceError> {
+        let patterns = self.config.patterns.clone();
+        let dir = release.to_path_buf();
+        let fp = tokio::task::spawn_blocking(move || Fingerprint::compute(&dir, &patterns))
+            .await
+            .map_err(|e| SourceError::Other(e.to_string()))??;
+        let Some(baseline) = &self.baseline else {
+            self.adopt(fp);
+            return Ok(Verdict::Adopted);
+        };
+        if baseline.matches(&fp) {
+            return Ok(Verdict::Matches);
+        }
+        let required = RedeployRequired {
+            sha: sha.to_string(),
+            changed_files: baseline.diff(&fp),
+            digest: fp.digest,
+        };
+        self.pending = Some(required.clone());
+        Ok(Verdict::Differs(required))
+    }
+
+    /// The release now serving passed the gate (or was rolled back to).
+    pub fn switched(&mut self, digest_of: Option<&Path>) {
+        if let Some(dir) = digest_of {
+            self.current = Fingerprint::compute(dir, &self.config.patterns)
+                .ok()
+                .map(|f| f.digest);
+        }
+    }
+
+    /// The release waiting for a new image, if `sha` is it.
+    pub fn pending_for(&self, sha: &str) -> Option<&RedeployRequired> {
+        self.pending.as_ref().filter(|p| p.sha == sha)
+    }
+
+    pub fn status(&self) -> DependencyStatus {
+        DependencyStatus {
+            baseline_file: self.config.baseline.display().to_string(),
+            baseline: self.baseline.as_ref().map(|b| b.digest.clone()),
+            current: self.current.clone(),
+            redeploy_required: self.pending.clone(),
+        }
+    }
+
+    fn adopt(&mut self, fp: Fingerprint) {
+        info!(digest = %fp.digest, files = fp.files.len(), missing = %self.config.baseline.display(), "no dependency baseline in the image; the first release served becomes it");
+        self.current = Some(fp.digest.clone());
+        self.baseline = Some(fp);
+    }
+}

@@ -401,6 +401,8 @@ pub(super) fn new_container_body(
     // Host, none, container:<id> and the default bridge take no endpoint settings.
     let user_network = !matches!(mode.as_str(), "" | "default" | "bridge" | "host" | "none")
         && !mode.starts_with("container:");
+    // A container on the host's or another container's network joins no other.
+    let joins_more = !matches!(mode.as_str(), "host" | "none") && !mode.starts_with("container:");
     let networks = old
         .network_settings
         .as_ref()
@@ -420,10 +422,9 @@ pub(super) fn new_container_body(
         };
         if name == mode && user_network {
             primary = Some((name, endpoint));
-        } else if user_network || !matches!(mode.as_str(), "host" | "none") && name != mode {
-            if !matches!(name.as_str(), "bridge" | "host" | "none") {
-                extra.push((name, endpoint));
-            }
+        } else if name != mode && joins_more && !matches!(name.as_str(), "bridge" | "host" | "none")
+        {
+            extra.push((name, endpoint));
         }
     }
     let networking_config = primary.map(|(name, endpoint)| NetworkingConfig {

@@ -137,8 +137,9 @@ fn main() {
     println!(
         "failed = wrk socket errors (connect/read/write/timeout) + non-2xx/3xx answers. \
          cutover's own part = action_ms (trigger seen -> reload action started; for restart \
-         this includes waiting for the old instance to exit) + cutover_ms (overlap: new \
-         instance ready -> old one told to stop)."
+         without the old instance's graceful exit, which is gunicorn's time and shown as \
+         `old stop` per reload) + cutover_ms (overlap: new instance ready -> old one told \
+         to stop)."
     );
     println!(
         "whole bench: {:.1} s; load average now {}",
@@ -166,6 +167,8 @@ struct Report {
     action_ms: f64,
     ready_ms: f64,
     cutover_ms: f64,
+    /// restart: the old gunicorn's graceful exit, the app's own time.
+    old_stop_ms: f64,
     duration_ms: f64,
     /// Triggers cutover counted for this one touch.
     triggers: u64,
@@ -411,8 +414,9 @@ impl Row {
             if let Some(rep) = &r.report {
                 let _ = write!(
                     line,
-                    "; cutover: action {:.2} + ready {:.1} + cutover {:.2} ms, reload {:.1} ms{}",
+                    "; cutover: action {:.2} + old stop {:.1} + ready {:.1} + cutover {:.2} ms, reload {:.1} ms{}",
                     rep.action_ms,
+                    rep.old_stop_ms,
                     rep.ready_ms,
                     rep.cutover_ms,
                     rep.duration_ms,
@@ -689,6 +693,7 @@ fn reload_report(socket: &Path, prev: &serde_json::Value) -> (Report, serde_json
                     action_ms: f(&p["action_ms"]),
                     ready_ms: f(&p["ready_ms"]),
                     cutover_ms: f(&p["cutover_ms"]),
+                    old_stop_ms: f(&p["old_stop_ms"]),
                     duration_ms: f(&last["duration_ms"]),
                     triggers: r["triggers"].as_u64().unwrap_or(0) - triggers_before,
                 };
@@ -707,6 +712,7 @@ fn reload_report(socket: &Path, prev: &serde_json::Value) -> (Report, serde_json
                     action_ms: f64::NAN,
                     ready_ms: f64::NAN,
                     cutover_ms: f64::NAN,
+                    old_stop_ms: f64::NAN,
                     duration_ms: f64::NAN,
                     triggers: 0,
                 },

@@ -64,6 +64,9 @@ pub struct ProgramReload {
     pub ready_ms: f64,
     /// Readiness seen to cutover done (old instance told to stop; cutover's own latency).
     pub cutover_ms: f64,
+    /// `restart`: how long the old instance took to exit gracefully (the app's time).
+    #[serde(default)]
+    pub old_stop_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

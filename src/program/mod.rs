@@ -111,6 +111,7 @@ impl ProgramHandle {
             action_ms: 0.0,
             ready_ms: 0.0,
             cutover_ms: 0.0,
+            old_stop_ms: 0.0,
         })
     }
 

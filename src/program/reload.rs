@@ -38,6 +38,8 @@ pub(crate) struct Timings {
     action: Duration,
     ready: Duration,
     cutover: Duration,
+    /// `restart`: the old instance's graceful exit (the app's time).
+    old_stop: Duration,
     pid: Option<i32>,
     release: Option<PathBuf>,
 }
@@ -65,6 +67,7 @@ impl ReloadRequest {
             action_ms: ms(t.action),
             ready_ms: ms(t.ready),
             cutover_ms: ms(t.cutover),
+            old_stop_ms: ms(t.old_stop),
         }
     }
 
@@ -170,6 +173,7 @@ impl Program {
             action,
             ready: started.elapsed().saturating_sub(cutover),
             cutover,
+            old_stop: Duration::ZERO,
             pid: Some(new.pid.as_raw()),
             release: new.dir.clone(),
         }
@@ -225,8 +229,11 @@ impl Program {
         request: &ReloadRequest,
     ) -> (After, Result<Timings, String>) {
         let fallback = self.good_dir.clone().or_else(|| old.dir.clone());
+        let stopping = Instant::now();
         self.stop(old, false).await;
-        let action = request.received.elapsed();
+        // The old instance's graceful exit is the app's time, not cutover's.
+        let stopped_in = stopping.elapsed();
+        let action = request.received.elapsed().saturating_sub(stopped_in);
         let started = Instant::now();
         let mut new = match self.launch(&Dir::Resolve).await {
             Ok(i) => i,
@@ -238,7 +245,8 @@ impl Program {
         };
         match self.wait_ready(&mut new, None).await {
             Wait::Ready => {
-                let t = self.accept(&new, action, started, Duration::ZERO);
+                let mut t = self.accept(&new, action, started, Duration::ZERO);
+                t.old_stop = stopped_in;
                 (After::Running(new), Ok(t))
             }
             Wait::NotReady(why) => {

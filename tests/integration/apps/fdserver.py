@@ -34,6 +34,9 @@ class FdServer(HTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.socket = socket.socket(fileno=3)
+        # Another instance on the same socket may take the connection that
+        # woke us; a blocking accept() would then sleep past our SIGTERM.
+        self.socket.setblocking(False)
 
 server = FdServer()
 server.timeout = 0.05

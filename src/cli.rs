@@ -338,15 +338,9 @@ fn redeploy(
         changed_files,
         release_dir,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cutover: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_INTERNAL);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let reaper = crate::reaper::Reaper::start().map_err(|e| format!("reaper: {e}"))?;
@@ -393,15 +387,9 @@ fn run(path: Option<PathBuf>, command: Vec<String>, socket: Option<PathBuf>) -> 
     if let Some(socket) = socket {
         config.control.socket = socket;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cutover: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_INTERNAL);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(crate::supervisor::run(config)) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -415,4 +403,15 @@ fn run(path: Option<PathBuf>, command: Vec<String>, socket: Option<PathBuf>) -> 
 fn config_failure(e: &ConfigError) -> ExitCode {
     eprintln!("cutover: {e}");
     ExitCode::from(EXIT_CONFIG)
+}
+
+/// One thread is enough: cutover's work is waiting on children and sockets.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cutover: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_INTERNAL)
+        })
 }

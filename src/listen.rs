@@ -70,6 +70,9 @@ fn bind(config: &ListenConfig) -> io::Result<OwnedFd> {
         ListenAddress::Tcp(addr) => {
             let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
             s.set_reuse_address(true)?;
+            if config.reuse_port {
+                s.set_reuse_port(true)?;
+            }
             s.bind(&SockAddr::from(*addr))?;
             s
         }

@@ -94,6 +94,9 @@ pub struct DockerRedeploy {
     pub container: Option<String>,
     /// How long the new container may take to become healthy.
     pub health_timeout: Duration,
+    /// Network for the build's RUN steps (`host`, `none`, a network name);
+    /// the engine's default (`default`, the bridge) when `None`.
+    pub build_network: Option<String>,
 }
 
 /// `[dependencies]`: the files whose fingerprint must match the image's.
@@ -304,6 +307,9 @@ pub struct ListenConfig {
     pub name: String,
     pub address: ListenAddress,
     pub backlog: u32,
+    /// SO_REUSEPORT: another process of the same user (a replacement
+    /// container on the host network) may bind the same address meanwhile.
+    pub reuse_port: bool,
     /// Programs that receive it; every program when `None`.
     pub programs: Option<Vec<String>>,
 }

@@ -107,6 +107,8 @@ pub struct RawDocker {
     /// The container to replace; default: the one cutover runs in.
     pub container: Option<String>,
     pub health_timeout: Option<String>,
+    /// Network mode for the build's RUN steps ("host", "none", a network).
+    pub build_network: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +178,8 @@ pub struct RawListen {
     pub name: Option<String>,
     pub address: Option<String>,
     pub backlog: Option<u32>,
+    /// SO_REUSEPORT (TCP only).
+    pub reuse_port: Option<bool>,
     /// Programs that receive this socket; all of them when absent.
     pub programs: Option<Vec<String>>,
 }

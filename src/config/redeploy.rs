@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::problems::{Problems, Segment};
 use super::raw::{RawDocker, RawRedeploy};
-use super::validate::{child, parse_duration};
+use super::validate::{child, parse_duration, scalar_string};
 use super::{DockerRedeploy, RedeployAction, RedeployConfig, WebhookTarget};
 
 /// Default Docker engine socket.
@@ -178,21 +178,8 @@ fn docker_action(path: &[Segment], raw: RawDocker, p: &mut Problems) -> Option<D
     let mut build_args = Vec::new();
     for (k, v) in raw.build_args {
         let at = child(&child(path, "build_args"), &k);
-        let value = match v {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => {
-                p.add(
-                    &at,
-                    format!(
-                        "expected a string, number or boolean, found {}",
-                        other.type_str()
-                    ),
-                );
-                continue;
-            }
+        let Some(value) = p.check(&at, scalar_string(v)) else {
+            continue;
         };
         if k.is_empty() || k.contains('=') {
             p.add(&at, "build argument names must be non-empty without `=`");
@@ -212,6 +199,14 @@ fn docker_action(path: &[Segment], raw: RawDocker, p: &mut Problems) -> Option<D
     {
         p.add(&child(path, "container"), "empty container name");
     }
+    if let Some(n) = &raw.build_network
+        && (n.trim().is_empty() || n.trim() != n)
+    {
+        p.add(
+            &child(path, "build_network"),
+            format!("`{n}` is not a network: \"host\", \"none\", \"default\" or a network name"),
+        );
+    }
     let health_timeout = match raw.health_timeout {
         None => Some(DEFAULT_HEALTH_TIMEOUT),
         Some(t) => p.check(&child(path, "health_timeout"), parse_duration(&t)),
@@ -223,6 +218,7 @@ fn docker_action(path: &[Segment], raw: RawDocker, p: &mut Problems) -> Option<D
         image: raw.image,
         container: raw.container,
         health_timeout: health_timeout?,
+        build_network: raw.build_network,
     })
 }
 
@@ -295,7 +291,7 @@ mod tests {
         assert_eq!(action("exit = 75"), RedeployAction::Exit(75));
         let docker = action(
             "docker = { build_args = { PY = \"3.12\", N = 2 }, image = \"acme/app\", \
-             health_timeout = \"90s\" }",
+             health_timeout = \"90s\", build_network = \"host\" }",
         );
         assert_eq!(
             docker,
@@ -306,6 +302,7 @@ mod tests {
                 image: Some("acme/app".into()),
                 container: None,
                 health_timeout: Duration::from_secs(90),
+                build_network: Some("host".into()),
             })
         );
         let c = parse("exit = 75\nretry_max = \"10m\"").unwrap().redeploy;
@@ -355,7 +352,8 @@ mod tests {
     fn bad_docker_settings() {
         let found = problems(
             "docker = { socket = \"docker.sock\", dockerfile = \"../Dockerfile\", \
-             image = \"Acme/App:v1\", build_args = { X = [1] }, health_timeout = \"x\" }",
+             image = \"Acme/App:v1\", build_args = { X = [1] }, health_timeout = \"x\", \
+             build_network = \"\" }",
         );
         let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
@@ -365,6 +363,7 @@ mod tests {
                 "redeploy.docker.dockerfile",
                 "redeploy.docker.build_args.X",
                 "redeploy.docker.image",
+                "redeploy.docker.build_network",
                 "redeploy.docker.health_timeout",
             ],
             "{found:?}"

@@ -170,6 +170,13 @@ pub(super) fn listen(
                 }
             },
         };
+        let reuse_port = l.reuse_port.unwrap_or(false);
+        if reuse_port && matches!(address, ListenAddress::Unix(_)) {
+            p.add(
+                &child(&path, "reuse_port"),
+                "only for TCP addresses (a unix socket path is bound by one process)",
+            );
+        }
         if let Some(targets) = &l.programs {
             for (j, t) in targets.iter().enumerate() {
                 if !programs.contains(t) {
@@ -182,6 +189,7 @@ pub(super) fn listen(
             name,
             address,
             backlog: l.backlog.unwrap_or(1024),
+            reuse_port,
             programs: l.programs,
         });
     }

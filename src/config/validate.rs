@@ -285,21 +285,8 @@ fn program(
             problems.add(&p, "environment names must be non-empty without `=`");
             continue;
         }
-        let value = match v {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => {
-                problems.add(
-                    &p,
-                    format!(
-                        "expected a string, number or boolean, found {}",
-                        other.type_str()
-                    ),
-                );
-                continue;
-            }
+        let Some(value) = problems.check(&p, scalar_string(v)) else {
+            continue;
         };
         env.push((k, value));
     }
@@ -402,6 +389,21 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Parses "250ms", "10s", "2m", "1h 30m".
+/// A TOML string, number or boolean as the string a program would get
+/// (env values, build args); tables and arrays are errors.
+pub(super) fn scalar_string(value: toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "expected a string, number or boolean, found {}",
+            other.type_str()
+        )),
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| {
         format!("invalid duration `{text}` ({e}); write it like \"250ms\", \"10s\" or \"2m\"")

@@ -284,13 +284,16 @@ async fn build(
         .map_err(|e| fail(format!("packing the context: {e}")))?
         .map_err(|e| fail(format!("packing the context: {e}")))?;
     let args: HashMap<String, String> = cfg.build_args.iter().cloned().collect();
-    let options = BuildImageOptionsBuilder::new()
+    let mut options = BuildImageOptionsBuilder::new()
         .dockerfile(&cfg.dockerfile)
         .t(tag)
         .rm(true)
         .forcerm(true)
-        .buildargs(&args)
-        .build();
+        .buildargs(&args);
+    if let Some(network) = &cfg.build_network {
+        options = options.networkmode(network);
+    }
+    let options = options.build();
     let started = Instant::now();
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut tail: VecDeque<String> = VecDeque::new();

@@ -105,31 +105,9 @@ impl Server {
     }
 
     /// Smart HTTP via `apps/git_http.py` serving the bare repos under `base`,
-    /// with Basic auth when `auth` is given.
+    /// with Basic auth when `auth` is given, on a free port.
     pub fn http(dir: &TestDir, base: &Path, auth: Option<(&str, &str)>) -> Server {
-        let ready = dir.join("git-http.ready");
-        let _ = std::fs::remove_file(&ready);
-        let mut cmd = Command::new("python3");
-        cmd.arg(app("git_http.py"))
-            .args(["--root", base.to_str().unwrap(), "--port", "0"])
-            .args(["--ready-file", ready.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("git-http.stderr")).unwrap());
-        if let Some((user, password)) = auth {
-            cmd.args(["--user", user, "--password", password]);
-        }
-        let child = cmd.spawn().expect("start git_http.py");
-        let url = wait_for(Duration::from_secs(10), || {
-            std::fs::read_to_string(&ready)
-                .ok()
-                .filter(|s| !s.trim().is_empty())
-        })
-        .expect("git_http.py never became ready");
-        Server {
-            child,
-            url: url.trim().to_string(),
-        }
+        Server::http_on(dir, base, auth, 0)
     }
 }
 
@@ -180,7 +158,7 @@ impl Server {
         server
     }
 
-    /// `apps/git_http.py` on a given port (see `http`).
+    /// `apps/git_http.py` on a given port (0: any free one; see `http`).
     pub fn http_on(dir: &TestDir, base: &Path, auth: Option<(&str, &str)>, port: u16) -> Server {
         let ready = dir.join("git-http.ready");
         let _ = std::fs::remove_file(&ready);

@@ -22,16 +22,21 @@
 //! started here lives in a process group of its own; all of them, and the
 //! temporary directories, are removed at the end, on panic and on Ctrl-C.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::http::{poll_get, wait_served};
+use support::procs::Group;
+use support::{
+    TempDir, command_output, free_port, install_cleanup, loadavg, log_problems, max, p50, sleep,
+    sleep_until, tail, toml_str,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cutover");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -215,7 +220,7 @@ fn run_row(tools: &Tools, mode: Mode) -> Row {
         Mode::Cutover(strategy) => start_cutover(tools, &root, port, strategy, &log_path),
         Mode::Naive => start_naive(tools, &root, port, &log_path),
     };
-    if let Err(e) = wait_for_version(port, 1, START_TIMEOUT, &mut server) {
+    if let Err(e) = wait_served(port, START_TIMEOUT, &mut server, |b| is_version(b, 1)) {
         panic!(
             "{}: the server did not answer with v1: {e}\n{}",
             mode.name(),
@@ -275,7 +280,9 @@ fn run_row(tools: &Tools, mode: Mode) -> Row {
                 server = start_naive(tools, &root, port, &log_path);
             }
         }
-        let (new_code, probe_errors) = probe_new_code(port, n, trigger);
+        let (new_code, probe_errors) = poll_get(port, trigger, RELOAD_TIMEOUT, PROBE_EVERY, |b| {
+            is_version(b, n)
+        });
         let report = last_status.as_mut().map(|prev| {
             let (report, now) = reload_report(&socket, prev);
             *prev = now;
@@ -328,7 +335,8 @@ fn run_row(tools: &Tools, mode: Mode) -> Row {
         }
     }
     server.stop(Duration::from_secs(15));
-    notes.extend(log_problems(&log_path));
+    // cutover's warnings and errors, gunicorn's errors.
+    notes.extend(log_problems(&log_path, &["[ERROR]", "[CRITICAL]"]));
     drop(dir);
     Row {
         mode,
@@ -429,21 +437,6 @@ impl Row {
             println!("  note: {n}");
         }
     }
-}
-
-fn p50(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::MIN, f64::max)
 }
 
 // ---------------------------------------------------------------- servers
@@ -550,10 +543,6 @@ fn start_naive(tools: &Tools, root: &Path, port: u16, log: &Path) -> Group {
     )
 }
 
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
-
 // ---------------------------------------------------------------- code volume
 
 fn make_release(root: &Path, n: usize) {
@@ -580,63 +569,8 @@ fn touch(path: &Path, n: usize) {
 
 // ---------------------------------------------------------------- HTTP probes
 
-/// One `GET /` on a fresh connection: the body of a 200, or why not.
-fn get_root(port: u16) -> Result<String, String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("truncated answer")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(head.lines().next().unwrap_or("").to_string());
-    }
-    Ok(body.to_string())
-}
-
 fn is_version(body: &str, n: usize) -> bool {
     body.starts_with(&format!("hello from v{n} "))
-}
-
-fn wait_for_version(
-    port: u16,
-    n: usize,
-    timeout: Duration,
-    server: &mut Group,
-) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Some(status) = server.exited() {
-            return Err(format!("the server exited ({status})"));
-        }
-        match get_root(port) {
-            Ok(body) if is_version(&body, n) => return Ok(()),
-            Ok(body) => last = body,
-            Err(e) => last = e,
-        }
-        sleep(Duration::from_millis(20));
-    }
-    Err(format!("timed out; last answer: {last}"))
-}
-
-/// Polls until the new code answers: (trigger -> first new answer, failed probes).
-fn probe_new_code(port: u16, n: usize, trigger: Instant) -> (Option<Duration>, u32) {
-    let mut errors = 0;
-    while trigger.elapsed() < RELOAD_TIMEOUT {
-        match get_root(port) {
-            Ok(body) if is_version(&body, n) => return (Some(trigger.elapsed()), errors),
-            Ok(_) => {}
-            Err(_) => errors += 1,
-        }
-        sleep(PROBE_EVERY);
-    }
-    (None, errors)
 }
 
 // ---------------------------------------------------------------- cutover status
@@ -814,322 +748,5 @@ impl Tools {
 
     fn gunicorn(&self) -> PathBuf {
         self.venv.join("bin/gunicorn")
-    }
-}
-
-fn command_output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// cutover's warnings and errors, gunicorn's errors, from the row's log.
-fn log_problems(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let bad: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            l.contains(" WARN ")
-                || l.contains(" ERROR ")
-                || l.contains("[ERROR]")
-                || l.contains("[CRITICAL]")
-                || l.contains("Traceback")
-        })
-        .collect();
-    let mut notes: Vec<String> = bad.iter().take(8).map(|l| format!("log: {l}")).collect();
-    if bad.len() > 8 {
-        notes.push(format!("log: ... {} more such lines", bad.len() - 8));
-    }
-    notes
-}
-
-// ---------------------------------------------------------------- cleanup
-
-/// Process groups started here, by leader pid (= pgid).
-static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-fn install_cleanup() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        cleanup_all();
-    }));
-    extern "C" fn on_signal(_: libc::c_int) {
-        INTERRUPTED.store(true, Ordering::SeqCst);
-    }
-    // SAFETY: the handler only stores to an atomic; SA_RESETHAND makes a
-    // second Ctrl-C kill the bench outright.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        sa.sa_flags = libc::SA_RESETHAND;
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
-    }
-}
-
-fn sleep(d: Duration) {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        panic!("interrupted");
-    }
-    std::thread::sleep(d);
-}
-
-fn sleep_until(t: Instant) {
-    while let Some(left) = t.checked_duration_since(Instant::now()) {
-        sleep(left.min(Duration::from_millis(100)));
-    }
-}
-
-fn cleanup_all() {
-    let groups: Vec<i32> = std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|e| e.into_inner()));
-    for pid in groups {
-        stop_tree(pid, Duration::from_secs(10));
-    }
-    let dirs: Vec<PathBuf> = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner()));
-    for d in dirs {
-        let _ = std::fs::remove_dir_all(d);
-    }
-}
-
-/// (pid, ppid, pgid) of every process.
-fn processes() -> Vec<(i32, i32, i32)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid pgrp ..."; comm may hold spaces and parens.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if let (Some(Ok(ppid)), Some(Ok(pgid))) =
-            (f.get(1).map(|v| v.parse()), f.get(2).map(|v| v.parse()))
-        {
-            out.push((pid, ppid, pgid));
-        }
-    }
-    out
-}
-
-/// The process `root` and all its descendants: pid -> pgid.
-fn tree(root: i32) -> HashMap<i32, i32> {
-    let procs = processes();
-    let mut found = HashMap::new();
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        for &(pid, ppid, pgid) in &procs {
-            if (pid == p || ppid == p) && !found.contains_key(&pid) {
-                found.insert(pid, pgid);
-                if pid != p {
-                    todo.push(pid);
-                }
-            }
-        }
-    }
-    found
-}
-
-/// SIGTERM to the group led by `pid`, then waits for its leader to exit
-/// (cutover stops its programs itself); whatever of the tree is left after
-/// `grace` gets SIGKILL. Never touches the bench's own process group.
-fn stop_tree(pid: i32, grace: Duration) {
-    let before = tree(pid);
-    // SAFETY: kill(2) and waitpid(2) on a group/child this bench started.
-    unsafe { libc::kill(-pid, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    let mut reaped = false;
-    while Instant::now() < deadline {
-        let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        if r == pid || r < 0 {
-            reaped = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // Stragglers: processes of the old tree still alive in the same groups.
-    let own = unsafe { libc::getpgrp() };
-    let groups: HashSet<i32> = before.values().copied().filter(|&g| g != own).collect();
-    let left: Vec<i32> = processes()
-        .into_iter()
-        .filter(|(p, _, g)| before.contains_key(p) && groups.contains(g) && *p != pid)
-        .map(|(p, _, _)| p)
-        .collect();
-    for p in &left {
-        unsafe { libc::kill(*p, libc::SIGKILL) };
-    }
-    if !reaped {
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-    }
-}
-
-/// A child started in a process group of its own, stopped (with everything
-/// it started) when dropped.
-struct Group {
-    child: Option<Child>,
-    pid: i32,
-}
-
-impl Group {
-    fn spawn(cmd: &mut Command) -> Group {
-        let child = cmd
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
-        let pid = child.id() as i32;
-        GROUPS.lock().unwrap().push(pid);
-        Group {
-            child: Some(child),
-            pid,
-        }
-    }
-
-    fn forget(&self) -> bool {
-        let mut g = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
-        let known = g.contains(&self.pid);
-        g.retain(|&p| p != self.pid);
-        known
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
-    }
-
-    /// SIGTERM to the leader only (gunicorn's master, like `kill $PID`).
-    fn terminate_leader(&self) {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-    }
-
-    /// Waits for the leader to exit on its own; kills the tree after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                self.forget();
-                // Workers left behind by the master, if any.
-                stop_tree_leftovers(self.pid);
-                self.child = None;
-                return;
-            }
-            sleep(Duration::from_millis(2));
-        }
-        self.stop(Duration::from_secs(5));
-    }
-
-    fn stop(&mut self, grace: Duration) {
-        if self.forget() {
-            stop_tree(self.pid, grace);
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.try_wait();
-        }
-    }
-
-    /// Waits up to `timeout` for the child to exit; its stdout and stderr.
-    fn wait_output(&mut self, timeout: Duration) -> String {
-        let mut child = self.child.take().expect("already waited");
-        let mut stdout = child.stdout.take();
-        let mut stderr = child.stderr.take();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(o) = stdout.as_mut() {
-                let _ = o.read_to_string(&mut s);
-            }
-            if let Some(e) = stderr.as_mut() {
-                let _ = e.read_to_string(&mut s);
-            }
-            s
-        });
-        let deadline = Instant::now() + timeout;
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                self.child = Some(child);
-                self.stop(Duration::from_secs(2));
-                return "(killed: did not finish in time)".into();
-            }
-            sleep(Duration::from_millis(20));
-        }
-        self.forget();
-        reader.join().unwrap_or_default()
-    }
-}
-
-/// Kills processes still in the (now leaderless) group `pgid`.
-fn stop_tree_leftovers(pgid: i32) {
-    let own = unsafe { libc::getpgrp() };
-    if pgid == own {
-        return;
-    }
-    if processes().iter().any(|&(_, _, g)| g == pgid) {
-        // SAFETY: the group this bench created for the child; members remain.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(10));
-    }
-}
-
-/// A temporary directory, removed when dropped and on panic.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> TempDir {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir()
-            .unwrap()
-            .keep();
-        DIRS.lock().unwrap().push(dir.clone());
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        DIRS.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|d| d != &self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -24,17 +24,23 @@
 //! here lives in a process group of its own; all of them, and the temporary
 //! directories, are removed at the end, on panic and on Ctrl-C.
 
-use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::http::{http, poll_get, wait_served};
+use support::procs::Group;
+use support::{
+    TempDir, check_interrupted, command_output, free_port, install_cleanup, loadavg, log_problems,
+    max, ms, p50, sleep, tail, toml_str,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cutover");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -263,7 +269,7 @@ root = {root}
     );
 
     let mut notes = Vec::new();
-    if let Err(e) = wait_for_version(port, 0, START_TIMEOUT, &mut cutover) {
+    if let Err(e) = wait_served(port, START_TIMEOUT, &mut cutover, |b| is_version(b, 0)) {
         panic!(
             "{}: v0 never served: {e}\n{}",
             trigger.name(),
@@ -272,9 +278,7 @@ root = {root}
     }
     let mut pushes = Vec::new();
     for n in 1..=PUSHES {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            panic!("interrupted");
-        }
+        check_interrupted();
         std::fs::write(work.join("version"), format!("v{n}\n")).unwrap();
         git(&work, &["commit", "-q", "-am", &format!("v{n}")]);
         let sha = git(&work, &["rev-parse", "HEAD"]);
@@ -311,7 +315,10 @@ root = {root}
             }
             from = Instant::now();
         }
-        let new_code = probe_new_code(port, n, started);
+        let new_code = poll_get(port, started, DEPLOY_TIMEOUT, PROBE_EVERY, |b| {
+            is_version(b, n)
+        })
+        .0;
         let Some(to_new) = new_code else {
             notes.push(format!(
                 "push {n}: v{n} not served within {} s",
@@ -331,7 +338,7 @@ root = {root}
             Err(e) => notes.push(format!("push {n}: {e}")),
         }
     }
-    for p in log_problems(&log) {
+    for p in log_problems(&log, &[]) {
         notes.push(p);
     }
     cutover.stop(Duration::from_secs(10));
@@ -448,10 +455,6 @@ fn start_cutover(dir: &Path, config: &str, log: &Path, env: &[(&str, &str)]) -> 
         cmd.env(k, v);
     }
     Group::spawn(&mut cmd)
-}
-
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
 }
 
 struct GitDaemon {
@@ -856,81 +859,9 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 // ---------------------------------------------------------------- HTTP
 
-/// One request on a fresh connection: (status code, body).
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<(u16, String), String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" {
-        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    request.push_str("\r\n");
-    let mut bytes = request.into_bytes();
-    bytes.extend_from_slice(body);
-    s.write_all(&bytes).map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("truncated answer")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line: {}", head.lines().next().unwrap_or("")))?;
-    Ok((code, body.to_string()))
-}
-
 /// fdserver answers `/` with "<version> <pid>".
 fn is_version(body: &str, n: usize) -> bool {
     body.starts_with(&format!("v{n} "))
-}
-
-fn wait_for_version(
-    port: u16,
-    n: usize,
-    timeout: Duration,
-    server: &mut Group,
-) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Some(status) = server.exited() {
-            return Err(format!("cutover exited ({status})"));
-        }
-        match http(port, "GET", "/", &[], b"") {
-            Ok((200, body)) if is_version(&body, n) => return Ok(()),
-            Ok((code, body)) => last = format!("{code} {body}"),
-            Err(e) => last = e,
-        }
-        sleep(Duration::from_millis(20));
-    }
-    Err(format!("timed out; last answer: {last}"))
-}
-
-/// Polls until v`n` answers; the time since `since`.
-fn probe_new_code(port: u16, n: usize, since: Instant) -> Option<Duration> {
-    while since.elapsed() < DEPLOY_TIMEOUT {
-        if let Ok((200, body)) = http(port, "GET", "/", &[], b"")
-            && is_version(&body, n)
-        {
-            return Some(since.elapsed());
-        }
-        sleep(PROBE_EVERY);
-    }
-    None
 }
 
 fn status(control: u16) -> Option<serde_json::Value> {
@@ -942,267 +873,6 @@ fn status(control: u16) -> Option<serde_json::Value> {
 
 // ---------------------------------------------------------------- figures
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn p50(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 fn median(v: impl Iterator<Item = f64>) -> f64 {
     p50(&v.collect::<Vec<_>>())
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::MIN, f64::max)
-}
-
-fn command_output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// cutover's warnings and errors from a log.
-fn log_problems(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let bad: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("Traceback"))
-        .collect();
-    let mut notes: Vec<String> = bad.iter().take(8).map(|l| format!("log: {l}")).collect();
-    if bad.len() > 8 {
-        notes.push(format!("log: ... {} more such lines", bad.len() - 8));
-    }
-    notes
-}
-
-// ---------------------------------------------------------------- cleanup
-
-/// Process groups started here, by leader pid (= pgid).
-static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-fn install_cleanup() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        cleanup_all();
-    }));
-    extern "C" fn on_signal(_: libc::c_int) {
-        INTERRUPTED.store(true, Ordering::SeqCst);
-    }
-    // SAFETY: the handler only stores to an atomic; SA_RESETHAND makes a
-    // second Ctrl-C kill the bench outright.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        sa.sa_flags = libc::SA_RESETHAND;
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
-    }
-}
-
-fn sleep(d: Duration) {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        panic!("interrupted");
-    }
-    std::thread::sleep(d);
-}
-
-fn cleanup_all() {
-    let groups: Vec<i32> = std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|e| e.into_inner()));
-    for pid in groups {
-        stop_tree(pid, Duration::from_secs(10));
-    }
-    let dirs: Vec<PathBuf> = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner()));
-    for d in dirs {
-        let _ = std::fs::remove_dir_all(d);
-    }
-}
-
-/// (pid, ppid, pgid) of every process.
-fn processes() -> Vec<(i32, i32, i32)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid pgrp ..."; comm may hold spaces and parens.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if let (Some(Ok(ppid)), Some(Ok(pgid))) =
-            (f.get(1).map(|v| v.parse()), f.get(2).map(|v| v.parse()))
-        {
-            out.push((pid, ppid, pgid));
-        }
-    }
-    out
-}
-
-/// The process `root` and all its descendants: pid -> pgid.
-fn tree(root: i32) -> HashMap<i32, i32> {
-    let procs = processes();
-    let mut found = HashMap::new();
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        for &(pid, ppid, pgid) in &procs {
-            if (pid == p || ppid == p) && !found.contains_key(&pid) {
-                found.insert(pid, pgid);
-                if pid != p {
-                    todo.push(pid);
-                }
-            }
-        }
-    }
-    found
-}
-
-/// SIGTERM to the group led by `pid`, then waits for its leader to exit
-/// (cutover stops its programs itself); whatever of the tree is left after
-/// `grace` gets SIGKILL. Never touches the bench's own process group.
-fn stop_tree(pid: i32, grace: Duration) {
-    let before = tree(pid);
-    // SAFETY: kill(2) and waitpid(2) on a group/child this bench started.
-    unsafe { libc::kill(-pid, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    let mut reaped = false;
-    while Instant::now() < deadline {
-        let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        if r == pid || r < 0 {
-            reaped = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // Stragglers: processes of the old tree still alive in the same groups.
-    let own = unsafe { libc::getpgrp() };
-    let groups: HashSet<i32> = before.values().copied().filter(|&g| g != own).collect();
-    let left: Vec<i32> = processes()
-        .into_iter()
-        .filter(|(p, _, g)| before.contains_key(p) && groups.contains(g) && *p != pid)
-        .map(|(p, _, _)| p)
-        .collect();
-    for p in &left {
-        unsafe { libc::kill(*p, libc::SIGKILL) };
-    }
-    if !reaped {
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-    }
-}
-
-/// A child started in a process group of its own, stopped (with everything
-/// it started) when dropped.
-struct Group {
-    child: Option<Child>,
-    pid: i32,
-}
-
-impl Group {
-    fn spawn(cmd: &mut Command) -> Group {
-        let child = cmd
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
-        let pid = child.id() as i32;
-        GROUPS.lock().unwrap().push(pid);
-        Group {
-            child: Some(child),
-            pid,
-        }
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
-    }
-
-    fn stop(&mut self, grace: Duration) {
-        let known = {
-            let mut g = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
-            let known = g.contains(&self.pid);
-            g.retain(|&p| p != self.pid);
-            known
-        };
-        if known {
-            stop_tree(self.pid, grace);
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.try_wait();
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(10));
-    }
-}
-
-/// A temporary directory, removed when dropped and on panic.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> TempDir {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir()
-            .unwrap()
-            .keep();
-        DIRS.lock().unwrap().push(dir.clone());
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        DIRS.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|d| d != &self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

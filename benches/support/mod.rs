@@ -1,0 +1,181 @@
+//! What every bench binary needs so that nothing it starts outlives a run,
+//! even on panic or Ctrl-C: the process groups it starts ([`procs::Group`]), the
+//! temporary directories it makes ([`TempDir`]), and the cleanup that removes
+//! both ([`install_cleanup`], an interruptible [`sleep`]). Also the small
+//! helpers the benches share: loopback HTTP and polling ([`http`]), the
+//! machine line, log tails and figures.
+//!
+//! Included by each bench with `#[path = "support/mod.rs"] mod support;`; it
+//! is no bench target of its own (no `[[bench]]` entry, no `main.rs`).
+
+// Each bench uses its own part of this module.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod procs;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Process groups started here, by leader pid (= pgid).
+static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Stops every [`procs::Group`] and removes every [`TempDir`] still alive when the
+/// bench panics; SIGINT/SIGTERM make the next [`sleep`] (or
+/// [`check_interrupted`]) panic, which does the same.
+pub fn install_cleanup() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        cleanup_all();
+    }));
+    extern "C" fn on_signal(_: libc::c_int) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only stores to an atomic; SA_RESETHAND makes a
+    // second Ctrl-C kill the bench outright.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESETHAND;
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Panics (and so cleans up) once SIGINT or SIGTERM came.
+pub fn check_interrupted() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        panic!("interrupted");
+    }
+}
+
+pub fn sleep(d: Duration) {
+    check_interrupted();
+    std::thread::sleep(d);
+}
+
+pub fn sleep_until(t: Instant) {
+    while let Some(left) = t.checked_duration_since(Instant::now()) {
+        sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+fn cleanup_all() {
+    let groups: Vec<i32> = std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in groups {
+        procs::stop_tree(pid, Duration::from_secs(10));
+    }
+    let dirs: Vec<PathBuf> = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A temporary directory, removed when dropped and on panic.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .unwrap()
+            .keep();
+        DIRS.lock().unwrap().push(dir.clone());
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        DIRS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|d| d != &self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- machine, logs, figures
+
+/// stdout of a command that succeeded.
+pub fn command_output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TOML basic string (JSON's escapes are valid TOML).
+pub fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Lines of a log with cutover's warnings and errors, a Python traceback or
+/// one of `also` in them, as notes (the first 8, then a count).
+pub fn log_problems(path: &Path, also: &[&str]) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            [" WARN ", " ERROR ", "Traceback"]
+                .iter()
+                .chain(also)
+                .any(|m| l.contains(m))
+        })
+        .collect();
+    let mut notes: Vec<String> = bad.iter().take(8).map(|l| format!("log: {l}")).collect();
+    if bad.len() > 8 {
+        notes.push(format!("log: ... {} more such lines", bad.len() - 8));
+    }
+    notes
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn p50(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+pub fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::MIN, f64::max)
+}

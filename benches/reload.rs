@@ -34,8 +34,8 @@ mod support;
 use support::http::{poll_get, wait_served};
 use support::procs::Group;
 use support::{
-    TempDir, command_output, free_port, install_cleanup, loadavg, log_problems, max, p50, sleep,
-    sleep_until, tail, toml_str,
+    TempDir, command_text, free_port, install_cleanup, loadavg, log_problems, machine, max, p50,
+    sleep, sleep_until, spawn_cutover, tail, toml_str,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cutover");
@@ -77,18 +77,14 @@ fn main() {
     install_cleanup();
     let started = Instant::now();
     let tools = Tools::find();
-    let nproc = command_output(&mut Command::new("nproc"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "?".into());
-    let gunicorn_version = command_output(Command::new(tools.gunicorn()).arg("--version"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "gunicorn ?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let gunicorn_version = command_text(
+        Command::new(tools.gunicorn()).arg("--version"),
+        "gunicorn ?",
+    );
     println!("cutover reload benchmark ({BIN})");
     println!(
-        "machine: nproc {nproc}, Linux {}, load average {}; {gunicorn_version}, --workers {WORKERS} (sync)",
-        kernel.trim(),
-        loadavg()
+        "machine: {}; {gunicorn_version}, --workers {WORKERS} (sync)",
+        machine()
     );
     println!(
         "load:    {} -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECS}s --latency -H 'Connection: close' http://127.0.0.1:PORT/   (a fresh PORT per row)",
@@ -487,34 +483,7 @@ touch = [{touch}]
         workdir = toml_str(&current.display().to_string()),
         touch = toml_str(&root.join("reload").display().to_string()),
     );
-    let path = root.join("cutover.toml");
-    std::fs::write(&path, config).unwrap();
-    let check = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "cutover check rejects the config:\n{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let log = std::fs::File::create(log).unwrap();
-    Group::spawn(
-        Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(&path)
-            .arg("--socket")
-            .arg(root.join("ctl.sock"))
-            .env("CUTOVER_LOG", "warn")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log),
-    )
+    spawn_cutover(root, &config, log, "warn", &[])
 }
 
 fn start_naive(tools: &Tools, root: &Path, port: u16, log: &Path) -> Group {
@@ -524,7 +493,7 @@ fn start_naive(tools: &Tools, root: &Path, port: u16, log: &Path) -> Group {
         .append(true)
         .open(log)
         .unwrap();
-    Group::spawn(
+    Group::spawn_logged(
         Command::new(tools.gunicorn())
             .arg("--config")
             .arg(format!("{REPO}/examples/gunicorn/gunicorn.conf.py"))
@@ -533,13 +502,8 @@ fn start_naive(tools: &Tools, root: &Path, port: u16, log: &Path) -> Group {
             .args(["--workers", &WORKERS.to_string()])
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .arg("app:app")
-            .current_dir(&current)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log),
+            .current_dir(&current),
+        log,
     )
 }
 

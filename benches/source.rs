@@ -38,8 +38,8 @@ mod support;
 use support::http::{http, poll_get, wait_served};
 use support::procs::Group;
 use support::{
-    TempDir, check_interrupted, command_output, free_port, install_cleanup, loadavg, log_problems,
-    max, ms, p50, sleep, tail, toml_str,
+    TempDir, check_interrupted, command_text, free_port, install_cleanup, loadavg, log_problems,
+    machine, max, ms, p50, sleep, spawn_cutover, tail, toml_str,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cutover");
@@ -65,22 +65,10 @@ const BIG_TIMEOUT: Duration = Duration::from_secs(120);
 fn main() {
     install_cleanup();
     let started = Instant::now();
-    let nproc = command_output(&mut Command::new("nproc"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "?".into());
-    let git_version = command_output(Command::new("git").arg("--version"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "git ?".into());
-    let python = command_output(Command::new("python3").arg("--version"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "python3 ?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let git_version = command_text(Command::new("git").arg("--version"), "git ?");
+    let python = command_text(Command::new("python3").arg("--version"), "python3 ?");
     println!("cutover source benchmark ({BIN})");
-    println!(
-        "machine: nproc {nproc}, Linux {}, load average {}; {git_version}; {python}",
-        kernel.trim(),
-        loadavg()
-    );
+    println!("machine: {}; {git_version}; {python}", machine());
     println!();
 
     let rows = [Trigger::Watch, Trigger::Webhook].map(latency_row);
@@ -261,10 +249,11 @@ root = {root}
         root = toml_str(&volume.display().to_string()),
     );
     let log = dir.path().join("cutover.log");
-    let mut cutover = start_cutover(
+    let mut cutover = spawn_cutover(
         dir.path(),
         &config,
         &log,
+        "info",
         &[("BENCH_WEBHOOK_SECRET", SECRET)],
     );
 
@@ -420,41 +409,6 @@ fn deploy_report(control: u16, port: u16, sha: &str) -> Result<(f64, f64), Strin
         "no deploy of {sha} recorded within {} s; status: {last}",
         DEPLOY_TIMEOUT.as_secs()
     ))
-}
-
-fn start_cutover(dir: &Path, config: &str, log: &Path, env: &[(&str, &str)]) -> Group {
-    let path = dir.join("cutover.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut check = Command::new(BIN);
-    check.args(["check", "-c"]).arg(&path);
-    for (k, v) in env {
-        check.env(k, v);
-    }
-    let out = check.output().unwrap();
-    assert!(
-        out.status.success(),
-        "cutover check rejects the config:\n{config}\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = std::fs::File::create(log).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "-c"])
-        .arg(&path)
-        .arg("--socket")
-        .arg(dir.join("ctl.sock"))
-        .current_dir(dir)
-        .env("CUTOVER_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Group::spawn(&mut cmd)
 }
 
 struct GitDaemon {
@@ -745,7 +699,7 @@ root = {root}
     let log = dir.path().join("cutover.log");
     sync();
     let started = Instant::now();
-    let mut cutover = start_cutover(dir.path(), &config, &log, &[]);
+    let mut cutover = spawn_cutover(dir.path(), &config, &log, "info", &[]);
     let current = volume.join("current");
     let wall = loop {
         if std::fs::symlink_metadata(&current).is_ok() {

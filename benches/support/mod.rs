@@ -3,7 +3,7 @@
 //! temporary directories it makes ([`TempDir`]), and the cleanup that removes
 //! both ([`install_cleanup`], an interruptible [`sleep`]). Also the small
 //! helpers the benches share: loopback HTTP and polling ([`http`]), the
-//! machine line, log tails and figures.
+//! machine line, log tails and figures, and starting `cutover run`.
 //!
 //! Included by each bench with `#[path = "support/mod.rs"] mod support;`; it
 //! is no bench target of its own (no `[[bench]]` entry, no `main.rs`).
@@ -19,6 +19,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use procs::Group;
 
 /// Process groups started here, by leader pid (= pgid).
 static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
@@ -105,14 +107,66 @@ impl Drop for TempDir {
     }
 }
 
+// ---------------------------------------------------------------- cutover
+
+/// Writes `config` to `dir/cutover.toml`, has `cutover check` accept it, and
+/// starts `cutover run` on it in `dir`: control socket `dir/ctl.sock`,
+/// `CUTOVER_LOG=level`, `env` set for both, output into `log`.
+pub fn spawn_cutover(
+    dir: &Path,
+    config: &str,
+    log: &Path,
+    level: &str,
+    env: &[(&str, &str)],
+) -> Group {
+    let bin = env!("CARGO_BIN_EXE_cutover");
+    let path = dir.join("cutover.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut check = Command::new(bin);
+    check
+        .args(["check", "-c"])
+        .arg(&path)
+        .envs(env.iter().copied());
+    let out = check.output().unwrap();
+    assert!(
+        out.status.success(),
+        "cutover check rejects the config:\n{config}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::File::create(log).unwrap();
+    Group::spawn_logged(
+        Command::new(bin)
+            .args(["run", "-c"])
+            .arg(&path)
+            .arg("--socket")
+            .arg(dir.join("ctl.sock"))
+            .current_dir(dir)
+            .env("CUTOVER_LOG", level)
+            .envs(env.iter().copied()),
+        log,
+    )
+}
+
 // ---------------------------------------------------------------- machine, logs, figures
 
-/// stdout of a command that succeeded.
-pub fn command_output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+/// The trimmed stdout of `cmd` if it succeeded, else `fallback`.
+pub fn command_text(cmd: &mut Command, fallback: &str) -> String {
+    match cmd.stderr(Stdio::null()).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        _ => fallback.to_string(),
+    }
+}
+
+/// "nproc N, Linux RELEASE, load average L1 L5 L15".
+pub fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "nproc {}, Linux {}, load average {}",
+        command_text(&mut Command::new("nproc"), "?"),
+        kernel.trim(),
+        loadavg()
+    )
 }
 
 pub fn loadavg() -> String {

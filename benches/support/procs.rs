@@ -1,9 +1,10 @@
 //! Children in process groups of their own, and stopping a process tree.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{GROUPS, sleep};
@@ -120,6 +121,20 @@ impl Group {
             child: Some(child),
             pid,
         }
+    }
+
+    /// [`Group::spawn`] with stdin from /dev/null, stdout and stderr into
+    /// `log`, and none of the socket-activation variables the bench itself
+    /// may have been given.
+    pub fn spawn_logged(cmd: &mut Command, log: File) -> Group {
+        Group::spawn(
+            cmd.env_remove("NOTIFY_SOCKET")
+                .env_remove("LISTEN_FDS")
+                .env_remove("LISTEN_PID")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        )
     }
 
     /// Takes the group off the cleanup list; whether it was still on it.

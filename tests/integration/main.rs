@@ -19,4 +19,6 @@ mod source_faults;
 #[cfg(feature = "container-tests")]
 mod container;
 #[cfg(feature = "container-tests")]
+mod e2e;
+#[cfg(feature = "container-tests")]
 mod redeploy_docker;

@@ -502,10 +502,14 @@ fn a_dependency_change_is_redeployed_as_a_new_container_by_docker() {
          health_timeout = \"60s\" }}\n",
         scene.repository
     );
-    // Both containers hold the port for a moment (host network): SO_REUSEPORT.
+    // Both containers run for a moment on the host network: the app port is
+    // shared with SO_REUSEPORT, and the control endpoint is the unix socket
+    // only (a second cutover could not bind its http address).
     let config = scene
         .config("", &extra)
-        .replace("reuse_port = false", "reuse_port = true");
+        .replace("reuse_port = false", "reuse_port = true")
+        .replace(&format!("http = \"127.0.0.1:{}\"\n", scene.control), "");
+    assert!(!config.contains("http = "), "{config}");
     let old_id = scene.start(
         &config,
         &[

@@ -1,0 +1,109 @@
+//! Step 2 of the docker redeploy: the release directory as a tar context,
+//! built into `<image>:<short sha>`, with the build log's tail on failure.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::Path;
+use std::time::Instant;
+
+use bollard::Docker;
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use futures_util::StreamExt;
+use tracing::{debug, info, warn};
+
+use crate::config::DockerRedeploy;
+use crate::redeploy::{Redeploy, RedeployError};
+
+use super::{TAIL_LINES, api_message};
+
+pub(super) async fn build(
+    docker: &Docker,
+    cfg: &DockerRedeploy,
+    request: &Redeploy,
+    tag: &str,
+) -> Result<(), RedeployError> {
+    let fail = |reason: String| RedeployError::Build {
+        image: tag.to_string(),
+        reason,
+    };
+    let dir = request.release_dir.clone();
+    if !dir.join(&cfg.dockerfile).is_file() {
+        return Err(fail(format!(
+            "no {} in the release {}",
+            cfg.dockerfile,
+            dir.display()
+        )));
+    }
+    if dir.join(".dockerignore").exists() {
+        warn!("redeploy: .dockerignore is not applied; the whole release is the build context");
+    }
+    let context = tokio::task::spawn_blocking(move || tar_context(&dir))
+        .await
+        .map_err(|e| fail(format!("packing the context: {e}")))?
+        .map_err(|e| fail(format!("packing the context: {e}")))?;
+    let args: HashMap<String, String> = cfg.build_args.iter().cloned().collect();
+    let mut options = BuildImageOptionsBuilder::new()
+        .dockerfile(&cfg.dockerfile)
+        .t(tag)
+        .rm(true)
+        .forcerm(true)
+        .buildargs(&args);
+    if let Some(network) = &cfg.build_network {
+        options = options.networkmode(network);
+    }
+    let options = options.build();
+    let started = Instant::now();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut remember = |line: &str| {
+        let line = line.trim_end();
+        if line.is_empty() {
+            return;
+        }
+        debug!("build: {line}");
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.to_string());
+    };
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                for line in info.stream.as_deref().unwrap_or_default().lines() {
+                    remember(line);
+                }
+                if let Some(message) = info.error_detail.and_then(|d| d.message) {
+                    error = Some(message);
+                }
+            }
+            Err(e) => {
+                error = Some(api_message(&e));
+                break;
+            }
+        }
+    }
+    let log = tail.iter().cloned().collect::<Vec<_>>().join("\n");
+    if let Some(message) = error {
+        let log = if log.is_empty() {
+            String::new()
+        } else {
+            format!("\n{log}")
+        };
+        return Err(fail(format!("{message}{log}")));
+    }
+    docker
+        .inspect_image(tag)
+        .await
+        .map_err(|e| fail(format!("{}\n{log}", api_message(&e))))?;
+    info!(image = %tag, seconds = started.elapsed().as_secs_f64(), "redeploy: image built");
+    Ok(())
+}
+
+/// The release directory as an uncompressed tar; symlinks stay symlinks.
+pub(super) fn tar_context(dir: &Path) -> io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", dir)?;
+    builder.into_inner()
+}

@@ -1,0 +1,310 @@
+//! Steps 3 to 5 of the docker redeploy: the new container's configuration
+//! derived from the old one, starting it and waiting for health, and the
+//! hand-over (rename, restart policy, stop) while the old one still serves.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+    ContainerUpdateBody, EndpointSettings, HealthStatusEnum, ImageConfig, NetworkConnectRequest,
+    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RenameContainerOptionsBuilder,
+    StartContainerOptions,
+};
+use futures_util::StreamExt;
+use tracing::{debug, info, warn};
+
+use super::{POLL, SETTLE, TAIL_LINES, api_message, short};
+
+/// The old container's configuration with the new image; also the networks
+/// to connect before start beyond the one the container is created on.
+pub(super) fn new_container_body(
+    old: &ContainerInspectResponse,
+    old_image: Option<&ImageConfig>,
+    image: &str,
+) -> (ContainerCreateBody, Vec<(String, EndpointSettings)>) {
+    let c: ContainerConfig = old.config.clone().unwrap_or_default();
+    let i = old_image.cloned().unwrap_or_default();
+    let old_short = short(old.id.as_deref().unwrap_or_default()).to_string();
+    // Keep only what the container set beyond its image's defaults.
+    fn own<T: PartialEq>(value: Option<T>, image: Option<T>) -> Option<T> {
+        match (value, image) {
+            (Some(v), Some(i)) if v == i => None,
+            (v, _) => v,
+        }
+    }
+    let env = c.env.map(|env| {
+        let defaults = i.env.clone().unwrap_or_default();
+        env.into_iter()
+            .filter(|e| !defaults.contains(e))
+            .collect::<Vec<_>>()
+    });
+    let labels = c.labels.map(|labels| {
+        let defaults = i.labels.clone().unwrap_or_default();
+        labels
+            .into_iter()
+            .filter(|(k, v)| defaults.get(k) != Some(v))
+            .collect::<HashMap<_, _>>()
+    });
+    let exposed_ports = c.exposed_ports.map(|ports| {
+        let defaults = i.exposed_ports.clone().unwrap_or_default();
+        ports
+            .into_iter()
+            .filter(|p| !defaults.contains(p))
+            .collect::<Vec<_>>()
+    });
+    let volumes = c.volumes.map(|volumes| {
+        let defaults = i.volumes.clone().unwrap_or_default();
+        volumes
+            .into_iter()
+            .filter(|v| !defaults.contains(v))
+            .collect::<Vec<_>>()
+    });
+    let host_config = old.host_config.clone();
+    let mode = host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    let mut primary = None;
+    let mut extra = Vec::new();
+    // Host, none, container:<id> and the default bridge take no endpoint settings.
+    let user_network = !matches!(mode.as_str(), "" | "default" | "bridge" | "host" | "none")
+        && !mode.starts_with("container:");
+    // A container on the host's or another container's network joins no other.
+    let joins_more = !matches!(mode.as_str(), "host" | "none") && !mode.starts_with("container:");
+    let networks = old
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.clone())
+        .unwrap_or_default();
+    for (name, settings) in networks {
+        let aliases = settings.aliases.map(|a| {
+            a.into_iter()
+                .filter(|alias| *alias != old_short)
+                .collect::<Vec<_>>()
+        });
+        let endpoint = EndpointSettings {
+            aliases,
+            links: settings.links,
+            driver_opts: settings.driver_opts,
+            ..Default::default()
+        };
+        if name == mode && user_network {
+            primary = Some((name, endpoint));
+        } else if name != mode && joins_more && !matches!(name.as_str(), "bridge" | "host" | "none")
+        {
+            extra.push((name, endpoint));
+        }
+    }
+    let networking_config = primary.map(|(name, endpoint)| NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(name, endpoint)])),
+    });
+    let body = ContainerCreateBody {
+        // Docker's default hostname is the short id: the new one gets its own.
+        hostname: c.hostname.filter(|h| *h != old_short),
+        domainname: c.domainname,
+        user: own(c.user, i.user),
+        attach_stdin: c.attach_stdin,
+        attach_stdout: c.attach_stdout,
+        attach_stderr: c.attach_stderr,
+        exposed_ports: exposed_ports.filter(|p| !p.is_empty()),
+        tty: c.tty,
+        open_stdin: c.open_stdin,
+        stdin_once: c.stdin_once,
+        env,
+        cmd: own(c.cmd, i.cmd),
+        healthcheck: own(c.healthcheck, i.healthcheck),
+        args_escaped: c.args_escaped,
+        image: Some(image.to_string()),
+        volumes: volumes.filter(|v| !v.is_empty()),
+        working_dir: own(c.working_dir, i.working_dir),
+        entrypoint: own(c.entrypoint, i.entrypoint),
+        network_disabled: c.network_disabled,
+        on_build: None,
+        labels,
+        stop_signal: own(c.stop_signal, i.stop_signal),
+        stop_timeout: c.stop_timeout,
+        shell: own(c.shell, i.shell),
+        host_config,
+        networking_config,
+    };
+    (body, extra)
+}
+
+/// Starts the new container and waits until it counts as up; the reason if not.
+pub(super) async fn start_and_wait(
+    docker: &Docker,
+    id: &str,
+    extra_networks: &[(String, EndpointSettings)],
+    timeout: Duration,
+) -> Result<(), String> {
+    for (network, endpoint) in extra_networks {
+        docker
+            .connect_network(
+                network,
+                NetworkConnectRequest {
+                    container: id.to_string(),
+                    endpoint_config: Some(endpoint.clone()),
+                },
+            )
+            .await
+            .map_err(|e| format!("could not join network {network}: {}", api_message(&e)))?;
+    }
+    docker
+        .start_container(id, None::<StartContainerOptions>)
+        .await
+        .map_err(|e| format!("did not start: {}", api_message(&e)))?;
+    let started = Instant::now();
+    let settle = SETTLE.min(timeout);
+    loop {
+        let state = docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| format!("could not be inspected: {}", api_message(&e)))?
+            .state
+            .unwrap_or_default();
+        let running = state.running == Some(true) && state.restarting != Some(true);
+        if !running {
+            let status = state.status.unwrap_or(ContainerStateStatusEnum::EMPTY);
+            let mut why = format!(
+                "stopped ({status}, exit code {})",
+                state.exit_code.unwrap_or(-1)
+            );
+            if let Some(error) = state.error.filter(|e| !e.is_empty()) {
+                why.push_str(&format!(": {error}"));
+            }
+            return Err(why);
+        }
+        let health = state.health.as_ref();
+        let health_status = health.and_then(|h| h.status);
+        match health_status {
+            Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+            Some(HealthStatusEnum::UNHEALTHY) => {
+                let last = health
+                    .and_then(|h| h.log.as_ref())
+                    .and_then(|log| log.last())
+                    .and_then(|r| r.output.clone())
+                    .unwrap_or_default();
+                return Err(format!("is unhealthy: {:?}", last.trim()));
+            }
+            Some(HealthStatusEnum::STARTING) => {}
+            // No healthcheck: running long enough is all there is to check.
+            _ if started.elapsed() >= settle => return Ok(()),
+            _ => {}
+        }
+        if started.elapsed() >= timeout {
+            return Err(format!(
+                "did not become healthy within {}",
+                humantime::format_duration(timeout)
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// "\nlast log lines" of a container, or nothing.
+pub(super) async fn logs_tail(docker: &Docker, id: &str) -> String {
+    let options = LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .tail(&TAIL_LINES.to_string())
+        .build();
+    let mut stream = docker.logs(id, Some(options));
+    let mut text = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        text.push_str(&chunk.to_string());
+    }
+    let text = text.trim_end();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("; its last log lines:\n{text}")
+    }
+}
+
+/// Renames while both run, so the old name passes to the new container with
+/// no moment where neither has it; disables the old one's restart policy.
+/// Returns the new container's final name.
+pub(super) async fn hand_over(
+    docker: &Docker,
+    old_id: &str,
+    old_name: &str,
+    new_id: &str,
+    new_name: &str,
+) -> String {
+    remove_stopped_predecessors(docker, old_name).await;
+    let parked = format!("{old_name}-replaced-{}", short(old_id));
+    let rename = |id: String, name: String| async move {
+        docker
+            .rename_container(
+                &id,
+                RenameContainerOptionsBuilder::new().name(&name).build(),
+            )
+            .await
+            .map_err(|e| api_message(&e))
+    };
+    let mut name = new_name.to_string();
+    match rename(old_id.to_string(), parked.clone()).await {
+        Err(e) => warn!(
+            "redeploy: could not rename {old_name} to {parked} ({e}); the new container keeps the name {new_name}"
+        ),
+        Ok(()) => match rename(new_id.to_string(), old_name.to_string()).await {
+            Ok(()) => name = old_name.to_string(),
+            Err(e) => {
+                warn!(
+                    "redeploy: could not rename {new_name} to {old_name} ({e}); it keeps its name"
+                );
+                let _ = rename(old_id.to_string(), old_name.to_string()).await;
+            }
+        },
+    }
+    let no_restart = ContainerUpdateBody {
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = docker.update_container(old_id, no_restart).await {
+        warn!(
+            "redeploy: could not clear the old container's restart policy: {}",
+            api_message(&e)
+        );
+    }
+    name
+}
+
+/// Stopped `<name>-replaced-*` containers left by earlier redeploys.
+pub(super) async fn remove_stopped_predecessors(docker: &Docker, name: &str) {
+    let filters = HashMap::from([
+        ("name", vec![format!("^/{name}-replaced-")]),
+        ("status", vec!["exited".to_string(), "created".to_string()]),
+    ]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(list) = docker.list_containers(Some(options)).await else {
+        return;
+    };
+    for c in list {
+        if let Some(id) = c.id {
+            let removed = docker
+                .remove_container(
+                    &id,
+                    None::<bollard::query_parameters::RemoveContainerOptions>,
+                )
+                .await;
+            match removed {
+                Ok(()) => {
+                    info!(id = %short(&id), "redeploy: removed an earlier replaced container")
+                }
+                Err(e) => debug!("could not remove {id}: {}", api_message(&e)),
+            }
+        }
+    }
+}

@@ -70,27 +70,33 @@ impl DependencyGate {
         })
     }
 
-    /// Called with the release the programs start on before any deploy
-    /// (`current` at start): without a baseline it becomes the baseline.
-    pub fn serving(&mut self, release: &Path) {
+    /// Called at start with the release `current` points at, before any
+    /// program runs: without a baseline it becomes the baseline. False when
+    /// it needs other dependencies than this image has (a new image, made
+    /// for a newer commit, starting on a volume that still holds the old
+    /// code): it must not run here.
+    pub fn serving(&mut self, release: &Path) -> bool {
         match Fingerprint::compute(release, &self.config.patterns) {
             Ok(fp) => {
                 self.current = Some(fp.digest.clone());
-                if self.baseline.is_none() {
-                    self.adopt(fp);
+                match &self.baseline {
+                    None => {
+                        self.adopt(fp);
+                        true
+                    }
+                    Some(baseline) => baseline.matches(&fp),
                 }
             }
-            Err(e) => warn!(error = %e, "cannot fingerprint the release being served"),
+            Err(e) => {
+                warn!(error = %e, "cannot fingerprint the release `current` points at");
+                true
+            }
         }
     }
 
     /// Compares `release` (not yet serving) with the baseline.
     pub async fn check(&mut self, release: &Path, sha: &str) -> Result<Verdict, SourceError> {
-        let patterns = self.config.patterns.clone();
-        let dir = release.to_path_buf();
-        let fp = tokio::task::spawn_blocking(move || Fingerprint::compute(&dir, &patterns))
-            .await
-            .map_err(|e| SourceError::Other(e.to_string()))??;
+        let fp = self.compute(release).await?;
         let Some(baseline) = &self.baseline else {
             self.adopt(fp);
             return Ok(Verdict::Adopted);
@@ -105,6 +111,29 @@ impl DependencyGate {
         };
         self.pending = Some(required.clone());
         Ok(Verdict::Differs(required))
+    }
+
+    /// Whether `release` may run on this image (rollbacks); true without a
+    /// baseline or when it cannot be fingerprinted, as at start.
+    pub async fn fits(&self, release: &Path) -> bool {
+        let Some(baseline) = &self.baseline else {
+            return true;
+        };
+        self.compute(release)
+            .await
+            .ok()
+            .is_none_or(|fp| baseline.matches(&fp))
+    }
+
+    /// Fingerprints off the async threads: a release may be large.
+    async fn compute(&self, release: &Path) -> Result<Fingerprint, SourceError> {
+        let patterns = self.config.patterns.clone();
+        let dir = release.to_path_buf();
+        Ok(
+            tokio::task::spawn_blocking(move || Fingerprint::compute(&dir, &patterns))
+                .await
+                .map_err(|e| SourceError::Other(e.to_string()))??,
+        )
     }
 
     /// The release now serving passed the gate (or was rolled back to).

@@ -25,7 +25,7 @@ impl Source {
         let current = self
             .volume
             .current_sha()
-            .filter(|s| self.volume.has_release(s));
+            .filter(|s| self.current_fits_image && self.volume.has_release(s));
         let mut record = Record::new(trigger, started, current.clone());
 
         let sha = match self.fetch(&wanted, current.clone()).await {
@@ -96,6 +96,7 @@ impl Source {
         }
         info!(%sha, previous = ?current, %trigger, "switched current; reloading");
         self.dependencies.switched(Some(&self.volume.release(&sha)));
+        self.current_fits_image = true;
         self.state.previous = current.clone();
         self.state.bad.retain(|b| b != &sha);
         self.save_state();
@@ -294,6 +295,12 @@ impl Source {
         record.sha = Some(target.clone());
         if let Err(e) = self.write_release(&target).await {
             return self.failed(record, format!("cannot restore {target}: {e}"));
+        }
+        if !self.dependencies.fits(&self.volume.release(&target)).await {
+            let why = format!(
+                "cannot roll back to {target}: it needs other dependencies than this image has"
+            );
+            return record.finish(Outcome::Refused, Some(why));
         }
         if let Err(e) = self.volume.switch_to(&target) {
             return self.failed(record, e.to_string());

@@ -163,6 +163,9 @@ pub struct Source {
     reaper: Reaper,
     hook_user: Option<RunAs>,
     dependencies: DependencyGate,
+    /// False while `current` holds code for other dependencies than the
+    /// image's (found at start); the first deploy then replaces it.
+    current_fits_image: bool,
     images: ImageRequests,
     wiring: Option<Wiring>,
 }
@@ -210,12 +213,14 @@ impl Source {
             // Hooks run as the app's user: migrations write what the app reads.
             hook_user: all.programs.first().and_then(|p| p.user.clone()),
             dependencies,
+            current_fits_image: true,
             images: ImageRequests::start(redeployer, exit),
             wiring: None,
         };
         source.recover_current();
-        if source.has_current() {
-            source.dependencies.serving(&source.volume.current());
+        if source.has_current() && !source.dependencies.serving(&source.volume.current()) {
+            warn!(sha = ?source.volume.current_sha(), "`current` needs other dependencies than this image has; fetching `{}` before starting", source.config.git_ref);
+            source.current_fits_image = false;
         }
         Ok(source)
     }
@@ -244,11 +249,14 @@ impl Source {
         }
     }
 
-    /// Whether `current` points at a release that exists.
+    /// Whether `current` points at a release that exists and may run on
+    /// this image.
     pub fn has_current(&self) -> bool {
-        self.volume
-            .current_sha()
-            .is_some_and(|s| self.volume.has_release(&s))
+        self.current_fits_image
+            && self
+                .volume
+                .current_sha()
+                .is_some_and(|s| self.volume.has_release(&s))
     }
 
     /// The first deploy into an empty volume, before any program runs;

@@ -197,3 +197,58 @@ fn a_baked_baseline_is_honoured_and_exit_75_hands_over_to_the_orchestrator() {
         current.display()
     );
 }
+
+/// A new image (its baseline made from v2's lockfile) starting on a volume
+/// whose `current` still holds v1: v1 must not run on it. cutover fetches the
+/// ref first and starts on v2, and refuses to roll back to v1.
+#[test]
+fn a_new_image_does_not_start_old_code_that_needs_other_dependencies() {
+    let dir = TestDir::new();
+    let repo = Repo::new(&dir);
+    let v1 = repo.commit("v1", &[("version", "v1"), ("go.sum", "a v1.0.0\n")]);
+    repo.push();
+    let port = free_port();
+    let root = dir.join("srv");
+    let baseline = dir.join("baseline.json");
+    let toml = config(
+        port,
+        &repo.remote,
+        &root,
+        &format!("[dependencies]\nbaseline = \"{}\"\n", baseline.display()),
+    );
+    // The old image: no baseline file, so v1 becomes it.
+    let mut old = Cutover::run_config(Mode::Subreaper, &dir, &toml);
+    serves(port, "v1");
+    old.signal(libc::SIGTERM);
+    old.wait(SECS_20);
+    drop(old);
+
+    // v2 changes go.sum; the new image was built (and fingerprinted) for it.
+    let v2 = repo.commit("v2", &[("version", "v2"), ("go.sum", "a v1.1.0\n")]);
+    repo.push();
+    let (code, _, err) = run_cutover(
+        &dir,
+        &[
+            "fingerprint",
+            repo.work.to_str().unwrap(),
+            "--write",
+            baseline.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let new = Cutover::run_config(Mode::Subreaper, &dir, &toml);
+    let first = wait_for(SECS_20, || served_version(port).ok())
+        .unwrap_or_else(|| panic!("nothing served\n{}", new.stderr()));
+    assert_eq!(
+        first,
+        "v2",
+        "old code ran on the new image\n{}",
+        new.stderr()
+    );
+    wait_for_control(&dir);
+    assert_eq!(source(&dir)["current"], v2.as_str());
+    let (code, _, err) = client(&dir, &["rollback", "--to", &v1, "--wait"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs other dependencies"), "{err}");
+    assert_eq!(served_version(port).unwrap(), "v2");
+}

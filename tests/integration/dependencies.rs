@@ -252,3 +252,66 @@ fn a_new_image_does_not_start_old_code_that_needs_other_dependencies() {
     assert!(err.contains("needs other dependencies"), "{err}");
     assert_eq!(served_version(port).unwrap(), "v2");
 }
+
+/// A redeploy that fails is retried with backoff (1 s, doubling), not in a
+/// loop, while the old release keeps serving; status says why.
+#[test]
+fn a_failing_redeploy_is_retried_with_backoff() {
+    let dir = TestDir::new();
+    let repo = Repo::new(&dir);
+    repo.commit("v1", &[("version", "v1"), ("Gemfile.lock", "rack (3.0)\n")]);
+    repo.push();
+    let port = free_port();
+    let root = dir.join("srv");
+    let attempts = dir.join("attempts");
+    let _cutover = Cutover::run_config(
+        Mode::Subreaper,
+        &dir,
+        &config(
+            port,
+            &repo.remote,
+            &root,
+            &format!(
+                "[dependencies]\nbaseline = \"{}\"\n\n[redeploy]\n\
+                 command = [\"sh\", \"-c\", \"date +%s.%N >> {}; echo CI is down >&2; exit 1\"]\n",
+                dir.join("no-baseline").display(),
+                attempts.display()
+            ),
+        ),
+    );
+    serves(port, "v1");
+    repo.commit("v2", &[("version", "v2"), ("Gemfile.lock", "rack (3.1)\n")]);
+    repo.push();
+    let count = || {
+        std::fs::read_to_string(&attempts)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for(SECS_20, || (count() >= 3).then_some(()))
+        .unwrap_or_else(|| panic!("not retried: {} attempts", count()));
+    let times: Vec<f64> = std::fs::read_to_string(&attempts)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    // 1 s, then 2 s between attempts (no faster than the backoff).
+    assert!(times[1] - times[0] >= 0.9, "{times:?}");
+    assert!(times[2] - times[1] >= 1.9, "{times:?}");
+    // The third attempt may still be running; its failure follows at once.
+    let src = wait_for(SECS_20, || {
+        let src = source(&dir);
+        (src["redeploy"]["state"] == "failed").then_some(src)
+    })
+    .unwrap_or_else(|| panic!("never failed: {}", source(&dir)));
+    assert!(
+        src["redeploy"]["retry_in_seconds"].as_f64().is_some(),
+        "{src}"
+    );
+    assert!(
+        src["redeploy"]["last_result"]
+            .as_str()
+            .is_some_and(|r| r.contains("redeploy command failed")),
+        "{src}"
+    );
+    assert_eq!(served_version(port).unwrap(), "v1");
+}

@@ -4,29 +4,13 @@
 //! (scripts/test does both, and exports DOCKER, the client to use);
 //! enabled with `--features container-tests`.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::dockercli::{docker as run, text};
 use crate::helpers::*;
 
 const IMAGE: &str = "cutover-test:latest";
-
-fn docker() -> Command {
-    let client = std::env::var("DOCKER").unwrap_or_else(|_| "docker".to_string());
-    Command::new(client)
-}
-
-fn run(args: &[&str]) -> Output {
-    docker().args(args).output().expect("run the docker client")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// A container that is removed (with everything in it) when dropped.
 struct Container {

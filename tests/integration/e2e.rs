@@ -13,11 +13,11 @@
 //! drops, and every docker client call is killed if it hangs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::dockercli::{docker, inspect, text};
 use crate::gitrepo::Repo;
 use crate::helpers::*;
 
@@ -28,54 +28,6 @@ fn app_image() -> String {
 /// What the image installed: a release with the same file needs no new image.
 const REQUIREMENTS: &str = include_str!("../../examples/gunicorn/requirements.txt");
 const EXAMPLE_APP: &str = include_str!("../../examples/gunicorn/app/app.py");
-const DOCKER_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Runs the docker client; killed (and the test failed) after `DOCKER_TIMEOUT`.
-pub fn docker(args: &[&str]) -> Output {
-    let client = std::env::var("DOCKER").unwrap_or_else(|_| "docker".to_string());
-    let dir = tempfile::tempdir().unwrap();
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(client)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("run the docker client");
-    let deadline = Instant::now() + DOCKER_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("docker {args:?} did not finish within {DOCKER_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: std::fs::read(out).unwrap_or_default(),
-        stderr: std::fs::read(err).unwrap_or_default(),
-    }
-}
-
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn inspect(what: &str, format: &str) -> Option<String> {
-    let out = docker(&["inspect", "-f", format, what]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// The example app (examples/gunicorn/app/app.py) with another VERSION.
 fn app_py(version: &str) -> String {
     assert!(

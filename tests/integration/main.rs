@@ -19,6 +19,8 @@ mod source_faults;
 #[cfg(feature = "container-tests")]
 mod container;
 #[cfg(feature = "container-tests")]
+mod dockercli;
+#[cfg(feature = "container-tests")]
 mod e2e;
 #[cfg(feature = "container-tests")]
 mod redeploy_docker;

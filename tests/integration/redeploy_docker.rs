@@ -8,37 +8,15 @@
 //! plus a marker file); `docker exec ... cutover redeploy` triggers the
 //! action the deploy pipeline will trigger on a dependency change.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::dockercli::{docker, inspect, text};
 use crate::helpers::*;
 
 const IMAGE: &str = "cutover-test:latest";
 const SHA: &str = "feedc0de0123456789abcdef0123456789abcdef";
 const SHORT: &str = "feedc0de0123";
-
-fn docker(args: &[&str]) -> Output {
-    let client = std::env::var("DOCKER").unwrap_or_else(|_| "docker".to_string());
-    Command::new(client)
-        .args(args)
-        .output()
-        .expect("run the docker client")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn inspect(what: &str, format: &str) -> Option<String> {
-    let out = docker(&["inspect", "-f", format, what]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 /// Everything one test made, removed when dropped: containers whose name
 /// starts with `name`, and the images of `repository`.

@@ -1,0 +1,53 @@
+//! The docker client for the container tests: every call bounded in time,
+//! so a hung engine fails the test instead of hanging CI.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs the docker client; killed (and the test failed) after `DOCKER_TIMEOUT`.
+pub fn docker(args: &[&str]) -> Output {
+    let client = std::env::var("DOCKER").unwrap_or_else(|_| "docker".to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(client)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("run the docker client");
+    let deadline = Instant::now() + DOCKER_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("docker {args:?} did not finish within {DOCKER_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(out).unwrap_or_default(),
+        stderr: std::fs::read(err).unwrap_or_default(),
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn inspect(what: &str, format: &str) -> Option<String> {
+    let out = docker(&["inspect", "-f", format, what]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

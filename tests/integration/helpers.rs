@@ -285,13 +285,21 @@ pub fn run_cutover(dir: &TestDir, args: &[&str]) -> (i32, String, String) {
 
 pub const SECS_20: Duration = Duration::from_secs(20);
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port free on 127.0.0.1 that no other test of this run is given.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up), so no
+/// outgoing connection of a parallel test takes one between this call and
+/// the bind, and from a counter, so two tests never get the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Another test binary running at the same time starts elsewhere.
+    let base = 20_000 + (std::process::id() as usize % 400) * 25;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_500) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One HTTP/1.0 GET against 127.0.0.1:port; the body, or why it failed.

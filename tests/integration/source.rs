@@ -519,10 +519,17 @@ fn webhooks_deploy_only_signed_pushes_of_the_followed_ref() {
         ),
         &[("TEST_WEBHOOK_SECRET", WEBHOOK_SECRET)],
     );
+    // The first deploy is followed by a check once the actor runs; wait
+    // until that one is done too (last_check stops moving).
+    let mut seen = String::new();
     let settled = wait_for(SECS_20, || {
-        source_status(&s.dir)["last_check"]
-            .as_str()
-            .map(str::to_string)
+        let now = source_status(&s.dir)["last_check"].as_str()?.to_string();
+        if now == seen {
+            return Some(now);
+        }
+        seen = now;
+        std::thread::sleep(Duration::from_millis(300));
+        None
     })
     .unwrap();
     let v2 = s.repo.release("v2");

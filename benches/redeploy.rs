@@ -27,7 +27,6 @@
 //! Containers, images and temp dirs it makes are removed at the end and on
 //! panic.
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +36,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use support::http::get_root;
-use support::{TempDir, free_port, install_cleanup, machine, ms, p50, sleep};
+use support::{TempDir, free_port, git, install_cleanup, machine, ms, p50, sleep};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const ROUNDS: usize = 3;
@@ -96,26 +95,6 @@ fn remove_made() {
             }
         }
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn version(port: u16) -> Result<String, String> {

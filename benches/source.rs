@@ -38,8 +38,8 @@ mod support;
 use support::http::{http, poll_get, wait_served};
 use support::procs::Group;
 use support::{
-    TempDir, check_interrupted, command_text, free_port, install_cleanup, loadavg, log_problems,
-    machine, max, ms, p50, sleep, spawn_cutover, tail, toml_str,
+    TempDir, check_interrupted, command_text, free_port, git, install_cleanup, loadavg,
+    log_problems, machine, max, ms, p50, sleep, spawn_cutover, tail, toml_str,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cutover");
@@ -783,32 +783,6 @@ fn dir_bytes(path: &Path) -> u64 {
         }
     }
     total
-}
-
-// ---------------------------------------------------------------- git
-
-/// Runs git in `dir` without the user's or the system's config; panics with
-/// git's stderr on failure, returns stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed in {}:\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 // ---------------------------------------------------------------- HTTP

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use crate::config::Secret;
 use crate::program::ProgramHandle;
 use crate::reload::ReloadQueue;
-use crate::source::{DeployRecord, Outcome, SourceHandle};
+use crate::source::{DeployRecord, SourceHandle};
 use crate::status::{ReloadRecord, Status};
 
 /// Requests are small; anything longer is not ours.
@@ -129,48 +129,29 @@ impl Inventory {
                     None => Response::error("cutover is shutting down"),
                 }
             }
-            Request::Deploy { target, wait } => {
-                let Some(source) = &self.source else {
-                    return Response::error(
-                        "no [source] configured: this cutover does not fetch code",
-                    );
-                };
-                if !wait {
-                    source.deploy(target, "deploy command");
-                    return Response {
-                        ok: true,
-                        ..Response::default()
-                    };
-                }
-                deploy_response(source.deploy_and_wait(target, "deploy command").await)
-            }
-            Request::Rollback { to, wait } => {
-                let Some(source) = self.source.clone() else {
-                    return Response::error("no [source] configured: nothing to roll back");
-                };
-                let pending = tokio::spawn(async move { source.rollback_and_wait(to).await });
-                if !wait {
-                    return Response {
-                        ok: true,
-                        ..Response::default()
-                    };
-                }
-                deploy_response(pending.await.ok().flatten())
-            }
+            Request::Deploy { target, wait } => match &self.source {
+                None => Response::error("no [source] configured: this cutover does not fetch code"),
+                Some(source) => deploy_response(wait, source.deploy_by_hand(target, wait).await),
+            },
+            Request::Rollback { to, wait } => match &self.source {
+                None => Response::error("no [source] configured: nothing to roll back"),
+                Some(source) => deploy_response(wait, source.rollback(to, wait).await),
+            },
         }
     }
 }
 
-fn deploy_response(record: Option<DeployRecord>) -> Response {
+/// The answer to `deploy` and `rollback`: queued, or the record waited for.
+fn deploy_response(waited: bool, record: Option<DeployRecord>) -> Response {
     match record {
         Some(record) => Response {
-            ok: record.error.is_none()
-                && matches!(
-                    record.outcome,
-                    Outcome::Deployed | Outcome::Unchanged | Outcome::RolledBack
-                ),
+            ok: record.succeeded(),
             error: record.error.clone(),
             deploy: Some(record),
+            ..Response::default()
+        },
+        None if !waited => Response {
+            ok: true,
             ..Response::default()
         },
         None => Response::error("cutover is shutting down"),

@@ -183,7 +183,7 @@ async fn push(req: Request<Incoming>, inventory: &Inventory) -> Response<Full<By
             info!(forge = %push.forge, git_ref = %push.git_ref, after = ?push.after, "webhook push");
             // The configured ref is fetched, not `after`: the remote is the
             // truth, and a delayed delivery must not move current backwards.
-            source.deploy(None, &format!("webhook ({})", push.forge));
+            source.deploy(&format!("webhook ({})", push.forge));
             text(StatusCode::ACCEPTED, "deploy queued".into())
         }
     }

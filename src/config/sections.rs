@@ -21,9 +21,13 @@ pub(super) fn reload(raw: Option<RawReload>, p: &mut Problems) -> (ReloadConfig,
     let mut config = ReloadConfig::default();
     for (i, t) in raw.touch.unwrap_or_default().into_iter().enumerate() {
         let at = [child(&path, "touch"), vec![Segment::Index(i)]].concat();
-        let file = PathBuf::from(&t);
-        match file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            _ if file.file_name().is_none() => p.add(&at, format!("`{t}` names no file")),
+        // Relative to where cutover starts, made absolute once: the watcher
+        // compares the paths inotify reports with these.
+        let file = std::path::absolute(&t).unwrap_or_else(|_| PathBuf::from(&t));
+        match file.parent() {
+            _ if t.is_empty() || t.ends_with('/') || file.file_name().is_none() => {
+                p.add(&at, format!("`{t}` names no file"))
+            }
             Some(dir) if !dir.is_dir() => p.add(
                 &at,
                 format!(

@@ -41,10 +41,9 @@ pub struct DependencyStatus {
 /// The gate's answer for one release.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Same dependencies as the image: hot reload is safe.
-    Matches,
-    /// There was no baseline; this release became it.
-    Adopted,
+    /// It may run on this image (same dependencies, or it just became the
+    /// baseline); its digest, when it could be fingerprinted.
+    Fits(Option<String>),
     /// Different dependencies: needs a new image.
     Differs(RedeployRequired),
 }
@@ -94,35 +93,36 @@ impl DependencyGate {
         }
     }
 
-    /// Compares `release` (not yet serving) with the baseline.
+    /// Compares `release` (not yet serving) with the baseline; the answer
+    /// for a deploy. A release that fits supersedes one waiting for an image.
     pub async fn check(&mut self, release: &Path, sha: &str) -> Result<Verdict, SourceError> {
         let fp = self.compute(release).await?;
-        let Some(baseline) = &self.baseline else {
-            self.adopt(fp);
-            return Ok(Verdict::Adopted);
+        let verdict = match &self.baseline {
+            None => {
+                let digest = fp.digest.clone();
+                self.adopt(fp);
+                Verdict::Fits(Some(digest))
+            }
+            Some(baseline) => judge(baseline, fp, sha),
         };
-        if baseline.matches(&fp) {
-            return Ok(Verdict::Matches);
-        }
-        let required = RedeployRequired {
-            sha: sha.to_string(),
-            changed_files: baseline.diff(&fp),
-            digest: fp.digest,
+        self.pending = match &verdict {
+            Verdict::Fits(_) => None,
+            Verdict::Differs(required) => Some(required.clone()),
         };
-        self.pending = Some(required.clone());
-        Ok(Verdict::Differs(required))
+        Ok(verdict)
     }
 
-    /// Whether `release` may run on this image (rollbacks); true without a
-    /// baseline or when it cannot be fingerprinted, as at start.
-    pub async fn fits(&self, release: &Path) -> bool {
-        let Some(baseline) = &self.baseline else {
-            return true;
-        };
-        self.compute(release)
-            .await
-            .ok()
-            .is_none_or(|fp| baseline.matches(&fp))
+    /// The answer for a rollback: nothing is adopted or remembered, and a
+    /// release that cannot be fingerprinted fits, as at start.
+    pub async fn check_rollback(&self, release: &Path, sha: &str) -> Verdict {
+        match (&self.baseline, self.compute(release).await) {
+            (Some(baseline), Ok(fp)) => judge(baseline, fp, sha),
+            (None, Ok(fp)) => Verdict::Fits(Some(fp.digest)),
+            (_, Err(e)) => {
+                warn!(error = %e, %sha, "cannot fingerprint the release to roll back to");
+                Verdict::Fits(None)
+            }
+        }
     }
 
     /// Fingerprints off the async threads: a release may be large.
@@ -136,13 +136,9 @@ impl DependencyGate {
         )
     }
 
-    /// The release now serving passed the gate (or was rolled back to).
-    pub fn switched(&mut self, digest_of: Option<&Path>) {
-        if let Some(dir) = digest_of {
-            self.current = Fingerprint::compute(dir, &self.config.patterns)
-                .ok()
-                .map(|f| f.digest);
-        }
+    /// `current` now holds the release with this digest.
+    pub fn switched(&mut self, digest: Option<String>) {
+        self.current = digest;
     }
 
     /// The release waiting for a new image, if `sha` is it.
@@ -164,4 +160,15 @@ impl DependencyGate {
         self.current = Some(fp.digest.clone());
         self.baseline = Some(fp);
     }
+}
+
+fn judge(baseline: &Fingerprint, fp: Fingerprint, sha: &str) -> Verdict {
+    if baseline.matches(&fp) {
+        return Verdict::Fits(Some(fp.digest));
+    }
+    Verdict::Differs(RedeployRequired {
+        sha: sha.to_string(),
+        changed_files: baseline.diff(&fp),
+        digest: fp.digest,
+    })
 }

@@ -17,9 +17,13 @@ use crate::program::ProgramHandle;
 
 impl Source {
     /// Fetch, write, hook, switch, reload; roll back if the reload fails.
-    pub(super) async fn deploy(&mut self, target: Option<String>, trigger: &str) -> DeployRecord {
+    pub(super) async fn deploy(
+        &mut self,
+        target: Option<String>,
+        trigger: &str,
+        by_hand: bool,
+    ) -> DeployRecord {
         let started = Instant::now();
-        let explicit = target.is_some() || trigger == "deploy command";
         let wanted = target.unwrap_or_else(|| self.config.git_ref.clone());
         self.last_check = Some(SystemTime::now());
         let current = self
@@ -30,7 +34,7 @@ impl Source {
 
         let sha = match self.fetch(&wanted, current.clone()).await {
             Ok(sha) => sha,
-            Err(e) => return self.fetch_failed(record, e, explicit),
+            Err(e) => return self.fetch_failed(record, e, by_hand),
         };
         self.failures = 0;
         self.retry_at = None;
@@ -39,7 +43,7 @@ impl Source {
         if current.as_deref() == Some(sha.as_str()) {
             return record.finish(Outcome::Unchanged, None);
         }
-        if self.state.bad.contains(&sha) && !explicit {
+        if self.state.bad.contains(&sha) && !by_hand {
             let first_time = self.refused.as_deref() != Some(sha.as_str());
             self.refused = Some(sha.clone());
             let why = format!(
@@ -53,7 +57,7 @@ impl Source {
             }
             return done;
         }
-        if !explicit && self.hook_failed.as_deref() == Some(sha.as_str()) {
+        if !by_hand && self.hook_failed.as_deref() == Some(sha.as_str()) {
             let why = format!(
                 "the before_cutover hook failed for {sha}; waiting for `{}` to move, or `cutover deploy`",
                 self.config.git_ref
@@ -68,7 +72,7 @@ impl Source {
         if let Err(e) = self.write_release(&sha).await {
             return self.failed(record, e.to_string());
         }
-        match self
+        let digest = match self
             .dependencies
             .check(&self.volume.release(&sha), &sha)
             .await
@@ -82,8 +86,8 @@ impl Source {
                 self.request_redeploy(required);
                 return done;
             }
-            Ok(Verdict::Matches | Verdict::Adopted) => {}
-        }
+            Ok(Verdict::Fits(digest)) => digest,
+        };
         if let Err(e) = self
             .run_hooks("before_cutover", &sha, current.as_deref())
             .await
@@ -95,7 +99,7 @@ impl Source {
             return self.failed(record, e.to_string());
         }
         info!(%sha, previous = ?current, %trigger, "switched current; reloading");
-        self.dependencies.switched(Some(&self.volume.release(&sha)));
+        self.dependencies.switched(digest);
         self.current_fits_image = true;
         self.state.previous = current.clone();
         self.state.bad.retain(|b| b != &sha);
@@ -217,12 +221,12 @@ impl Source {
         &mut self,
         record: Record,
         e: SourceError,
-        explicit: bool,
+        by_hand: bool,
     ) -> DeployRecord {
         let message = self.remote.redact(&e.to_string());
         let repeated = self.last_error.as_deref() == Some(message.as_str());
         self.last_error = Some(message.clone());
-        if !explicit {
+        if !by_hand {
             self.failures += 1;
             let delay = RETRY_FIRST
                 .saturating_mul(1 << self.failures.min(16).saturating_sub(1))
@@ -238,11 +242,16 @@ impl Source {
     }
 
     pub(super) fn failed(&mut self, record: Record, why: String) -> DeployRecord {
-        let why = self.remote.redact(&why);
-        error!(error = %why, "deploy failed");
-        let done = record.finish(Outcome::Failed, Some(why));
+        let done = self.failure(record, why);
         self.remember(&done);
         done
+    }
+
+    /// A failed record, logged but not yet remembered.
+    fn failure(&self, record: Record, why: String) -> DeployRecord {
+        let why = self.remote.redact(&why);
+        error!(error = %why, trigger = %record.trigger, "failed");
+        record.finish(Outcome::Failed, Some(why))
     }
 
     pub(super) async fn roll_back_failed_deploy(
@@ -253,26 +262,29 @@ impl Source {
         why: String,
     ) -> DeployRecord {
         warn!(%sha, error = %why, "new release failed; rolling back");
-        let outcome = self
-            .rollback(
-                previous,
-                &format!("rollback after {}", record.trigger),
-                Some(sha),
-            )
-            .await;
-        let done = record.finish(
-            Outcome::RolledBack,
-            Some(format!(
-                "{why}; rolled back to {}",
-                outcome.sha.as_deref().unwrap_or("nothing")
-            )),
-        );
+        let trigger = format!("rollback after {}", record.trigger);
+        let rollback = self.rollback(previous, &trigger, Some(sha)).await;
+        // One record for the deploy and its rollback.
+        let done = match (rollback.outcome, &rollback.sha) {
+            (Outcome::RolledBack, Some(to)) => record.finish(
+                Outcome::RolledBack,
+                Some(format!("{why}; rolled back to {to}")),
+            ),
+            _ => record.finish(
+                Outcome::Failed,
+                Some(format!(
+                    "{why}; and the rollback failed: {}",
+                    rollback.error.as_deref().unwrap_or("unknown reason")
+                )),
+            ),
+        };
         self.remember(&done);
         done
     }
 
     /// Switches `current` back to `to` (default: the previous release),
-    /// marks the release left behind as bad, and reloads the programs.
+    /// marks the release left behind as bad, and reloads the programs. The
+    /// caller records the outcome.
     pub(super) async fn rollback(
         &mut self,
         to: Option<String>,
@@ -290,20 +302,25 @@ impl Source {
         };
         let target = match self.full_sha_of(&target) {
             Ok(sha) => sha,
-            Err(why) => return self.failed(record, why),
+            Err(why) => return self.failure(record, why),
         };
         record.sha = Some(target.clone());
         if let Err(e) = self.write_release(&target).await {
-            return self.failed(record, format!("cannot restore {target}: {e}"));
+            return self.failure(record, format!("cannot restore {target}: {e}"));
         }
-        if !self.dependencies.fits(&self.volume.release(&target)).await {
-            let why = format!(
-                "cannot roll back to {target}: it needs other dependencies than this image has"
-            );
-            return record.finish(Outcome::Refused, Some(why));
-        }
+        let release = self.volume.release(&target);
+        let digest = match self.dependencies.check_rollback(&release, &target).await {
+            Verdict::Fits(digest) => digest,
+            Verdict::Differs(required) => {
+                let why = format!(
+                    "cannot roll back to {target}: it needs other dependencies than this image has ({})",
+                    required.changed_files.join(", ")
+                );
+                return record.finish(Outcome::Refused, Some(why));
+            }
+        };
         if let Err(e) = self.volume.switch_to(&target) {
-            return self.failed(record, e.to_string());
+            return self.failure(record, e.to_string());
         }
         if let Some(bad) = bad
             .map(str::to_string)
@@ -316,8 +333,7 @@ impl Source {
         self.deployed_at = None;
         self.save_state();
         info!(sha = %target, from = ?from, "rolled back current");
-        self.dependencies
-            .switched(Some(&self.volume.release(&target)));
+        self.dependencies.switched(digest);
         // Programs that already run the old code (overlap kept it, restart fell
         // back to it) need nothing; reload the others.
         let reload_error = match &self.wiring {
@@ -334,11 +350,7 @@ impl Source {
             }
             _ => None,
         };
-        let done = record.finish(Outcome::RolledBack, reload_error);
-        if bad.is_none() {
-            self.remember(&done);
-        }
-        done
+        record.finish(Outcome::RolledBack, reload_error)
     }
 
     /// The full sha of a kept release named by a full or abbreviated sha

@@ -16,6 +16,8 @@ use git2::{
 use crate::config::SourceConfig;
 
 /// Where fetched commits land in the cache (never a branch: nothing checks it out).
+/// Where objects taken from a local remote wait to be renamed into place.
+const INCOMING: &str = "cutover-incoming";
 const FETCHED: &str = "refs/cutover/fetched";
 /// Every branch and tag, for a commit the remote will not send by its id.
 const ALL_HEADS: &str = "+refs/heads/*:refs/cutover/heads/*";
@@ -181,7 +183,12 @@ impl RemoteSpec {
         if let Some(objects) = local_objects(&self.url) {
             // Errors (a concurrent gc on the remote, a full disk) leave the
             // work to libgit2's transport below.
-            if copy_objects(&objects, &cache.path().join("objects")).is_ok()
+            if copy_objects(
+                &objects,
+                &cache.path().join("objects"),
+                &cache.path().join(INCOMING),
+            )
+            .is_ok()
                 && cache.find_commit(expected).is_ok()
             {
                 let _ = cache.reference(FETCHED, expected, true, "cutover: local copy");
@@ -261,11 +268,16 @@ fn local_objects(url: &str) -> Option<PathBuf> {
 /// searching deltas and compressing every object again: about 6 s for a
 /// 100 MB tree on two cores, against well under one for this. Git never
 /// changes an object file once written, so sharing the inode is safe. Each
-/// file lands under a temporary name and is renamed into place, a pack before
+/// file lands in `incoming` first and is renamed into place, a pack before
 /// its index, so an interrupted copy leaves nothing that git would read half
-/// written; a pack is taken only once its index exists, i.e. once the push
-/// that wrote it finished writing it.
-fn copy_objects(from: &Path, to: &Path) -> std::io::Result<()> {
+/// written (and what it leaves in `incoming` goes with the next copy); a pack
+/// is taken only once its index exists, i.e. once the push that wrote it
+/// finished writing it.
+fn copy_objects(from: &Path, to: &Path, incoming: &Path) -> std::io::Result<()> {
+    // Fetches are serialised by the source actor: anything here is left
+    // over from a cutover killed mid-copy.
+    let _ = std::fs::remove_dir_all(incoming);
+    std::fs::create_dir_all(incoming)?;
     let from_packs = from.join("pack");
     let to_packs = to.join("pack");
     std::fs::create_dir_all(&to_packs)?;
@@ -279,7 +291,7 @@ fn copy_objects(from: &Path, to: &Path) -> std::io::Result<()> {
             continue;
         };
         for file in [format!("{stem}.pack"), format!("{stem}.idx")] {
-            take_object_file(&from_packs.join(&file), &to_packs.join(&file))?;
+            take_object_file(&from_packs.join(&file), &to_packs.join(&file), incoming)?;
         }
     }
     for entry in std::fs::read_dir(from)? {
@@ -302,19 +314,17 @@ fn copy_objects(from: &Path, to: &Path) -> std::io::Result<()> {
                 continue;
             }
             std::fs::create_dir_all(&to_fan)?;
-            take_object_file(&entry.path().join(&name), &to_fan.join(&name))?;
+            take_object_file(&entry.path().join(&name), &to_fan.join(&name), incoming)?;
         }
     }
     Ok(())
 }
 
-fn take_object_file(from: &Path, to: &Path) -> std::io::Result<()> {
+fn take_object_file(from: &Path, to: &Path, incoming: &Path) -> std::io::Result<()> {
     if std::fs::symlink_metadata(to).is_ok() {
         return Ok(());
     }
-    let name = to.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = to.with_file_name(format!("tmp_cutover_{}_{name}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = incoming.join(to.file_name().unwrap_or_default());
     if std::fs::hard_link(from, &tmp).is_err() {
         std::fs::copy(from, &tmp)?;
     }

@@ -46,8 +46,14 @@ pub struct DeployRecord {
 }
 
 impl DeployRecord {
-    pub fn ok(&self) -> bool {
-        matches!(self.outcome, Outcome::Deployed | Outcome::Unchanged)
+    /// What `cutover deploy/rollback --wait` exits 0 for: it did what was
+    /// asked, without an error on the way (an after_cutover hook included).
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none()
+            && matches!(
+                self.outcome,
+                Outcome::Deployed | Outcome::Unchanged | Outcome::RolledBack
+            )
     }
 }
 

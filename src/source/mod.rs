@@ -78,6 +78,9 @@ enum Command {
     Deploy {
         target: Option<String>,
         trigger: String,
+        /// Asked for by a person (`cutover deploy`): may go to a sha that
+        /// automatic triggers hold back (rolled back, hook failed).
+        by_hand: bool,
         reply: Option<oneshot::Sender<DeployRecord>>,
     },
     Rollback {
@@ -94,41 +97,51 @@ pub struct SourceHandle {
 }
 
 impl SourceHandle {
-    /// Queues a deploy of the configured ref (`target` None) or of `target`.
-    pub fn deploy(&self, target: Option<String>, trigger: &str) {
+    /// An automatic look at the configured ref (push, webhook, start).
+    pub fn deploy(&self, trigger: &str) {
         let _ = self.commands.send(Command::Deploy {
-            target,
+            target: None,
             trigger: trigger.to_string(),
+            by_hand: false,
             reply: None,
         });
     }
 
-    pub async fn deploy_and_wait(
-        &self,
-        target: Option<String>,
-        trigger: &str,
-    ) -> Option<DeployRecord> {
-        let (reply, rx) = oneshot::channel();
-        let _ = self.commands.send(Command::Deploy {
+    /// `cutover deploy [REF|SHA]`; with `wait`, the record once it is done.
+    pub async fn deploy_by_hand(&self, target: Option<String>, wait: bool) -> Option<DeployRecord> {
+        self.ask(wait, |reply| Command::Deploy {
             target,
-            trigger: trigger.to_string(),
-            reply: Some(reply),
-        });
-        rx.await.ok()
+            trigger: "deploy command".to_string(),
+            by_hand: true,
+            reply,
+        })
+        .await
     }
 
-    pub async fn rollback_and_wait(&self, to: Option<String>) -> Option<DeployRecord> {
-        let (reply, rx) = oneshot::channel();
-        let _ = self.commands.send(Command::Rollback {
-            to,
-            reply: Some(reply),
-        });
-        rx.await.ok()
+    /// `cutover rollback [--to SHA]`; with `wait`, the record once it is done.
+    pub async fn rollback(&self, to: Option<String>, wait: bool) -> Option<DeployRecord> {
+        self.ask(wait, |reply| Command::Rollback { to, reply })
+            .await
     }
 
     pub async fn status(&self) -> Option<SourceStatus> {
         let (reply, rx) = oneshot::channel();
         let _ = self.commands.send(Command::Status(reply));
+        rx.await.ok()
+    }
+
+    /// Sends a command; None when not waiting or when the actor is gone.
+    async fn ask(
+        &self,
+        wait: bool,
+        command: impl FnOnce(Option<oneshot::Sender<DeployRecord>>) -> Command,
+    ) -> Option<DeployRecord> {
+        if !wait {
+            let _ = self.commands.send(command(None));
+            return None;
+        }
+        let (reply, rx) = oneshot::channel();
+        let _ = self.commands.send(command(Some(reply)));
         rx.await.ok()
     }
 }
@@ -263,7 +276,7 @@ impl Source {
     /// retried with backoff until it succeeds.
     pub async fn first_deploy(&mut self) {
         loop {
-            let record = self.deploy(None, "first start").await;
+            let record = self.deploy(None, "first start", false).await;
             if self.has_current() {
                 info!(sha = ?record.sha, "first release in place");
                 return;
@@ -286,7 +299,7 @@ impl Source {
             let _watcher = watcher;
             self.run(rx).await;
         });
-        handle.deploy(None, "start");
+        handle.deploy("start");
         handle
     }
 
@@ -303,10 +316,10 @@ impl Source {
                     None => return,
                     Some(command) => self.handle(command, &mut commands).await,
                 },
-                _ = tick(&mut poll) => { self.deploy(None, "poll").await; }
+                _ = tick(&mut poll) => { self.deploy(None, "poll", false).await; }
                 _ = sleep_until(self.retry_at.unwrap_or_else(tokio::time::Instant::now)), if self.retry_at.is_some() => {
                     self.retry_at = None;
-                    self.deploy(None, "retry").await;
+                    self.deploy(None, "retry", false).await;
                 }
                 event = next_event(&mut events) => {
                     if let Some(ProgramEvent::Exited { name, status }) = event {
@@ -324,6 +337,10 @@ impl Source {
             }
             Command::Rollback { to, reply } => {
                 let record = self.rollback(to, "rollback command", None).await;
+                // A rollback with nowhere to go changed nothing: not history.
+                if record.outcome != Outcome::Refused {
+                    self.remember(&record);
+                }
                 if let Some(r) = reply {
                     let _ = r.send(record);
                 }
@@ -331,9 +348,10 @@ impl Source {
             Command::Deploy {
                 target,
                 trigger,
+                by_hand,
                 reply,
             } => {
-                let record = self.deploy(target, &trigger).await;
+                let record = self.deploy(target, &trigger, by_hand).await;
                 if let Some(r) = reply {
                     let _ = r.send(record);
                 }
@@ -343,16 +361,12 @@ impl Source {
                 let mut others = Vec::new();
                 while let Ok(next) = queue.try_recv() {
                     match next {
-                        Command::Deploy {
-                            target: None,
-                            reply: None,
-                            ..
-                        } => follow_up = true,
+                        Command::Deploy { by_hand: false, .. } => follow_up = true,
                         other => others.push(other),
                     }
                 }
                 if follow_up {
-                    self.deploy(None, "push (coalesced)").await;
+                    self.deploy(None, "push (coalesced)", false).await;
                 }
                 for other in others {
                     Box::pin(self.handle(other, queue)).await;

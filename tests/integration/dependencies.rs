@@ -48,43 +48,82 @@ fn serves(port: u16, version: &str) {
     .unwrap_or_else(|| panic!("never served {version}: {:?}", served_version(port)));
 }
 
+/// A repository whose `main` serves v1 with one dependency file, the app's
+/// port and the volume, in a fresh test dir.
+struct Scene {
+    dir: TestDir,
+    repo: Repo,
+    port: u16,
+    root: std::path::PathBuf,
+    v1: String,
+}
+
+impl Scene {
+    fn new(lockfile: &str, content: &str) -> Scene {
+        let dir = TestDir::new();
+        let repo = Repo::new(&dir);
+        let v1 = repo.commit("v1", &[("version", "v1"), (lockfile, content)]);
+        repo.push();
+        let root = dir.join("srv");
+        Scene {
+            dir,
+            repo,
+            port: free_port(),
+            root,
+            v1,
+        }
+    }
+
+    fn config(&self, extra: &str) -> String {
+        config(self.port, &self.repo.remote, &self.root, extra)
+    }
+
+    /// cutover with `extra` in its config, once it serves v1.
+    fn run(&self, mode: Mode, extra: &str) -> Cutover {
+        let c = Cutover::run_config(mode, &self.dir, &self.config(extra));
+        serves(self.port, "v1");
+        c
+    }
+
+    /// `cutover fingerprint` of the work tree into `baseline`, as a
+    /// Dockerfile bakes it for the commit the image is built from.
+    fn bake_baseline(&self, baseline: &Path) {
+        let (code, _, err) = run_cutover(
+            &self.dir,
+            &[
+                "fingerprint",
+                self.repo.work.to_str().unwrap(),
+                "--write",
+                baseline.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+}
+
 /// Code-only commits hot-load; a requirements change does not: the old
 /// release keeps serving, status says redeploy-required with the file, and
 /// the redeploy command gets the sha, the ref and the changed files.
 #[test]
 fn a_dependency_change_is_not_hot_loaded_and_asks_for_an_image() {
-    let dir = TestDir::new();
-    let repo = Repo::new(&dir);
-    repo.commit(
-        "v1",
-        &[("version", "v1"), ("requirements.txt", "flask==3.0\n")],
-    );
-    repo.push();
-    let port = free_port();
-    let root = dir.join("srv");
+    let s = Scene::new("requirements.txt", "flask==3.0\n");
+    let (dir, repo, port, root) = (&s.dir, &s.repo, s.port, &s.root);
     let asked = dir.join("asked");
-    let cutover = Cutover::run_config(
+    let cutover = s.run(
         Mode::Subreaper,
-        &dir,
-        &config(
-            port,
-            &repo.remote,
-            &root,
-            &format!(
-                r#"[dependencies]
+        &format!(
+            r#"[dependencies]
 baseline = "{baseline}"
 
 [redeploy]
 command = ["sh", "-c", "echo \"$CUTOVER_SHA $CUTOVER_REF $CUTOVER_CHANGED_FILES\" >> {asked}"]
 "#,
-                baseline = dir.join("no-baseline").display(),
-                asked = asked.display()
-            ),
+            baseline = dir.join("no-baseline").display(),
+            asked = asked.display()
         ),
     );
-    serves(port, "v1");
-    wait_for_control(&dir);
-    let first = source(&dir)["dependencies"].clone();
+    wait_for_control(dir);
+    let first = source(dir)["dependencies"].clone();
     assert!(
         first["baseline"]
             .as_str()
@@ -94,7 +133,7 @@ command = ["sh", "-c", "echo \"$CUTOVER_SHA $CUTOVER_REF $CUTOVER_CHANGED_FILES\
 
     let v2 = repo.release("v2");
     serves(port, "v2");
-    assert_eq!(source(&dir)["current"], v2.as_str());
+    assert_eq!(source(dir)["current"], v2.as_str());
 
     let v3 = repo.commit(
         "v3",
@@ -108,7 +147,7 @@ command = ["sh", "-c", "echo \"$CUTOVER_SHA $CUTOVER_REF $CUTOVER_CHANGED_FILES\
     })
     .unwrap_or_else(|| panic!("redeploy command never ran\n{}", cutover.stderr()));
     assert_eq!(line.trim(), format!("{v3} main requirements.txt"));
-    let src = source(&dir);
+    let src = source(dir);
     assert_eq!(src["current"], v2.as_str(), "the old release keeps serving");
     assert_eq!(served_version(port).unwrap(), "v2");
     let required = &src["dependencies"]["redeploy_required"];
@@ -122,11 +161,11 @@ command = ["sh", "-c", "echo \"$CUTOVER_SHA $CUTOVER_REF $CUTOVER_CHANGED_FILES\
         "redeploy-required"
     );
     assert_eq!(src["redeploy"]["state"], "done", "{src}");
-    let (_, text, _) = client(&dir, &["status"]);
+    let (_, text, _) = client(dir, &["status"]);
     assert!(text.contains(&format!("redeploy-required {v3}")), "{text}");
 
     // Nothing new: further triggers neither hot-load it nor ask again.
-    client(&dir, &["deploy", "--wait"]);
+    client(dir, &["deploy", "--wait"]);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(std::fs::read_to_string(&asked).unwrap().lines().count(), 1);
     assert_eq!(served_version(port).unwrap(), "v2");
@@ -142,38 +181,18 @@ command = ["sh", "-c", "echo \"$CUTOVER_SHA $CUTOVER_REF $CUTOVER_CHANGED_FILES\
 /// container themselves.
 #[test]
 fn a_baked_baseline_is_honoured_and_exit_75_hands_over_to_the_orchestrator() {
-    let dir = TestDir::new();
-    let repo = Repo::new(&dir);
-    repo.commit("v1", &[("version", "v1"), ("package-lock.json", "{}\n")]);
-    repo.push();
+    let s = Scene::new("package-lock.json", "{}\n");
+    let (repo, root) = (&s.repo, &s.root);
     // The image was built from this commit's lockfile.
-    let baseline = dir.join("baseline.json");
-    let (code, _, err) = run_cutover(
-        &dir,
-        &[
-            "fingerprint",
-            repo.work.to_str().unwrap(),
-            "--write",
-            baseline.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let port = free_port();
-    let root = dir.join("srv");
-    let mut cutover = Cutover::run_config(
+    let baseline = s.dir.join("baseline.json");
+    s.bake_baseline(&baseline);
+    let mut cutover = s.run(
         Mode::Pid1,
-        &dir,
-        &config(
-            port,
-            &repo.remote,
-            &root,
-            &format!(
-                "[dependencies]\nbaseline = \"{}\"\n\n[redeploy]\nexit = 75\n",
-                baseline.display()
-            ),
+        &format!(
+            "[dependencies]\nbaseline = \"{}\"\n\n[redeploy]\nexit = 75\n",
+            baseline.display()
         ),
     );
-    serves(port, "v1");
     repo.commit(
         "v2",
         &[
@@ -203,22 +222,12 @@ fn a_baked_baseline_is_honoured_and_exit_75_hands_over_to_the_orchestrator() {
 /// ref first and starts on v2, and refuses to roll back to v1.
 #[test]
 fn a_new_image_does_not_start_old_code_that_needs_other_dependencies() {
-    let dir = TestDir::new();
-    let repo = Repo::new(&dir);
-    let v1 = repo.commit("v1", &[("version", "v1"), ("go.sum", "a v1.0.0\n")]);
-    repo.push();
-    let port = free_port();
-    let root = dir.join("srv");
+    let s = Scene::new("go.sum", "a v1.0.0\n");
+    let (dir, repo, port, v1) = (&s.dir, &s.repo, s.port, &s.v1);
     let baseline = dir.join("baseline.json");
-    let toml = config(
-        port,
-        &repo.remote,
-        &root,
-        &format!("[dependencies]\nbaseline = \"{}\"\n", baseline.display()),
-    );
+    let extra = format!("[dependencies]\nbaseline = \"{}\"\n", baseline.display());
     // The old image: no baseline file, so v1 becomes it.
-    let mut old = Cutover::run_config(Mode::Subreaper, &dir, &toml);
-    serves(port, "v1");
+    let mut old = s.run(Mode::Subreaper, &extra);
     old.signal(libc::SIGTERM);
     old.wait(SECS_20);
     drop(old);
@@ -226,17 +235,8 @@ fn a_new_image_does_not_start_old_code_that_needs_other_dependencies() {
     // v2 changes go.sum; the new image was built (and fingerprinted) for it.
     let v2 = repo.commit("v2", &[("version", "v2"), ("go.sum", "a v1.1.0\n")]);
     repo.push();
-    let (code, _, err) = run_cutover(
-        &dir,
-        &[
-            "fingerprint",
-            repo.work.to_str().unwrap(),
-            "--write",
-            baseline.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let new = Cutover::run_config(Mode::Subreaper, &dir, &toml);
+    s.bake_baseline(&baseline);
+    let new = Cutover::run_config(Mode::Subreaper, dir, &s.config(&extra));
     let first = wait_for(SECS_20, || served_version(port).ok())
         .unwrap_or_else(|| panic!("nothing served\n{}", new.stderr()));
     assert_eq!(
@@ -245,9 +245,9 @@ fn a_new_image_does_not_start_old_code_that_needs_other_dependencies() {
         "old code ran on the new image\n{}",
         new.stderr()
     );
-    wait_for_control(&dir);
-    assert_eq!(source(&dir)["current"], v2.as_str());
-    let (code, _, err) = client(&dir, &["rollback", "--to", &v1, "--wait"]);
+    wait_for_control(dir);
+    assert_eq!(source(dir)["current"], v2.as_str());
+    let (code, _, err) = client(dir, &["rollback", "--to", v1, "--wait"]);
     assert_ne!(code, 0);
     assert!(err.contains("needs other dependencies"), "{err}");
     assert_eq!(served_version(port).unwrap(), "v2");
@@ -257,29 +257,18 @@ fn a_new_image_does_not_start_old_code_that_needs_other_dependencies() {
 /// loop, while the old release keeps serving; status says why.
 #[test]
 fn a_failing_redeploy_is_retried_with_backoff() {
-    let dir = TestDir::new();
-    let repo = Repo::new(&dir);
-    repo.commit("v1", &[("version", "v1"), ("Gemfile.lock", "rack (3.0)\n")]);
-    repo.push();
-    let port = free_port();
-    let root = dir.join("srv");
+    let s = Scene::new("Gemfile.lock", "rack (3.0)\n");
+    let (dir, repo, port) = (&s.dir, &s.repo, s.port);
     let attempts = dir.join("attempts");
-    let _cutover = Cutover::run_config(
+    let _cutover = s.run(
         Mode::Subreaper,
-        &dir,
-        &config(
-            port,
-            &repo.remote,
-            &root,
-            &format!(
-                "[dependencies]\nbaseline = \"{}\"\n\n[redeploy]\n\
-                 command = [\"sh\", \"-c\", \"date +%s.%N >> {}; echo CI is down >&2; exit 1\"]\n",
-                dir.join("no-baseline").display(),
-                attempts.display()
-            ),
+        &format!(
+            "[dependencies]\nbaseline = \"{}\"\n\n[redeploy]\n\
+             command = [\"sh\", \"-c\", \"date +%s.%N >> {}; echo CI is down >&2; exit 1\"]\n",
+            dir.join("no-baseline").display(),
+            attempts.display()
         ),
     );
-    serves(port, "v1");
     repo.commit("v2", &[("version", "v2"), ("Gemfile.lock", "rack (3.1)\n")]);
     repo.push();
     let count = || {
@@ -299,10 +288,10 @@ fn a_failing_redeploy_is_retried_with_backoff() {
     assert!(times[2] - times[1] >= 1.9, "{times:?}");
     // The third attempt may still be running; its failure follows at once.
     let src = wait_for(SECS_20, || {
-        let src = source(&dir);
+        let src = source(dir);
         (src["redeploy"]["state"] == "failed").then_some(src)
     })
-    .unwrap_or_else(|| panic!("never failed: {}", source(&dir)));
+    .unwrap_or_else(|| panic!("never failed: {}", source(dir)));
     assert!(
         src["redeploy"]["retry_in_seconds"].as_f64().is_some(),
         "{src}"

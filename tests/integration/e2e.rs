@@ -118,11 +118,7 @@ impl Scene {
         let dir = TestDir::new();
         std::fs::create_dir_all(dir.join("cfg")).unwrap();
         std::fs::create_dir_all(dir.join("srv")).unwrap();
-        let port = free_port();
-        let mut control = free_port();
-        while control == port {
-            control = free_port();
-        }
+        let (port, control) = (free_port(), free_port());
         Scene {
             dir,
             name: format!("cutover-e2e-{id}"),

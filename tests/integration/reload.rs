@@ -154,6 +154,21 @@ fn touch_file_triggers_once_per_create_touch_replace_and_utime() {
     assert_eq!(st["reload"]["last"]["ok"], true);
 }
 
+/// A relative touch path is taken from where cutover starts, as an Ansible
+/// task or a newcomer writes it (`touch = ["reload"]`).
+#[test]
+fn a_relative_touch_path_triggers_too() {
+    let dir = TestDir::new();
+    let _c = Cutover::run_config(
+        Mode::Subreaper,
+        &dir,
+        "[app]\ncommand = [\"sleep\", \"1000\"]\n\n[reload]\ntouch = [\"reload\"]\n\n[ready]\ngrace = \"0s\"\n",
+    );
+    wait_for_control(&dir);
+    dir.write("reload", "");
+    wait_reloads(&dir, 1);
+}
+
 #[test]
 fn sighup_and_reload_command_trigger_reloads() {
     let s = setup("restart", None, &[]);

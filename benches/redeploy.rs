@@ -29,18 +29,23 @@
 
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[path = "support/mod.rs"]
 mod support;
 
-use support::http::get_root;
-use support::{TempDir, free_port, git, install_cleanup, machine, ms, p50, sleep};
+use support::fixture::git::Repo;
+use support::fixture::load::Load;
+use support::http::{get_root, word};
+use support::{TempDir, free_port, install_cleanup, machine, ms, p50, sleep};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const ROUNDS: usize = 3;
 const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// Bounds of the probe loop, far beyond a round (REDEPLOY_TIMEOUT and two
+/// minutes of waiting for the containers).
+const PROBE_MAX: usize = 150_000;
+const PROBE_TIME: Duration = Duration::from_secs(600);
 const REDEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Containers and images made here, removed at the end and on panic.
@@ -97,36 +102,9 @@ fn remove_made() {
     }
 }
 
+/// "hello from v2 pid ..." -> "v2", with the benches' short timeouts.
 fn version(port: u16) -> Result<String, String> {
-    get_root(port).map(|b| b.split_whitespace().nth(2).unwrap_or("").to_string())
-}
-
-struct ProbeResult {
-    ok: usize,
-    failed: Vec<String>,
-    /// When the new version first answered.
-    first_new: Option<Instant>,
-}
-
-fn probe(port: u16, new: &'static str, stop: &'static AtomicBool) -> ProbeResult {
-    let mut r = ProbeResult {
-        ok: 0,
-        failed: Vec::new(),
-        first_new: None,
-    };
-    while !stop.load(Ordering::Relaxed) {
-        match version(port) {
-            Ok(v) => {
-                r.ok += 1;
-                if v == new && r.first_new.is_none() {
-                    r.first_new = Some(Instant::now());
-                }
-            }
-            Err(e) => r.failed.push(e),
-        }
-        std::thread::sleep(PROBE_EVERY);
-    }
-    r
+    get_root(port).map(|b| word(&b, 2))
 }
 
 struct Round {
@@ -157,20 +135,18 @@ fn round(n: usize, image: &str) -> Round {
     );
 
     // The repository: v1 with the image's requirements.
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
     std::fs::create_dir_all(dir.join("srv")).unwrap();
     std::fs::create_dir_all(dir.join("cfg")).unwrap();
-    git(dir, &["init", "-q", "--bare", "-b", "main", "repo.git"]);
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(&work, &["remote", "add", "origin", "../repo.git"]);
-    let write = |name: &str, text: &str| std::fs::write(work.join(name), text).unwrap();
-    write("app.py", &example);
-    write("requirements.txt", &requirements);
-    write("Dockerfile", &dockerfile);
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "v1"]);
-    git(&work, &["push", "-q", "origin", "main"]);
+    let repo = Repo::new(dir);
+    repo.commit(
+        "v1",
+        &[
+            ("app.py", &example),
+            ("requirements.txt", &requirements),
+            ("Dockerfile", &dockerfile),
+        ],
+    );
+    repo.push();
 
     let config = format!(
         "[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:{port}\"\nreuse_port = true\n\n\
@@ -198,7 +174,7 @@ fn round(n: usize, image: &str) -> Round {
         "-v",
         &v("cfg", "/cfg:ro"),
         "-v",
-        &v("repo.git", "/repo.git"),
+        &v("remote.git", "/repo.git"),
         "-v",
         "/var/run/docker.sock:/var/run/docker.sock",
         image,
@@ -213,24 +189,25 @@ fn round(n: usize, image: &str) -> Round {
         sleep(Duration::from_millis(20));
     }
 
-    static STOP: AtomicBool = AtomicBool::new(false);
-    STOP.store(false, Ordering::Relaxed);
-    let prober = std::thread::spawn(move || probe(port, "v2", &STOP));
+    let load = Load::spawn(move || version(port), PROBE_EVERY, PROBE_MAX, PROBE_TIME);
     sleep(Duration::from_millis(300));
 
     // The dependency change.
-    write(
-        "app.py",
-        &example.replace("VERSION = \"v1\"", "VERSION = \"v2\""),
+    let sha = repo.commit(
+        "v2 with new requirements",
+        &[
+            (
+                "app.py",
+                &example.replace("VERSION = \"v1\"", "VERSION = \"v2\""),
+            ),
+            (
+                "requirements.txt",
+                &format!("{requirements}# bench: a dependency change\n"),
+            ),
+        ],
     );
-    write(
-        "requirements.txt",
-        &format!("{requirements}# bench: a dependency change\n"),
-    );
-    git(&work, &["commit", "-q", "-am", "v2 with new requirements"]);
     let pushed = Instant::now();
-    git(&work, &["push", "-q", "origin", "main"]);
-    let sha = git(&work, &["rev-parse", "HEAD"]);
+    repo.push();
     let stopped_at = loop {
         if inspect(&old_id, "{{.State.Running}}").as_deref() == Some("false") {
             break Instant::now();
@@ -253,9 +230,8 @@ fn round(n: usize, image: &str) -> Round {
         sleep(Duration::from_millis(20));
     }
     sleep(Duration::from_millis(500));
-    STOP.store(true, Ordering::Relaxed);
-    let probed = prober.join().unwrap();
-    let first_new = probed.first_new.expect("v2 was never served");
+    let probed = load.finish();
+    let first_new = probed.first_served("v2").expect("v2 was never served");
     // cutover logs to stderr, which `docker logs` passes on as its own stderr
     let logs = docker(&["logs", &old_id]);
     let old_logs = String::from_utf8_lossy(&logs.stderr).into_owned();
@@ -273,7 +249,7 @@ fn round(n: usize, image: &str) -> Round {
         .arg("-c")
         .arg(format!(
             "git -C {} archive {sha} | tar -x -C {}",
-            dir.join("repo.git").display(),
+            repo.remote.display(),
             context.display()
         ))
         .status()
@@ -307,7 +283,7 @@ fn round(n: usize, image: &str) -> Round {
         to_handover: stopped_at.duration_since(pushed),
         cutover_build,
         build,
-        requests: probed.ok + probed.failed.len(),
+        requests: probed.requests(),
         failed: probed.failed,
     }
 }

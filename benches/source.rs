@@ -24,8 +24,6 @@
 //! here lives in a process group of its own; all of them, and the temporary
 //! directories, are removed at the end, on panic and on Ctrl-C.
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,8 +33,8 @@ use hmac::{Hmac, KeyInit, Mac};
 #[path = "support/mod.rs"]
 mod support;
 
+use support::fixture::git::{Daemon, Repo, fast_import, git_command};
 use support::http::{http, poll_get, wait_served};
-use support::procs::Group;
 use support::{
     TempDir, check_interrupted, command_text, free_port, git, install_cleanup, loadavg,
     log_problems, machine, max, ms, p50, sleep, spawn_cutover, tail, toml_str,
@@ -195,25 +193,16 @@ impl LatencyRow {
 
 fn latency_row(trigger: Trigger) -> LatencyRow {
     let dir = TempDir::new("cutover-bench-source");
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
     let volume = dir.path().join("volume");
-    std::fs::create_dir_all(&work).unwrap();
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", "-b", "main", "remote.git"],
-    );
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(work.join("version"), "v0\n").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "v0"]);
-    git(&work, &["push", "-q", "origin", "main"]);
+    let git_repo = Repo::new(dir.path());
+    git_repo.commit("v0", &[("version", "v0\n")]);
+    git_repo.push();
+    let work = &git_repo.work;
 
-    let daemon = (trigger == Trigger::Webhook).then(|| GitDaemon::start(dir.path()));
+    let daemon = (trigger == Trigger::Webhook).then(|| Daemon::start(dir.path()));
     let repo = match &daemon {
-        Some(d) => format!("git://127.0.0.1:{}/remote.git", d.port),
-        None => bare.display().to_string(),
+        Some(d) => format!("{}/remote.git", d.url()),
+        None => git_repo.remote.display().to_string(),
     };
     let port = free_port();
     let control = free_port();
@@ -268,13 +257,11 @@ root = {root}
     let mut pushes = Vec::new();
     for n in 1..=PUSHES {
         check_interrupted();
-        std::fs::write(work.join("version"), format!("v{n}\n")).unwrap();
-        git(&work, &["commit", "-q", "-am", &format!("v{n}")]);
-        let sha = git(&work, &["rev-parse", "HEAD"]);
+        let sha = git_repo.commit(&format!("v{n}"), &[("version", &format!("v{n}\n"))]);
         settle(control);
 
         let started = Instant::now();
-        git(&work, &["push", "-q", "origin", "main"]);
+        git(work, &["push", "-q", "origin", "main"]);
         let pushed = started.elapsed();
         let mut from = Instant::now();
         if trigger == Trigger::Webhook {
@@ -411,44 +398,6 @@ fn deploy_report(control: u16, port: u16, sha: &str) -> Result<(f64, f64), Strin
     ))
 }
 
-struct GitDaemon {
-    _group: Group,
-    port: u16,
-}
-
-impl GitDaemon {
-    /// `git daemon` serving the repositories under `base` on 127.0.0.1.
-    fn start(base: &Path) -> GitDaemon {
-        let port = free_port();
-        let group = Group::spawn(
-            Command::new("git")
-                .args([
-                    "daemon",
-                    "--reuseaddr",
-                    "--export-all",
-                    "--listen=127.0.0.1",
-                    &format!("--port={port}"),
-                    &format!("--base-path={}", base.display()),
-                    base.to_str().unwrap(),
-                ])
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("HOME", base)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon never listened");
-            sleep(Duration::from_millis(10));
-        }
-        GitDaemon {
-            _group: group,
-            port,
-        }
-    }
-}
-
 // ---------------------------------------------------------------- big repository
 
 struct BigRound {
@@ -486,11 +435,11 @@ fn big_repo() {
     let base = cached.parent().unwrap().to_path_buf();
     let mut table = Vec::new();
     for transport in ["path", "git daemon"] {
-        let daemon = (transport == "git daemon").then(|| GitDaemon::start(&base));
+        let daemon = (transport == "git daemon").then(|| Daemon::start(&base));
         let name = cached.file_name().unwrap().to_str().unwrap();
         let (cutover_url, git_url) = match &daemon {
             Some(d) => {
-                let url = format!("git://127.0.0.1:{}/{name}", d.port);
+                let url = format!("{}/{name}", d.url());
                 (url.clone(), url)
             }
             None => (
@@ -623,9 +572,7 @@ fn big_repository() -> (PathBuf, Option<Duration>) {
     let base = target.join("bench-source");
     let repo = base.join(format!("big-{BIG_FILES}-{BIG_BYTES}-v1.git"));
     if repo.join("refs").is_dir()
-        && Command::new("git")
-            .args(["rev-parse", "--verify", "-q", "main"])
-            .current_dir(&repo)
+        && git_command(&repo, &["rev-parse", "--verify", "-q", "main"])
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -640,22 +587,13 @@ fn big_repository() -> (PathBuf, Option<Duration>) {
         &base,
         &["init", "-q", "--bare", "-b", "main", tmp.to_str().unwrap()],
     );
-    let mut child = Command::new("git")
-        .args(["fast-import", "--quiet"])
-        .current_dir(&tmp)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", &tmp)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = std::io::BufWriter::new(child.stdin.take().unwrap());
+    fast_import(&tmp, &[], |stdin| {
         let mut content = Vec::new();
         for i in 0..BIG_FILES {
             big_file(i, &mut content);
-            write!(stdin, "blob\nmark :{}\ndata {}\n", i + 1, content.len()).unwrap();
-            stdin.write_all(&content).unwrap();
-            stdin.write_all(b"\n").unwrap();
+            write!(stdin, "blob\nmark :{}\ndata {}\n", i + 1, content.len())?;
+            stdin.write_all(&content)?;
+            stdin.write_all(b"\n")?;
         }
         let message = "big repository for benches/source.rs\n";
         write!(
@@ -663,16 +601,12 @@ fn big_repository() -> (PathBuf, Option<Duration>) {
             "commit refs/heads/main\nauthor bench <bench@example.com> 1700000000 +0000\n\
              committer bench <bench@example.com> 1700000000 +0000\ndata {}\n{message}",
             message.len()
-        )
-        .unwrap();
+        )?;
         for i in 0..BIG_FILES {
-            writeln!(stdin, "M 100644 :{} {}", i + 1, big_path(i)).unwrap();
+            writeln!(stdin, "M 100644 :{} {}", i + 1, big_path(i))?;
         }
-        writeln!(stdin, "done").unwrap();
-        stdin.flush().unwrap();
-    }
-    let status = child.wait().unwrap();
-    assert!(status.success(), "git fast-import failed: {status}");
+        Ok(())
+    });
     let _ = std::fs::remove_dir_all(&repo);
     std::fs::rename(&tmp, &repo).unwrap();
     (repo, Some(started.elapsed()))

@@ -28,16 +28,20 @@ fn main() {
     start_overhead();
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `kB` field of /proc/PID/status (VmRSS, RssAnon, RssFile, ...).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
 
+/// VmRSS = RssAnon (heap, stacks: cutover's own) + RssFile (the mapped
+/// pages of the binary and libc, largely shared with other processes)
+/// + RssShmem.
 fn idle_rss() {
     let mut child = Command::new(BIN)
         .args(["run", "--", "sleep", "1000"])
@@ -46,13 +50,22 @@ fn idle_rss() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let rss = rss_kib(child.id());
+    let pid = child.id();
+    let [rss, anon, file] = ["VmRSS", "RssAnon", "RssFile"].map(|f| status_kib(pid, f));
     // SAFETY: kill(2) on the group we just started.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
     child.wait().unwrap();
     println!(
-        "idle RSS supervising sleep:    {:>8.2} MiB   (target <= 5 MB)",
+        "idle RSS supervising sleep:    {:>8.2} MiB   (target <= 5 MB; VmRSS {rss} kB)",
         rss as f64 / 1024.0
+    );
+    println!(
+        "  of which RssAnon:            {:>8.2} MiB   ({anon} kB)",
+        anon as f64 / 1024.0
+    );
+    println!(
+        "  of which RssFile:            {:>8.2} MiB   ({file} kB)",
+        file as f64 / 1024.0
     );
 }
 

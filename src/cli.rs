@@ -27,7 +27,8 @@ struct Cli {
     /// Log format for cutover's own messages (stderr).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Control socket (default: [control] socket, else /run/cutover.sock).
+    /// Control socket; beats the config's `[control] socket` (default:
+    /// /run/cutover.sock).
     #[arg(long, global = true, env = "CUTOVER_SOCKET")]
     socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -57,6 +58,8 @@ enum Command {
         /// Return when the reload finished; exit non-zero with the reason if it failed.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        config: ClientConfig,
     },
     /// Fetch from git and cut over now: to the configured ref, or to REF/SHA.
     Deploy {
@@ -67,6 +70,8 @@ enum Command {
         /// it failed, was refused or was rolled back.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        config: ClientConfig,
     },
     /// Switch back to the previous good release (or a kept one) and reload.
     Rollback {
@@ -76,12 +81,16 @@ enum Command {
         /// Return when the rollback finished; exit non-zero if it failed.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        config: ClientConfig,
     },
     /// Show programs, pids, states and the last reload of the running cutover.
     Status {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        config: ClientConfig,
     },
     /// Print (or write as the image's baseline) the digest of a release's
     /// dependency files and the files that went into it.
@@ -133,14 +142,26 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, command } => run(config, command, socket),
-        Command::Reload { wait } => reload(&control_socket(socket), wait),
-        Command::Deploy { target, wait } => {
-            deploy(&control_socket(socket), &Request::Deploy { target, wait })
-        }
-        Command::Rollback { to, wait } => {
-            deploy(&control_socket(socket), &Request::Rollback { to, wait })
-        }
-        Command::Status { json } => status(&control_socket(socket), json),
+        Command::Reload { wait, config } => match control_socket(socket, config) {
+            Ok(socket) => reload(&socket, wait),
+            Err(code) => code,
+        },
+        Command::Deploy {
+            target,
+            wait,
+            config,
+        } => match control_socket(socket, config) {
+            Ok(socket) => deploy(&socket, &Request::Deploy { target, wait }),
+            Err(code) => code,
+        },
+        Command::Rollback { to, wait, config } => match control_socket(socket, config) {
+            Ok(socket) => deploy(&socket, &Request::Rollback { to, wait }),
+            Err(code) => code,
+        },
+        Command::Status { json, config } => match control_socket(socket, config) {
+            Ok(socket) => status(&socket, json),
+            Err(code) => code,
+        },
         Command::Fingerprint { dir, write, config } => {
             fingerprint(&dir, write.as_deref(), config.as_deref())
         }
@@ -154,8 +175,27 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn control_socket(socket: Option<PathBuf>) -> PathBuf {
-    socket.unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET))
+/// `-c FILE` of the client subcommands.
+#[derive(Debug, clap::Args)]
+struct ClientConfig {
+    /// Config file of the running cutover, to find its control socket
+    /// (`[control] socket`; only that section is read).
+    #[arg(short, long, env = "CUTOVER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Where the running cutover listens: --socket or CUTOVER_SOCKET, else the
+/// config's `[control] socket`, else the default. A config that cannot be
+/// read is an error (exit 78), not a silent fall back to the default.
+fn control_socket(socket: Option<PathBuf>, client: ClientConfig) -> Result<PathBuf, ExitCode> {
+    if let Some(socket) = socket {
+        return Ok(socket);
+    }
+    match client.config.as_deref().map(Config::load_control) {
+        None => Ok(PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET)),
+        Some(Ok(control)) => Ok(control.socket),
+        Some(Err(e)) => Err(config_failure(&e)),
+    }
 }
 
 fn ask(socket: &Path, request: &Request) -> Result<Response, ExitCode> {
@@ -171,7 +211,7 @@ fn reload(socket: &Path, wait: bool) -> ExitCode {
         Err(code) => return code,
     };
     match (&response.reload, response.ok) {
-        (None, true) => println!("reload queued"),
+        (None, true) => println!("reload {}", response.queued.as_deref().unwrap_or("queued")),
         (Some(record), true) => println!(
             "reload #{} done in {:.0} ms ({})",
             record.id, record.duration_ms, record.trigger
@@ -198,11 +238,11 @@ fn deploy(socket: &Path, request: &Request) -> ExitCode {
         _ => "deploy",
     };
     match (&response.deploy, response.ok) {
-        (None, true) => println!("{what} queued"),
+        (None, true) => println!("{what} {}", response.queued.as_deref().unwrap_or("queued")),
         (Some(record), true) => println!(
             "{} {} in {:.0} ms ({})",
             record.outcome,
-            record.sha.as_deref().unwrap_or("-"),
+            record.sha.as_ref().map_or("-", |s| s.as_str()),
             record.duration_ms,
             record.trigger
         ),

@@ -4,25 +4,46 @@
 //!
 //! The server side lives in the supervisor; the client side is what the CLI
 //! subcommands call, typically through `docker exec NAME cutover reload`.
+//!
+//! The server shares the supervisor's thread with the reaper and the
+//! programs, so no client may hold it up: the request line must arrive
+//! within `READ_TIMEOUT`, anything unreadable is answered with an error and
+//! the connection closed, and at most `MAX_CONNECTIONS` are open at once.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+use crate::accept::{AcceptBackoff, Slot, Slots};
 use crate::config::Secret;
-use crate::program::ProgramHandle;
 use crate::reload::ReloadQueue;
 use crate::source::{DeployRecord, SourceHandle};
 use crate::status::{ReloadRecord, Status};
+use crate::supervisor::Published;
+use crate::trigger::Trigger;
+use tokio::sync::watch;
 
 /// Requests are small; anything longer is not ours.
 const MAX_REQUEST: usize = 64 * 1024;
+
+/// The request line must arrive within this after connecting; the client
+/// sends it at once.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client that does not take its answer within this is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections open at once. A `--wait` request holds its connection until
+/// the reload or deploy is done, so this is also how many can wait.
+pub const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
@@ -59,6 +80,9 @@ pub struct Response {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployRecord>,
+    /// Set when the request waits behind a deploy or reload in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<String>,
 }
 
 impl Response {
@@ -71,10 +95,12 @@ impl Response {
     }
 }
 
-/// Gathers a `Status` from the actors; shared by the socket and HTTP servers.
+/// Reads a `Status` from what the actors published, and passes requests
+/// that change something on to them; shared by the socket and HTTP servers.
+/// Never waits for a busy actor to answer a question.
 #[derive(Clone)]
 pub struct Inventory {
-    pub programs: Vec<ProgramHandle>,
+    pub supervisor: watch::Receiver<Published>,
     pub queue: ReloadQueue,
     pub source: Option<SourceHandle>,
     pub webhook_secret: Option<Secret>,
@@ -84,42 +110,47 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    pub async fn status(&self) -> Status {
-        let mut programs = Vec::new();
-        for p in &self.programs {
-            if let Some(s) = p.status().await {
-                programs.push(s);
-            }
-        }
+    pub fn status(&self) -> Status {
+        let supervisor = self.supervisor.borrow().clone();
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            programs,
-            reload: self.queue.stats().await,
-            source: match &self.source {
-                Some(s) => s.status().await,
-                None => None,
-            },
+            state: supervisor.phase,
+            programs: supervisor.programs.iter().map(|p| p.status()).collect(),
+            reload: self.queue.stats(),
+            source: self.source.as_ref().map(SourceHandle::status),
         }
+    }
+
+    /// What a request that changes something waits behind, if anything: the
+    /// answer says so rather than leaving the client guessing.
+    fn queued_behind(&self) -> Option<String> {
+        let source = self.source.as_ref()?.status();
+        let d = source.deploying?;
+        Some(format!("queued behind the {}", d.describe()))
     }
 
     async fn answer(&self, request: Request) -> Response {
         match request {
             Request::Status => Response {
                 ok: true,
-                status: Some(self.status().await),
+                status: Some(self.status()),
                 ..Response::default()
             },
             Request::Reload { wait: false } => {
-                self.queue.trigger("control socket");
+                let stats = self.queue.stats();
+                self.queue.trigger(Trigger::ControlSocket);
                 Response {
                     ok: true,
+                    queued: stats
+                        .in_progress
+                        .then(|| "queued behind the reload in progress".to_string()),
                     ..Response::default()
                 }
             }
             Request::Reload { wait: true } => {
-                match self.queue.trigger_and_wait("control socket").await {
+                match self.queue.trigger_and_wait(Trigger::ControlSocket).await {
                     Some(record) => Response {
                         ok: record.ok,
                         error: record.error.clone(),
@@ -131,27 +162,37 @@ impl Inventory {
             }
             Request::Deploy { target, wait } => match &self.source {
                 None => Response::error("no [source] configured: this cutover does not fetch code"),
-                Some(source) => deploy_response(wait, source.deploy_by_hand(target, wait).await),
+                Some(source) => {
+                    let queued = self.queued_behind();
+                    let record = source.deploy_by_hand(target, wait).await;
+                    deploy_response(wait, record, queued)
+                }
             },
             Request::Rollback { to, wait } => match &self.source {
                 None => Response::error("no [source] configured: nothing to roll back"),
-                Some(source) => deploy_response(wait, source.rollback(to, wait).await),
+                Some(source) => {
+                    let queued = self.queued_behind();
+                    let record = source.rollback(to, wait).await;
+                    deploy_response(wait, record, queued)
+                }
             },
         }
     }
 }
 
 /// The answer to `deploy` and `rollback`: queued, or the record waited for.
-fn deploy_response(waited: bool, record: Option<DeployRecord>) -> Response {
+fn deploy_response(waited: bool, record: Option<DeployRecord>, queued: Option<String>) -> Response {
     match record {
         Some(record) => Response {
             ok: record.succeeded(),
             error: record.error.clone(),
             deploy: Some(record),
+            queued,
             ..Response::default()
         },
         None if !waited => Response {
             ok: true,
+            queued,
             ..Response::default()
         },
         None => Response::error("cutover is shutting down"),
@@ -189,39 +230,105 @@ pub fn serve(path: &Path, inventory: Inventory) -> io::Result<ControlServer> {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )?;
     std::fs::rename(&staging, path)?;
-    let task = tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let inventory = inventory.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(stream, inventory).await {
-                            debug!(error = %e, "control connection ended");
-                        }
-                    });
-                }
-                Err(e) => warn!(error = %e, "control socket accept failed"),
-            }
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, inventory));
     Ok(ControlServer {
         path: path.to_path_buf(),
         task,
     })
 }
 
-async fn handle(stream: UnixStream, inventory: Inventory) -> io::Result<()> {
+async fn accept_loop(listener: UnixListener, inventory: Inventory) {
+    let slots = Slots::new(MAX_CONNECTIONS);
+    let mut backoff = AcceptBackoff::new("control socket");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        backoff.succeeded();
+        let Some(slot) = slots.admit() else {
+            warn!(
+                limit = MAX_CONNECTIONS,
+                "every control connection is busy; refusing one"
+            );
+            // Never waits: the socket is new, so its send buffer is empty.
+            let _ = stream.try_write(&answer_bytes(&Response::error(format!(
+                "cutover is busy: {MAX_CONNECTIONS} control requests are in progress; try again"
+            ))));
+            continue;
+        };
+        let inventory = inventory.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, inventory, Arc::new(slot)).await {
+                debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+/// One request, one answer, then the connection is closed.
+async fn handle(stream: UnixStream, inventory: Inventory, slot: Arc<Slot>) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = AsyncBufReader::new(read).take(MAX_REQUEST as u64);
-    reader.read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(request) => inventory.answer(request).await,
-        Err(e) => Response::error(format!("malformed request: {e}")),
+    let request = tokio::select! {
+        read = tokio::time::timeout(READ_TIMEOUT, read_request(read)) => match read {
+            Ok(request) => request,
+            Err(_) => Err(format!("no complete request line within {READ_TIMEOUT:?}")),
+        },
+        () = slot.evicted() => Err("closed unanswered to make room for newer connections".into()),
     };
-    let mut body = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    let response = match request {
+        Ok(request) => {
+            let _busy = slot.busy();
+            inventory.answer(request).await
+        }
+        Err(why) => {
+            debug!(error = %why, "malformed control request");
+            Response::error(format!("malformed request: {why}"))
+        }
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&answer_bytes(&response))).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client did not take its answer",
+        )),
+    }
+}
+
+/// Reads one request: a JSON object on one line of UTF-8.
+async fn read_request(read: OwnedReadHalf) -> Result<Request, String> {
+    let mut line = Vec::new();
+    let mut reader = AsyncBufReader::new(read).take(MAX_REQUEST as u64);
+    reader
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("reading it failed: {e}"))?;
+    if line.last() != Some(&b'\n') && line.len() >= MAX_REQUEST {
+        return Err(format!(
+            "no newline within {} KiB; send one JSON object per line",
+            MAX_REQUEST / 1024
+        ));
+    }
+    let text = std::str::from_utf8(&line).map_err(|e| format!("not UTF-8: {e}"))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty; send one JSON object and a newline".into());
+    }
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+fn answer_bytes(response: &Response) -> Vec<u8> {
+    // A panic here would take PID 1 down (panic = "abort"); an answer that
+    // cannot be serialized is reported as such instead.
+    let mut body = serde_json::to_vec(response).unwrap_or_else(|e| {
+        let error = Response::error(format!("cutover could not encode its answer: {e}"));
+        serde_json::to_vec(&error).unwrap_or_default()
+    });
     body.push(b'\n');
-    write.write_all(&body).await
+    body
 }
 
 #[derive(Debug, thiserror::Error)]

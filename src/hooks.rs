@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::timeout;
 use tracing::{info, warn};
@@ -21,6 +22,29 @@ use crate::exit::ExitStatus;
 use crate::group::signal_group;
 use crate::reaper::Reaper;
 use crate::spawn::{LaunchSpec, fork_exec};
+
+/// Which hooks: a typo in a string cannot run the wrong ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    BeforeCutover,
+    AfterCutover,
+}
+
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::BeforeCutover => "before_cutover",
+            HookKind::AfterCutover => "after_cutover",
+        }
+    }
+}
+
+impl std::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -34,20 +58,22 @@ pub enum HookError {
 
 /// One group of hooks to run in order; the first failure stops the rest.
 pub struct Hooks<'a> {
-    /// "before_cutover" or "after_cutover", for names and logs.
-    pub kind: &'static str,
+    pub kind: HookKind,
     pub commands: &'a [Vec<String>],
     pub dir: &'a Path,
     pub env: Vec<(String, String)>,
     pub user: Option<&'a RunAs>,
     pub timeout: Duration,
     pub reaper: &'a Reaper,
+    /// Told the name and command of each hook as it starts.
+    pub started: &'a (dyn Fn(&str, &[String]) + Sync),
 }
 
 impl Hooks<'_> {
     pub async fn run(&self) -> Result<(), HookError> {
         for (i, command) in self.commands.iter().enumerate() {
             let name = format!("{}[{i}]", self.kind);
+            (self.started)(&name, command);
             self.run_one(&name, command).await?;
         }
         Ok(())
@@ -135,7 +161,7 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
     let status = match timeout(limit, &mut exit).await {
         Ok(status) => status.unwrap_or(ExitStatus::Exited(255)),
         Err(_) => {
-            warn!(hook = %name, "timed out; killing it");
+            warn!(hook = %name, timeout = %humantime::format_duration(limit), "{what} {name} timed out after {}; killed it", humantime::format_duration(limit));
             signal_group(pid, Signal::SIGKILL);
             let _ = exit.await;
             logger.abort();
@@ -147,10 +173,12 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
     };
     // Output left in the pipe by processes that outlived the hook is not waited for.
     let _ = tokio::time::timeout(Duration::from_secs(1), logger).await;
+    let ms = forked_at.elapsed().as_millis() as u64;
     if status.success() {
-        info!(hook = %name, "{what} done");
+        info!(hook = %name, %status, ms, "{what} {name} finished: {status}");
         Ok(())
     } else {
+        warn!(hook = %name, %status, ms, "{what} {name} failed: {status}");
         Err(HookError::Failed {
             hook: name.to_string(),
             status,

@@ -4,10 +4,17 @@
 //! (also served alone on `[source] webhook`). Signatures are checked by
 //! `webhook` before the body is parsed; this module only maps outcomes to
 //! HTTP statuses.
+//!
+//! Both listeners may face clients that never finish: a request head must
+//! arrive within `HEADER_READ_TIMEOUT` (which also ends idle keep-alive
+//! connections), a webhook body within `WEBHOOK_BODY_TIMEOUT`, and each
+//! listener holds at most `MAX_CONNECTIONS` connections (`accept::Slots`).
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,16 +23,33 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::accept::{AcceptBackoff, Slots};
 use crate::control::Inventory;
 use crate::webhook::{self, Delivery, WebhookError};
 
 /// Forges send at most a few hundred KiB for a push; anything larger is
 /// refused before it is read into memory.
 const WEBHOOK_MAX_BODY: usize = 4 << 20;
+
+/// A request head (or, between requests, the next one) must arrive within
+/// this; a probe or a forge sends its head at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A webhook body must arrive within this. Forges give up after ~10 s.
+pub const WEBHOOK_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections open at once per listener. With the default soft limit of
+/// 1024 file descriptors this leaves room for the control socket, the held
+/// listening sockets and the programs' pipes.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Sent to a connection refused because every slot is answering a request.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// Binds `address`; done before any program starts so a taken port is
 /// reported without starting anything.
@@ -49,23 +73,74 @@ pub fn serve(
     inventory: Inventory,
     routes: Routes,
 ) -> tokio::task::JoinHandle<()> {
+    let name = match routes {
+        Routes::All => "HTTP endpoint",
+        Routes::WebhookOnly => "webhook endpoint",
+    };
     tokio::spawn(async move {
+        let slots = Slots::new(MAX_CONNECTIONS);
+        let mut backoff = AcceptBackoff::new(name);
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            };
+            backoff.succeeded();
+            let Some(slot) = slots.admit() else {
+                debug!(
+                    listener = name,
+                    limit = MAX_CONNECTIONS,
+                    "every connection is busy; refusing one"
+                );
+                // Best effort and never waiting: the socket is new, so its
+                // send buffer is empty.
+                let _ = stream.try_write(BUSY);
                 continue;
             };
-            let inventory = inventory.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| route(req, inventory.clone(), routes));
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!(error = %e, "HTTP connection ended");
-                }
-            });
+            tokio::spawn(connection(
+                stream,
+                Arc::new(slot),
+                inventory.clone(),
+                routes,
+            ));
         }
     })
+}
+
+/// Serves one connection until the client closes it, a timeout ends it, or
+/// its slot is needed for a newer one.
+async fn connection(
+    stream: TcpStream,
+    slot: Arc<crate::accept::Slot>,
+    inventory: Inventory,
+    routes: Routes,
+) {
+    let in_service = slot.clone();
+    let service = service_fn(move |req| {
+        let busy = in_service.busy();
+        let inventory = inventory.clone();
+        async move {
+            let response = route(req, inventory, routes).await;
+            drop(busy);
+            response
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let served = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        result = served => {
+            if let Err(e) = result {
+                debug!(error = %e, timeout = e.is_timeout(), "HTTP connection ended");
+            }
+        }
+        () = slot.evicted() => debug!("idle HTTP connection closed to make room for a new one"),
+    }
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -98,7 +173,7 @@ async fn route(
             "GET only\n".into(),
         ));
     }
-    let status = inventory.status().await;
+    let status = inventory.status();
     Ok(match req.uri().path() {
         "/healthz" => match status.health() {
             Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -144,18 +219,30 @@ async fn push(req: Request<Incoming>, inventory: &Inventory) -> Response<Full<By
                 .into(),
         );
     };
-    let headers = req
+    let headers: Vec<(String, String)> = req
         .headers()
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let body = match Limited::new(req.into_body(), WEBHOOK_MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) => {
+    // Before the body is read, so an unsigned sender costs no buffering.
+    if let Err(e) = webhook::check_headers(&headers, secret.0.as_bytes()) {
+        warn!(error = %e, "webhook refused before its body was read");
+        let status = match e {
+            WebhookError::MissingSignature => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        return text(status, e.to_string());
+    }
+    let read = Limited::new(req.into_body(), WEBHOOK_MAX_BODY).collect();
+    let body = match tokio::time::timeout(WEBHOOK_BODY_TIMEOUT, read).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) => {
             return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body not read: {e}"));
+        }
+        Err(_) => {
+            let why = format!("body not read within {WEBHOOK_BODY_TIMEOUT:?}");
+            warn!(error = %why, "webhook refused");
+            return text(StatusCode::REQUEST_TIMEOUT, why);
         }
     };
     let delivery = Delivery {
@@ -183,7 +270,7 @@ async fn push(req: Request<Incoming>, inventory: &Inventory) -> Response<Full<By
             info!(forge = %push.forge, git_ref = %push.git_ref, after = ?push.after, "webhook push");
             // The configured ref is fetched, not `after`: the remote is the
             // truth, and a delayed delivery must not move current backwards.
-            source.deploy(&format!("webhook ({})", push.forge));
+            source.deploy(crate::trigger::Trigger::Webhook(push.forge));
             text(StatusCode::ACCEPTED, "deploy queued".into())
         }
     }

@@ -8,29 +8,37 @@
 //! `signals` turns signals into messages; `group`, `restart`, `exit` and
 //! `user` are the small pieces they share; `fingerprint` digests a release's
 //! dependency files so a deploy can tell whether hot reload is safe.
+//!
+//! Only `cli` (the binary's entry) and `webhook` (signing, for tests that
+//! play a forge) are public: the rest is internal, so dead code shows.
 
+pub(crate) mod accept;
 pub mod cli;
-pub mod config;
-pub mod control;
-pub mod exit;
-pub mod fingerprint;
-pub mod group;
-pub mod hooks;
-pub mod http;
-pub mod listen;
-pub mod logging;
-pub mod notify;
-pub mod program;
-pub mod ready;
-pub mod reaper;
-pub mod redeploy;
-pub mod reload;
-pub mod restart;
-pub mod signals;
-pub mod source;
-pub mod spawn;
-pub mod status;
-pub mod supervisor;
-pub mod triggers;
-pub mod user;
+pub(crate) mod clock;
+pub(crate) mod config;
+pub(crate) mod control;
+pub(crate) mod exit;
+pub(crate) mod fingerprint;
+pub(crate) mod group;
+pub(crate) mod hooks;
+pub(crate) mod http;
+pub(crate) mod listen;
+pub(crate) mod logging;
+pub(crate) mod notify;
+pub(crate) mod program;
+pub(crate) mod ready;
+pub(crate) mod reaper;
+pub(crate) mod redeploy;
+pub(crate) mod reload;
+pub(crate) mod report;
+pub(crate) mod restart;
+pub(crate) mod sha;
+pub(crate) mod signals;
+pub(crate) mod source;
+pub(crate) mod spawn;
+pub(crate) mod status;
+pub(crate) mod supervisor;
+pub(crate) mod trigger;
+pub(crate) mod triggers;
+pub(crate) mod user;
 pub mod webhook;

@@ -16,7 +16,6 @@ use crate::config::{ListenAddress, ListenConfig};
 #[derive(Debug)]
 pub struct HeldSocket {
     pub name: String,
-    pub address: ListenAddress,
     fd: OwnedFd,
     programs: Option<Vec<String>>,
 }
@@ -56,7 +55,6 @@ pub fn bind_all(configs: &[ListenConfig]) -> Result<Vec<HeldSocket>, ListenError
             info!(name = %c.name, address = %c.address, "holding listening socket");
             Ok(HeldSocket {
                 name: c.name.clone(),
-                address: c.address.clone(),
                 fd,
                 programs: c.programs.clone(),
             })

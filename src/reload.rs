@@ -9,33 +9,36 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
+use crate::clock::timestamp;
 use crate::program::ProgramHandle;
-use crate::status::{ReloadRecord, ReloadStats, timestamp};
+use crate::status::{ReloadRecord, ReloadStats};
+use crate::trigger::Trigger;
 
 /// Cloneable handle to the reload coordinator.
 #[derive(Clone, Debug)]
 pub struct ReloadQueue {
     tx: mpsc::UnboundedSender<Message>,
+    stats: watch::Receiver<ReloadStats>,
 }
 
 #[derive(Debug)]
 enum Message {
     Trigger {
-        source: String,
+        source: Trigger,
         waiter: Option<oneshot::Sender<ReloadRecord>>,
     },
-    Stats(oneshot::Sender<ReloadStats>),
 }
 
 /// The receiving end, until the programs it reloads exist.
 pub struct Unstarted {
     messages: mpsc::UnboundedReceiver<Message>,
     debounce: Duration,
+    published: watch::Sender<ReloadStats>,
 }
 
 impl Unstarted {
@@ -45,6 +48,7 @@ impl Unstarted {
             programs,
             debounce: self.debounce,
             messages: self.messages,
+            published: self.published,
             stats: ReloadStats::default(),
             last_trigger: None,
             pending: None,
@@ -59,37 +63,44 @@ impl ReloadQueue {
     /// `Unstarted::start` is given the programs.
     pub fn new(debounce: Duration) -> (ReloadQueue, Unstarted) {
         let (tx, messages) = mpsc::unbounded_channel();
-        (ReloadQueue { tx }, Unstarted { messages, debounce })
+        let (published, stats) = watch::channel(ReloadStats::default());
+        (
+            ReloadQueue { tx, stats },
+            Unstarted {
+                messages,
+                debounce,
+                published,
+            },
+        )
     }
 
-    /// Queues a reload; `source` says what asked for it ("SIGHUP", "touch /srv/app/reload").
-    pub fn trigger(&self, source: impl Into<String>) {
+    /// Queues a reload; `source` says what asked for it.
+    pub fn trigger(&self, source: Trigger) {
         let _ = self.tx.send(Message::Trigger {
-            source: source.into(),
+            source,
             waiter: None,
         });
     }
 
     /// Queues a reload and waits for the reload that covers it.
-    pub async fn trigger_and_wait(&self, source: impl Into<String>) -> Option<ReloadRecord> {
+    pub async fn trigger_and_wait(&self, source: Trigger) -> Option<ReloadRecord> {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Message::Trigger {
-            source: source.into(),
+            source,
             waiter: Some(tx),
         });
         rx.await.ok()
     }
 
-    pub async fn stats(&self) -> ReloadStats {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Message::Stats(tx));
-        rx.await.unwrap_or_default()
+    /// The coordinator's last published counters; never waits for it.
+    pub fn stats(&self) -> ReloadStats {
+        self.stats.borrow().clone()
     }
 }
 
 /// Triggers waiting to be served by one reload.
 struct Batch {
-    sources: Vec<String>,
+    sources: Vec<Trigger>,
     first_seen: Instant,
     first_seen_at: SystemTime,
     waiters: Vec<oneshot::Sender<ReloadRecord>>,
@@ -98,7 +109,7 @@ struct Batch {
 impl Batch {
     fn describe(&self) -> String {
         match self.sources.len() {
-            1 => self.sources[0].clone(),
+            1 => self.sources[0].to_string(),
             n => format!("{} (+{} coalesced)", self.sources[0], n - 1),
         }
     }
@@ -108,6 +119,7 @@ struct Coordinator {
     programs: Vec<ProgramHandle>,
     debounce: Duration,
     messages: mpsc::UnboundedReceiver<Message>,
+    published: watch::Sender<ReloadStats>,
     stats: ReloadStats,
     last_trigger: Option<Instant>,
     pending: Option<Batch>,
@@ -122,21 +134,28 @@ impl Coordinator {
                 message = self.messages.recv() => match message {
                     None => return,
                     Some(Message::Trigger { source, waiter }) => self.on_trigger(source, waiter),
-                    Some(Message::Stats(reply)) => {
-                        let mut stats = self.stats.clone();
-                        stats.in_progress = self.running.is_some();
-                        stats.pending = self.pending.is_some();
-                        let _ = reply.send(stats);
-                    }
                 },
                 record = finished(&mut self.running) => self.on_finished(record),
                 _ = sleep_until(follow_up_at.unwrap_or_else(tokio::time::Instant::now)),
                     if self.pending.is_some() && self.running.is_none() => self.start_pending(),
             }
+            self.publish();
         }
     }
 
-    fn on_trigger(&mut self, source: String, waiter: Option<oneshot::Sender<ReloadRecord>>) {
+    fn publish(&mut self) {
+        self.stats.in_progress = self.running.is_some();
+        self.stats.pending = self.pending.is_some();
+        self.published.send_if_modified(|shown| {
+            let changed = shown != &self.stats;
+            if changed {
+                *shown = self.stats.clone();
+            }
+            changed
+        });
+    }
+
+    fn on_trigger(&mut self, source: Trigger, waiter: Option<oneshot::Sender<ReloadRecord>>) {
         let now = Instant::now();
         self.stats.triggers += 1;
         let quiet = self

@@ -1,11 +1,42 @@
-//! What `cutover status`, /status, /healthz and /metrics report: plain data
-//! gathered from the program actors and the reload coordinator, rendered as
-//! JSON, text or Prometheus exposition.
-
-use std::fmt::Write;
-use std::time::SystemTime;
+//! The status model: what `cutover status`, /status, /healthz and /metrics
+//! report. Plain data, assembled from the snapshots the actors publish (the
+//! programs, the reload coordinator, the source, the supervisor); nothing
+//! here asks an actor anything. `report` renders it as text or Prometheus
+//! exposition, serde as JSON.
 
 use serde::{Deserialize, Serialize};
+
+/// What the supervisor as a whole is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SupervisorPhase {
+    Starting,
+    /// No release in the volume yet: fetching the first, then its hooks.
+    WaitingForFirstRelease,
+    Running,
+    Stopping,
+}
+
+/// How a program takes new code (`[reload] strategy`, without parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Signal,
+    Restart,
+    Overlap,
+    None,
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Strategy::Signal => "signal",
+            Strategy::Restart => "restart",
+            Strategy::Overlap => "overlap",
+            Strategy::None => "none",
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -39,7 +70,7 @@ pub struct ProgramStatus {
     pub name: String,
     pub state: ProgramState,
     pub pid: Option<i32>,
-    pub strategy: String,
+    pub strategy: Strategy,
     /// The directory the running instance was started in (symlinks resolved).
     pub release: Option<String>,
     pub started_at: Option<String>,
@@ -50,10 +81,10 @@ pub struct ProgramStatus {
 }
 
 /// One program's part of a reload.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgramReload {
     pub program: String,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub ok: bool,
     pub error: Option<String>,
     pub pid: Option<i32>,
@@ -69,7 +100,7 @@ pub struct ProgramReload {
     pub old_stop_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadRecord {
     pub id: u64,
     pub trigger: String,
@@ -81,7 +112,7 @@ pub struct ReloadRecord {
     pub programs: Vec<ProgramReload>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReloadStats {
     pub in_progress: bool,
     pub pending: bool,
@@ -96,19 +127,25 @@ pub struct Status {
     pub version: String,
     pub pid: u32,
     pub uptime_seconds: f64,
+    pub state: SupervisorPhase,
     pub programs: Vec<ProgramStatus>,
     pub reload: ReloadStats,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::source::SourceStatus>,
 }
 
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 impl Status {
     /// Healthy when every program has an instance that passed readiness.
     pub fn health(&self) -> Result<(), String> {
+        if self.state == SupervisorPhase::WaitingForFirstRelease {
+            let step = self
+                .source
+                .as_ref()
+                .and_then(|s| s.deploying.as_ref())
+                .map(|d| format!(" ({} for {:.0} s)", d.phase, d.phase_seconds))
+                .unwrap_or_default();
+            return Err(format!("waiting for the first release{step}"));
+        }
         let bad: Vec<String> = self
             .programs
             .iter()
@@ -120,225 +157,5 @@ impl Status {
         } else {
             Err(bad.join(", "))
         }
-    }
-
-    pub fn render_text(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "cutover {} (pid {}), up {}",
-            self.version,
-            self.pid,
-            humantime::format_duration(std::time::Duration::from_secs(self.uptime_seconds as u64))
-        );
-        for p in &self.programs {
-            let pid = p.pid.map_or("-".to_string(), |p| p.to_string());
-            let _ = writeln!(
-                out,
-                "  {:<12} {:<11} pid {:<8} strategy {:<8} restarts {} reloads {} failed {}",
-                p.name,
-                p.state.as_str(),
-                pid,
-                p.strategy,
-                p.restarts,
-                p.reloads,
-                p.reload_failures
-            );
-            if let Some(r) = &p.release {
-                let _ = writeln!(out, "  {:<12} release {r}", "");
-            }
-            if let Some(e) = &p.last_exit {
-                let _ = writeln!(out, "  {:<12} last exit: {e}", "");
-            }
-        }
-        let r = &self.reload;
-        let _ = writeln!(
-            out,
-            "reloads: {} done, {} failed, {} triggers{}{}",
-            r.reloads,
-            r.failures,
-            r.triggers,
-            if r.in_progress {
-                ", one in progress"
-            } else {
-                ""
-            },
-            if r.pending { ", one pending" } else { "" }
-        );
-        if let Some(src) = &self.source {
-            let _ = writeln!(
-                out,
-                "source: {} ({}) -> {}",
-                src.repo, src.git_ref, src.root
-            );
-            let _ = writeln!(
-                out,
-                "  current {}  previous {}",
-                src.current.as_deref().unwrap_or("-"),
-                src.previous.as_deref().unwrap_or("-")
-            );
-            if !src.bad.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "  rolled back (not deployed again): {}",
-                    src.bad.join(", ")
-                );
-            }
-            let deps = &src.dependencies;
-            let _ = writeln!(
-                out,
-                "  dependencies: baseline {} ({}), current {}",
-                deps.baseline.as_deref().unwrap_or("none yet"),
-                deps.baseline_file,
-                deps.current.as_deref().unwrap_or("-")
-            );
-            if let Some(r) = &deps.redeploy_required {
-                let _ = writeln!(
-                    out,
-                    "  redeploy-required {}: changed {}",
-                    r.sha,
-                    r.changed_files.join(", ")
-                );
-                let i = &src.redeploy;
-                let _ = writeln!(
-                    out,
-                    "  redeploy: {} after {} attempt(s){}{}",
-                    i.state,
-                    i.attempts,
-                    i.last_result
-                        .as_ref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default(),
-                    i.retry_in_seconds
-                        .map(|s| format!("; retrying in {s:.0} s"))
-                        .unwrap_or_default()
-                );
-            }
-            if let Some(e) = &src.last_error {
-                let retry = src
-                    .retry_in_seconds
-                    .map(|s| format!("; retrying in {s:.0} s"))
-                    .unwrap_or_default();
-                let _ = writeln!(out, "  last error: {e}{retry}");
-            }
-            for h in src.history.iter().rev().take(5) {
-                let _ = writeln!(
-                    out,
-                    "  {} {:<11} {} by {} ({:.0} ms){}",
-                    h.time,
-                    h.outcome.to_string(),
-                    h.sha.as_deref().map_or("-", |s| &s[..12.min(s.len())]),
-                    h.trigger,
-                    h.duration_ms,
-                    h.error
-                        .as_ref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                );
-            }
-        }
-        if let Some(last) = &r.last {
-            let _ = writeln!(
-                out,
-                "last reload #{}: {} by {} at {}, {:.0} ms{}",
-                last.id,
-                if last.ok { "ok" } else { "FAILED" },
-                last.trigger,
-                last.started_at,
-                last.duration_ms,
-                last.error
-                    .as_ref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            );
-        }
-        out
-    }
-
-    pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-            let _ = writeln!(
-                out,
-                "# HELP cutover_{name} {help}\n# TYPE cutover_{name} {kind}"
-            );
-            for (labels, value) in samples {
-                let _ = writeln!(out, "cutover_{name}{labels} {value}");
-            }
-        };
-        let per_program = |f: &dyn Fn(&ProgramStatus) -> f64| {
-            self.programs
-                .iter()
-                .map(|p| (format!("{{program=\"{}\"}}", p.name), f(p)))
-                .collect::<Vec<_>>()
-        };
-        metric(
-            "uptime_seconds",
-            "gauge",
-            "Seconds since cutover started.",
-            vec![(String::new(), self.uptime_seconds)],
-        );
-        metric(
-            "program_up",
-            "gauge",
-            "1 when the program has a ready instance.",
-            per_program(&|p| {
-                f64::from(u8::from(matches!(
-                    p.state,
-                    ProgramState::Running | ProgramState::Reloading
-                )))
-            }),
-        );
-        metric(
-            "program_restarts_total",
-            "counter",
-            "Restarts after the program ended by itself.",
-            per_program(&|p| p.restarts as f64),
-        );
-        metric(
-            "program_reloads_total",
-            "counter",
-            "Reloads of the program.",
-            per_program(&|p| p.reloads as f64),
-        );
-        metric(
-            "program_reload_failures_total",
-            "counter",
-            "Failed reloads of the program.",
-            per_program(&|p| p.reload_failures as f64),
-        );
-        metric(
-            "reload_triggers_total",
-            "counter",
-            "Reload triggers received.",
-            vec![(String::new(), self.reload.triggers as f64)],
-        );
-        metric(
-            "reloads_total",
-            "counter",
-            "Reloads run.",
-            vec![(String::new(), self.reload.reloads as f64)],
-        );
-        metric(
-            "reload_failures_total",
-            "counter",
-            "Reloads that failed.",
-            vec![(String::new(), self.reload.failures as f64)],
-        );
-        if let Some(last) = &self.reload.last {
-            metric(
-                "last_reload_duration_seconds",
-                "gauge",
-                "Duration of the last reload.",
-                vec![(String::new(), last.duration_ms / 1000.0)],
-            );
-            metric(
-                "last_reload_ok",
-                "gauge",
-                "1 when the last reload succeeded.",
-                vec![(String::new(), f64::from(u8::from(last.ok)))],
-            );
-        }
-        out
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -28,6 +28,8 @@ use crate::reaper::Reaper;
 use crate::reload::ReloadQueue;
 use crate::signals::{self, Incoming};
 use crate::source::{Source, Wiring};
+use crate::status::SupervisorPhase;
+use crate::trigger::Trigger;
 use crate::triggers::{self, WatchError};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,66 +55,43 @@ pub enum SupervisorError {
 
 /// Runs the programs of `config` until they are all finished; returns the
 /// exit code for cutover. Everything that can fail on bad surroundings
-/// (ports, watched directories) is set up before the first program starts.
+/// (ports, watched directories) is set up before the first program starts,
+/// and the endpoints answer from then on, the first deploy included.
 pub async fn run(config: Config) -> Result<i32, SupervisorError> {
-    let started = Instant::now();
-    let reaper = Reaper::start().map_err(SupervisorError::Reaper)?;
-    let mut incoming = signals::listen().map_err(SupervisorError::Signals)?;
-    let sockets = Arc::new(listen::bind_all(&config.listen)?);
-    let runtime_dir = RuntimeDir::create()?;
-    let (queue, coordinator) = ReloadQueue::new(config.reload.debounce);
-    let default_root = config.programs[0]
-        .workdir
-        .clone()
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let _triggers = triggers::start(&config.reload, &default_root, &queue)?;
-    let http = match config.control.http {
-        Some(address) => Some(
-            crate::http::bind(address)
-                .await
-                .map_err(|source| SupervisorError::Http { address, source })?,
-        ),
-        None => None,
+    let mut setup = Setup::prepare(&config).await?;
+    let (published, view) = watch::channel(Published {
+        phase: SupervisorPhase::Starting,
+        programs: Vec::new(),
+    });
+    let inventory = Inventory {
+        supervisor: view,
+        queue: setup.queue.clone(),
+        source: setup.source.as_ref().map(Source::handle),
+        webhook_secret: config
+            .source
+            .as_ref()
+            .and_then(|s| s.webhook_secret.clone()),
+        git_ref: config.source.as_ref().map(|s| s.git_ref.clone()),
+        started: setup.started,
     };
-
-    let webhook = match config.source.as_ref().and_then(|s| s.webhook) {
-        Some(address) => Some(
-            crate::http::bind(address)
-                .await
-                .map_err(|source| SupervisorError::Http { address, source })?,
-        ),
-        None => None,
-    };
-
-    // With git as the source: serve what `current` holds at once (a restarted
-    // container serves immediately) or fetch the first release before starting.
-    // `[redeploy] exit = N`: stop the programs and exit with N.
-    let (exit_tx, mut exit_requests) = mpsc::unbounded_channel::<u8>();
-    let mut source = match &config.source {
-        Some(sc) => Some(Source::open(
-            sc.clone(),
-            &config,
-            reaper.clone(),
-            exit_tx.clone(),
-        )?),
-        None => None,
-    };
-    if let Some(src) = source.as_mut().filter(|s| !s.has_current()) {
-        tokio::select! {
-            () = src.first_deploy() => {}
-            Some(Incoming::Shutdown(sig)) = incoming.recv() => {
-                info!(signal = %sig, "stopped before the first release arrived");
-                return Ok(128 + sig as i32);
-            }
-            Some(code) = exit_requests.recv() => {
-                info!(code, "exiting for a redeploy before the first release ran");
-                return Ok(i32::from(code));
-            }
-        }
+    let _endpoints = setup.serve(&config, inventory)?;
+    if let Some(code) = setup.first_release(&published).await {
+        return Ok(code);
     }
+    let Setup {
+        reaper,
+        incoming,
+        sockets,
+        runtime_dir,
+        queue,
+        coordinator,
+        _triggers,
+        source,
+        exit_requests,
+        ..
+    } = setup;
 
-    let (finished_tx, mut finished) = mpsc::unbounded_channel();
+    let (finished_tx, finished) = mpsc::unbounded_channel();
     let (events, _) = tokio::sync::broadcast::channel(64);
     let context = Context {
         reaper,
@@ -128,93 +107,240 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         .map(|p| program::start(p.clone(), context.clone()))
         .collect();
     coordinator.start(handles.clone());
-    let source = source.map(|s| {
+    let _source = source.map(|s| {
         s.spawn(Wiring {
             queue: queue.clone(),
             programs: handles.clone(),
             events: events.subscribe(),
         })
     });
-    let inventory = Inventory {
+    published.send_replace(Published {
+        phase: SupervisorPhase::Running,
         programs: handles.clone(),
-        queue: queue.clone(),
-        source,
-        webhook_secret: config
-            .source
-            .as_ref()
-            .and_then(|s| s.webhook_secret.clone()),
-        git_ref: config.source.as_ref().map(|s| s.git_ref.clone()),
-        started,
-    };
-    let _control = match control::serve(&config.control.socket, inventory.clone()) {
-        Ok(server) => {
-            info!(socket = %config.control.socket.display(), "control socket ready");
-            Some(server)
-        }
-        Err(e) => {
-            warn!(socket = %config.control.socket.display(), error = %e, "no control socket; `cutover reload` and `cutover status` will not reach this cutover");
-            None
-        }
-    };
-    let _webhook = webhook.map(|listener| {
-        AbortOnDrop(crate::http::serve(
-            listener,
-            inventory.clone(),
-            Routes::WebhookOnly,
-        ))
     });
-    let _http =
-        http.map(|listener| AbortOnDrop(crate::http::serve(listener, inventory, Routes::All)));
+    let code = EventLoop {
+        handles,
+        queue,
+        incoming,
+        finished,
+        exit_requests,
+        published,
+        statuses: HashMap::new(),
+        first_to_end: None,
+        stopping: false,
+        redeploy_exit: None,
+    }
+    .run(&config.programs[0].name)
+    .await;
+    drop(runtime_dir);
+    Ok(code)
+}
 
-    let mut statuses: HashMap<String, ExitStatus> = HashMap::new();
-    let mut first_to_end: Option<Finished> = None;
-    let mut stopping = false;
-    let mut redeploy_exit: Option<u8> = None;
-    while statuses.len() < handles.len() {
-        tokio::select! {
-            Some(code) = exit_requests.recv(), if !stopping => {
-                info!(code, "stopping for a redeploy: the new image takes over");
-                stopping = true;
-                redeploy_exit = Some(code);
-                handles.iter().for_each(ProgramHandle::stop);
+/// What the supervisor publishes for the endpoints: its phase, and the
+/// programs once they run.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub phase: SupervisorPhase,
+    pub programs: Vec<ProgramHandle>,
+}
+
+/// Everything bound and opened before the first program starts.
+struct Setup {
+    started: Instant,
+    reaper: Reaper,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    sockets: Arc<Vec<listen::HeldSocket>>,
+    runtime_dir: RuntimeDir,
+    queue: ReloadQueue,
+    coordinator: crate::reload::Unstarted,
+    _triggers: triggers::Triggers,
+    http: Option<tokio::net::TcpListener>,
+    webhook: Option<tokio::net::TcpListener>,
+    source: Option<Source>,
+    exit_requests: mpsc::UnboundedReceiver<u8>,
+}
+
+impl Setup {
+    async fn prepare(config: &Config) -> Result<Setup, SupervisorError> {
+        let started = Instant::now();
+        let reaper = Reaper::start().map_err(SupervisorError::Reaper)?;
+        let incoming = signals::listen().map_err(SupervisorError::Signals)?;
+        let sockets = Arc::new(listen::bind_all(&config.listen)?);
+        let runtime_dir = RuntimeDir::create()?;
+        let (queue, coordinator) = ReloadQueue::new(config.reload.debounce);
+        let default_root = config.programs[0]
+            .workdir
+            .clone()
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let _triggers = triggers::start(&config.reload, &default_root, &queue)?;
+        let http = bind_http(config.control.http).await?;
+        let webhook = bind_http(config.source.as_ref().and_then(|s| s.webhook)).await?;
+        // `[redeploy] exit = N`: stop the programs and exit with N.
+        let (exit_tx, exit_requests) = mpsc::unbounded_channel::<u8>();
+        let source = match &config.source {
+            Some(sc) => Some(Source::open(sc.clone(), config, reaper.clone(), exit_tx).await?),
+            None => None,
+        };
+        Ok(Setup {
+            started,
+            reaper,
+            incoming,
+            sockets,
+            runtime_dir,
+            queue,
+            coordinator,
+            _triggers,
+            http,
+            webhook,
+            source,
+            exit_requests,
+        })
+    }
+
+    /// Starts the control socket and the HTTP listeners.
+    fn serve(
+        &mut self,
+        config: &Config,
+        inventory: Inventory,
+    ) -> Result<Endpoints, SupervisorError> {
+        let control = match control::serve(&config.control.socket, inventory.clone()) {
+            Ok(server) => {
+                info!(socket = %config.control.socket.display(), "control socket ready");
+                Some(server)
             }
-            Some(signal) = incoming.recv() => match signal {
-                Incoming::Shutdown(sig) if !stopping => {
-                    info!(signal = %sig, "shutting down");
-                    stopping = true;
-                    handles.iter().for_each(ProgramHandle::stop);
-                }
-                Incoming::Shutdown(sig) => {
-                    warn!(signal = %sig, "second shutdown signal: killing the programs now");
-                    handles.iter().for_each(ProgramHandle::kill);
-                }
-                Incoming::Hangup => queue.trigger("SIGHUP"),
-                Incoming::Forward(sig) => forward(&handles, sig),
-            },
-            Some(done) = finished.recv() => {
-                statuses.insert(done.name.clone(), done.status);
-                if !stopping {
-                    if handles.len() > 1 {
-                        info!(program = %done.name, status = %done.status, "program finished; stopping the others");
-                    }
-                    stopping = true;
-                    handles.iter().filter(|h| h.name() != done.name).for_each(ProgramHandle::stop);
-                    first_to_end = Some(done);
-                }
+            Err(e) => {
+                warn!(socket = %config.control.socket.display(), error = %e, "no control socket; `cutover reload` and `cutover status` will not reach this cutover");
+                None
+            }
+        };
+        let webhook = self.webhook.take().map(|listener| {
+            AbortOnDrop(crate::http::serve(
+                listener,
+                inventory.clone(),
+                Routes::WebhookOnly,
+            ))
+        });
+        let http = self
+            .http
+            .take()
+            .map(|listener| AbortOnDrop(crate::http::serve(listener, inventory, Routes::All)));
+        Ok(Endpoints {
+            _control: control,
+            _webhook: webhook,
+            _http: http,
+        })
+    }
+
+    /// With git as the source: serve what `current` holds at once (a
+    /// restarted container serves immediately) or fetch the first release
+    /// before starting. Some exit code when cutover is to exit instead.
+    async fn first_release(&mut self, published: &watch::Sender<Published>) -> Option<i32> {
+        let src = self.source.as_mut().filter(|s| !s.has_current())?;
+        published.send_modify(|p| p.phase = SupervisorPhase::WaitingForFirstRelease);
+        tokio::select! {
+            () = src.first_deploy() => None,
+            Some(Incoming::Shutdown(sig)) = self.incoming.recv() => {
+                info!(signal = %sig, "stopped before the first release arrived");
+                Some(128 + sig as i32)
+            }
+            Some(code) = self.exit_requests.recv() => {
+                info!(code, "exiting for a redeploy before the first release ran");
+                Some(i32::from(code))
             }
         }
     }
+}
 
-    if let Some(code) = redeploy_exit {
-        info!(code, "cutover exiting for a redeploy");
-        return Ok(i32::from(code));
+async fn bind_http(
+    address: Option<std::net::SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, SupervisorError> {
+    match address {
+        Some(address) => crate::http::bind(address)
+            .await
+            .map(Some)
+            .map_err(|source| SupervisorError::Http { address, source }),
+        None => Ok(None),
     }
-    let status = match first_to_end {
-        Some(done) => done.status,
-        None => statuses[&config.programs[0].name],
-    };
-    info!(%status, code = status.code(), "cutover exiting");
-    Ok(status.code())
+}
+
+/// The endpoints; each stops serving when dropped.
+struct Endpoints {
+    _control: Option<control::ControlServer>,
+    _webhook: Option<AbortOnDrop>,
+    _http: Option<AbortOnDrop>,
+}
+
+/// The supervisor's event loop: signals, finished programs and redeploy
+/// exits, until every program is finished.
+struct EventLoop {
+    handles: Vec<ProgramHandle>,
+    queue: ReloadQueue,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    finished: mpsc::UnboundedReceiver<Finished>,
+    exit_requests: mpsc::UnboundedReceiver<u8>,
+    published: watch::Sender<Published>,
+    statuses: HashMap<String, ExitStatus>,
+    first_to_end: Option<Finished>,
+    stopping: bool,
+    redeploy_exit: Option<u8>,
+}
+
+impl EventLoop {
+    async fn run(mut self, first_program: &str) -> i32 {
+        while self.statuses.len() < self.handles.len() {
+            tokio::select! {
+                Some(code) = self.exit_requests.recv(), if !self.stopping => {
+                    info!(code, "stopping for a redeploy: the new image takes over");
+                    self.redeploy_exit = Some(code);
+                    self.stop_all(None);
+                }
+                Some(signal) = self.incoming.recv() => match signal {
+                    Incoming::Shutdown(sig) if !self.stopping => {
+                        info!(signal = %sig, "shutting down");
+                        self.stop_all(None);
+                    }
+                    Incoming::Shutdown(sig) => {
+                        warn!(signal = %sig, "second shutdown signal: killing the programs now");
+                        self.handles.iter().for_each(ProgramHandle::kill);
+                    }
+                    Incoming::Hangup => self.queue.trigger(Trigger::Signal(Signal::SIGHUP)),
+                    Incoming::Forward(sig) => forward(&self.handles, sig),
+                },
+                Some(done) = self.finished.recv() => {
+                    self.statuses.insert(done.name.clone(), done.status);
+                    if !self.stopping {
+                        if self.handles.len() > 1 {
+                            info!(program = %done.name, status = %done.status, "program finished; stopping the others");
+                        }
+                        self.stop_all(Some(&done.name));
+                        self.first_to_end = Some(done);
+                    }
+                }
+            }
+        }
+        if let Some(code) = self.redeploy_exit {
+            info!(code, "cutover exiting for a redeploy");
+            return i32::from(code);
+        }
+        let status = match self.first_to_end {
+            Some(done) => done.status,
+            None => self.statuses[first_program],
+        };
+        info!(%status, code = status.code(), "cutover exiting");
+        status.code()
+    }
+
+    /// Stops every program but `except` (one that already finished).
+    fn stop_all(&mut self, except: Option<&str>) {
+        self.stopping = true;
+        self.published
+            .send_modify(|p| p.phase = SupervisorPhase::Stopping);
+        self.handles
+            .iter()
+            .filter(|h| Some(h.name()) != except)
+            .for_each(ProgramHandle::stop);
+    }
 }
 
 fn forward(handles: &[ProgramHandle], signal: Signal) {

@@ -16,6 +16,7 @@ use tracing::{debug, info};
 
 use crate::config::ReloadConfig;
 use crate::reload::ReloadQueue;
+use crate::trigger::Trigger;
 
 /// Events closer than this on one file are one touch.
 const SAME_TOUCH: Duration = Duration::from_millis(20);
@@ -84,7 +85,7 @@ fn touch_watcher(files: &[PathBuf], queue: ReloadQueue) -> Result<RecommendedWat
                 .is_some_and(|t| now.duration_since(*t) < SAME_TOUCH);
             if !repeat {
                 last.insert(path.clone(), now);
-                queue.trigger(format!("touch {}", path.display()));
+                queue.trigger(Trigger::Touch(path.clone()));
             }
         }
     })
@@ -144,7 +145,7 @@ fn source_watcher(
                 continue;
             }
             debug!(path = %rel.display(), "watched file changed");
-            queue.trigger(format!("watch {}", rel.display()));
+            queue.trigger(Trigger::Watch(rel.to_path_buf()));
             break;
         }
     })

@@ -24,18 +24,18 @@ pub struct Delivery<'a> {
 }
 
 impl Delivery<'_> {
-    /// The value of the first of `names` present, compared case-insensitively.
     fn header(&self, names: &[&str]) -> Option<&str> {
-        let value_of = |name: &&str| {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        };
-        names
-            .iter()
-            .find_map(value_of)
-            .map(|(_, value)| value.as_str())
+        header(&self.headers, names)
     }
+}
+
+/// The value of the first of `names` present, compared case-insensitively.
+fn header<'h>(headers: &'h [(String, String)], names: &[&str]) -> Option<&'h str> {
+    let value_of = |name: &&str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
+    names
+        .iter()
+        .find_map(value_of)
+        .map(|(_, value)| value.as_str())
 }
 
 /// Which forge sent the delivery.
@@ -97,15 +97,7 @@ const GITEA_SIGNATURE: &[&str] = &[
 /// who can reach the endpoint can then trigger a deploy. Whether that is
 /// allowed is the caller's decision, not this module's.
 pub fn verify_and_parse(delivery: &Delivery, secret: &[u8]) -> Result<Push, WebhookError> {
-    let (forge, event) = if let Some(event) = delivery.header(GITEA_EVENT) {
-        (Forge::Gitea, event)
-    } else if let Some(event) = delivery.header(&["x-github-event"]) {
-        (Forge::GitHub, event)
-    } else if let Some(event) = delivery.header(&["x-gitlab-event"]) {
-        (Forge::GitLab, event)
-    } else {
-        return Err(WebhookError::UnknownForge);
-    };
+    let (forge, event) = identify(&delivery.headers)?;
     if !secret.is_empty() {
         verify(forge, delivery, secret)?;
     }
@@ -123,14 +115,43 @@ pub fn verify_and_parse(delivery: &Delivery, secret: &[u8]) -> Result<Push, Webh
     parse_push(forge, delivery.body)
 }
 
-fn verify(forge: Forge, delivery: &Delivery, secret: &[u8]) -> Result<(), WebhookError> {
-    let header = match forge {
-        Forge::GitHub => &["x-hub-signature-256"][..],
+/// The checks that need only the headers: a known forge and, when a secret
+/// is configured, the header that carries its signature or token. The server
+/// runs them before reading the body, so a sender without credentials is
+/// refused without making cutover buffer (up to megabytes of) body.
+/// `verify_and_parse` repeats them; this only answers sooner.
+pub fn check_headers(headers: &[(String, String)], secret: &[u8]) -> Result<Forge, WebhookError> {
+    let (forge, _) = identify(headers)?;
+    if !secret.is_empty() && header(headers, signature_header(forge)).is_none() {
+        return Err(WebhookError::MissingSignature);
+    }
+    Ok(forge)
+}
+
+/// The forge and event named by the headers.
+fn identify(headers: &[(String, String)]) -> Result<(Forge, &str), WebhookError> {
+    if let Some(event) = header(headers, GITEA_EVENT) {
+        Ok((Forge::Gitea, event))
+    } else if let Some(event) = header(headers, &["x-github-event"]) {
+        Ok((Forge::GitHub, event))
+    } else if let Some(event) = header(headers, &["x-gitlab-event"]) {
+        Ok((Forge::GitLab, event))
+    } else {
+        Err(WebhookError::UnknownForge)
+    }
+}
+
+fn signature_header(forge: Forge) -> &'static [&'static str] {
+    match forge {
+        Forge::GitHub => &["x-hub-signature-256"],
         Forge::Gitea => GITEA_SIGNATURE,
-        Forge::GitLab => &["x-gitlab-token"][..],
-    };
+        Forge::GitLab => &["x-gitlab-token"],
+    }
+}
+
+fn verify(forge: Forge, delivery: &Delivery, secret: &[u8]) -> Result<(), WebhookError> {
     let value = delivery
-        .header(header)
+        .header(signature_header(forge))
         .ok_or(WebhookError::MissingSignature)?;
     let hex_mac = match forge {
         // No prefix is a bad signature, not a missing one: the sender did
@@ -323,6 +344,28 @@ mod tests {
         assert_eq!(check(&headers, &main, SECRET), Err(MissingSignature));
         let headers = [("Content-Type", "application/json")];
         assert_eq!(check(&headers, &main, SECRET), Err(UnknownForge));
+    }
+
+    #[test]
+    fn headers_alone_tell_a_missing_signature() {
+        let owned = |h: &[(&str, &str)]| -> Vec<(String, String)> {
+            h.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let github = owned(&[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", "x")]);
+        assert_eq!(check_headers(&github, SECRET), Ok(Forge::GitHub));
+        // Gitea also sends X-Hub-Signature-256, but its own header is the one checked.
+        let gitea = owned(&[("X-Gitea-Event", "push"), ("X-Hub-Signature-256", "x")]);
+        assert_eq!(check_headers(&gitea, SECRET), Err(MissingSignature));
+        assert_eq!(check_headers(&gitea, b""), Ok(Forge::Gitea));
+        let forgejo = owned(&[("X-Forgejo-Event", "push"), ("X-Forgejo-Signature", "x")]);
+        assert_eq!(check_headers(&forgejo, SECRET), Ok(Forge::Gitea));
+        let gitlab = owned(&[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", "t")]);
+        assert_eq!(check_headers(&gitlab, SECRET), Ok(Forge::GitLab));
+        let unsigned = owned(&[("X-Gitlab-Event", "Push Hook")]);
+        assert_eq!(check_headers(&unsigned, SECRET), Err(MissingSignature));
+        assert_eq!(check_headers(&owned(&[]), SECRET), Err(UnknownForge));
     }
 
     #[test]

@@ -1,9 +1,8 @@
-//! What every bench binary needs so that nothing it starts outlives a run,
-//! even on panic or Ctrl-C: the process groups it starts ([`procs::Group`]), the
-//! temporary directories it makes ([`TempDir`]), and the cleanup that removes
-//! both ([`install_cleanup`], an interruptible [`sleep`]). Also the small
-//! helpers the benches share: loopback HTTP and polling ([`http`]), the
-//! machine line, log tails and figures, and starting `cutover run`.
+//! What only the benches need, on top of the fixture module they share with
+//! the integration tests (tests/fixture/: ports, git, HTTP, load and figures,
+//! process groups, temp dirs and the cleanup on panic or Ctrl-C, all
+//! re-exported here under their old names): starting `cutover run` on a
+//! checked config, the machine line, log tails and log problems.
 //!
 //! Included by each bench with `#[path = "support/mod.rs"] mod support;`; it
 //! is no bench target of its own (no `[[bench]]` entry, no `main.rs`).
@@ -11,101 +10,24 @@
 // Each bench uses its own part of this module.
 #![allow(dead_code)]
 
-pub mod http;
-pub mod procs;
+#[path = "../../tests/fixture/mod.rs"]
+pub mod fixture;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+
+// Each bench uses some of these.
+#[allow(unused_imports)]
+pub use fixture::cleanup::{TempDir, check_interrupted, install_cleanup, sleep, sleep_until};
+#[allow(unused_imports)]
+pub use fixture::{
+    git::git,
+    load::{max, ms, p50, p99},
+    ports::free_port,
+};
+pub use fixture::{http, procs};
 
 use procs::Group;
-
-/// Process groups started here, by leader pid (= pgid).
-static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Stops every [`procs::Group`] and removes every [`TempDir`] still alive when the
-/// bench panics; SIGINT/SIGTERM make the next [`sleep`] (or
-/// [`check_interrupted`]) panic, which does the same.
-pub fn install_cleanup() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        cleanup_all();
-    }));
-    extern "C" fn on_signal(_: libc::c_int) {
-        INTERRUPTED.store(true, Ordering::SeqCst);
-    }
-    // SAFETY: the handler only stores to an atomic; SA_RESETHAND makes a
-    // second Ctrl-C kill the bench outright.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        sa.sa_flags = libc::SA_RESETHAND;
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
-    }
-}
-
-/// Panics (and so cleans up) once SIGINT or SIGTERM came.
-pub fn check_interrupted() {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        panic!("interrupted");
-    }
-}
-
-pub fn sleep(d: Duration) {
-    check_interrupted();
-    std::thread::sleep(d);
-}
-
-pub fn sleep_until(t: Instant) {
-    while let Some(left) = t.checked_duration_since(Instant::now()) {
-        sleep(left.min(Duration::from_millis(100)));
-    }
-}
-
-fn cleanup_all() {
-    let groups: Vec<i32> = std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|e| e.into_inner()));
-    for pid in groups {
-        procs::stop_tree(pid, Duration::from_secs(10));
-    }
-    let dirs: Vec<PathBuf> = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner()));
-    for d in dirs {
-        let _ = std::fs::remove_dir_all(d);
-    }
-}
-
-/// A temporary directory, removed when dropped and on panic.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> TempDir {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir()
-            .unwrap()
-            .keep();
-        DIRS.lock().unwrap().push(dir.clone());
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        DIRS.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|d| d != &self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 // ---------------------------------------------------------------- cutover
 
@@ -119,7 +41,7 @@ pub fn spawn_cutover(
     level: &str,
     env: &[(&str, &str)],
 ) -> Group {
-    let bin = env!("CARGO_BIN_EXE_cutover");
+    let bin = fixture::BIN;
     let path = dir.join("cutover.toml");
     std::fs::write(&path, config).unwrap();
     let mut check = Command::new(bin);
@@ -175,15 +97,6 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A TOML basic string (JSON's escapes are valid TOML).
 pub fn toml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
@@ -213,47 +126,4 @@ pub fn log_problems(path: &Path, also: &[&str]) -> Vec<String> {
         notes.push(format!("log: ... {} more such lines", bad.len() - 8));
     }
     notes
-}
-
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-pub fn p50(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-pub fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::MIN, f64::max)
-}
-
-/// Runs git in `dir` without the user's or the system's config; panics with
-/// git's stderr on failure, returns stdout.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed in {}:\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::problems::{Problems, Segment};
 use super::raw::RawDependencies;
-use super::validate::child;
+use super::values::child;
 use super::{DEFAULT_DEPENDENCIES_BASELINE, DependenciesConfig};
 use crate::fingerprint::{Patterns, compile_pattern};
 

@@ -11,6 +11,7 @@ mod redeploy;
 mod sections;
 mod source;
 mod validate;
+mod values;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
 
-pub use problems::{ConfigError, Problem};
+pub use problems::ConfigError;
 
 use crate::fingerprint::Patterns;
 
@@ -199,6 +200,17 @@ pub enum ReloadStrategy {
 }
 
 impl ReloadStrategy {
+    /// The strategy without its parameters, as status reports it.
+    pub fn kind(self) -> crate::status::Strategy {
+        use crate::status::Strategy;
+        match self {
+            ReloadStrategy::Signal(_) => Strategy::Signal,
+            ReloadStrategy::Restart => Strategy::Restart,
+            ReloadStrategy::Overlap => Strategy::Overlap,
+            ReloadStrategy::None => Strategy::None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ReloadStrategy::Signal(_) => "signal",
@@ -422,6 +434,20 @@ impl Config {
             source,
         })?;
         validate::parse_dependencies(&text).map_err(|problems| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            problems,
+        })
+    }
+
+    /// Reads only `[control]` of a config file (defaults when absent), for
+    /// `cutover status -c FILE` and the other clients: they need the socket,
+    /// not the programs' users or the secrets only the supervisor can read.
+    pub fn load_control(path: &Path) -> Result<ControlConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        validate::parse_control(&text).map_err(|problems| ConfigError::Invalid {
             origin: path.display().to_string(),
             problems,
         })

@@ -33,15 +33,6 @@ pub enum ConfigError {
     },
 }
 
-impl ConfigError {
-    pub fn problems(&self) -> &[Problem] {
-        match self {
-            ConfigError::Read { .. } => &[],
-            ConfigError::Invalid { problems, .. } => problems,
-        }
-    }
-}
-
 fn render(origin: &str, problems: &[Problem]) -> String {
     let mut out = format!(
         "{origin}: {} problem{} found",

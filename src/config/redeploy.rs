@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::problems::{Problems, Segment};
 use super::raw::{RawDocker, RawRedeploy};
-use super::validate::{child, parse_duration, scalar_string};
+use super::values::{child, parse_duration, scalar_string, secret};
 use super::{DockerRedeploy, RedeployAction, RedeployConfig, WebhookTarget};
 
 /// Default Docker engine socket.
@@ -98,7 +98,7 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
         if let Err(e) = check_url(&url) {
             p.add(&child(&path, "webhook"), e);
         }
-        let secret = super::source::secret(
+        let secret = secret(
             &path,
             "webhook_secret",
             raw.webhook_secret_env,

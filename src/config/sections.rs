@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::problems::{Problems, Segment};
 use super::raw::{RawControl, RawListen, RawReady, RawReload};
-use super::validate::{child, parse_duration};
+use super::values::{child, parse_duration};
 use super::{
     ControlConfig, HttpTarget, ListenAddress, ListenConfig, ReadyConfig, ReloadConfig,
     ReloadStrategy,

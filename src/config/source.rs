@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::problems::{Problems, Segment};
 use super::raw::{RawHooks, RawRollback, RawSource};
-use super::validate::{child, parse_duration};
-use super::{HooksConfig, Secret, SourceConfig};
+use super::values::{child, parse_duration, secret};
+use super::{HooksConfig, SourceConfig};
 
 pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
     let path = [Segment::Key("source".into())];
@@ -103,53 +103,6 @@ pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
         webhook,
         webhook_secret,
     })
-}
-
-/// Reads `<name>_env` or `<name>_file`; an empty or missing value is a problem.
-pub(super) fn secret(
-    path: &[Segment],
-    name: &str,
-    env: Option<String>,
-    file: Option<String>,
-    p: &mut Problems,
-) -> Option<Secret> {
-    match (env, file) {
-        (Some(_), Some(_)) => {
-            p.add(
-                &child(path, &format!("{name}_env")),
-                format!("set {name}_env or {name}_file, not both"),
-            );
-            None
-        }
-        (Some(var), None) => match std::env::var(&var) {
-            Ok(v) if !v.trim().is_empty() => Some(Secret(v.trim().to_string())),
-            _ => {
-                p.add(
-                    &child(path, &format!("{name}_env")),
-                    format!("environment variable `{var}` is not set"),
-                );
-                None
-            }
-        },
-        (None, Some(f)) => match std::fs::read_to_string(&f) {
-            Ok(v) if !v.trim().is_empty() => Some(Secret(v.trim().to_string())),
-            Ok(_) => {
-                p.add(
-                    &child(path, &format!("{name}_file")),
-                    format!("`{f}` is empty"),
-                );
-                None
-            }
-            Err(e) => {
-                p.add(
-                    &child(path, &format!("{name}_file")),
-                    format!("cannot read `{f}`: {e}"),
-                );
-                None
-            }
-        },
-        (None, None) => None,
-    }
 }
 
 pub(super) fn hooks(raw: Option<RawHooks>, p: &mut Problems) -> HooksConfig {

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use super::problems::{Locator, Problem, Problems, Segment};
 use super::raw::{RawConfig, RawProgram};
+use super::values::{child, key, parse_duration, scalar_string};
 use super::{
-    Backoff, Config, DependenciesConfig, ForwardTo, ProgramConfig, ReadyConfig, ReloadStrategy,
-    RestartPolicy, sections,
+    Backoff, Config, ControlConfig, DependenciesConfig, ForwardTo, ProgramConfig, ReadyConfig,
+    ReloadStrategy, RestartPolicy, sections,
 };
 use crate::signals::parse_signal;
 use crate::user::resolve_user;
@@ -39,6 +40,21 @@ pub(super) fn parse_dependencies(text: &str) -> Result<DependenciesConfig, Vec<P
     let mut problems = Problems::new(&locator);
     let raw = deserialize_reporting_unknown_keys(&mut table, &mut problems);
     let config = raw.map(|raw| super::dependencies::dependencies(raw.dependencies, &mut problems));
+    match config {
+        Some(c) if problems.list.is_empty() => Ok(c),
+        _ => Err(problems.list),
+    }
+}
+
+/// Only `[control]`, for the client subcommands looking for the socket; the
+/// other sections (users, secrets, programs) are not looked at.
+pub(super) fn parse_control(text: &str) -> Result<ControlConfig, Vec<Problem>> {
+    let locator = Locator::new(text);
+    let mut table = parse_table(text, &locator)?;
+    table.retain(|k, _| k == "control");
+    let mut problems = Problems::new(&locator);
+    let raw = deserialize_reporting_unknown_keys(&mut table, &mut problems);
+    let config = raw.map(|raw| sections::control(raw.control, &mut problems));
     match config {
         Some(c) if problems.list.is_empty() => Ok(c),
         _ => Err(problems.list),
@@ -235,16 +251,6 @@ struct Inherited<'a> {
     ready: &'a ReadyConfig,
 }
 
-fn key(k: &str) -> Segment {
-    Segment::Key(k.to_string())
-}
-
-pub(super) fn child(path: &[Segment], k: &str) -> Vec<Segment> {
-    let mut p = path.to_vec();
-    p.push(key(k));
-    p
-}
-
 fn program(
     path: &[Segment],
     raw: RawProgram,
@@ -386,26 +392,4 @@ fn check_name(name: &str) -> Result<(), String> {
             "invalid name `{name}`: use letters, digits, `-` and `_`"
         ))
     }
-}
-
-/// Parses "250ms", "10s", "2m", "1h 30m".
-/// A TOML string, number or boolean as the string a program would get
-/// (env values, build args); tables and arrays are errors.
-pub(super) fn scalar_string(value: toml::Value) -> Result<String, String> {
-    match value {
-        toml::Value::String(s) => Ok(s),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
-        toml::Value::Boolean(b) => Ok(b.to_string()),
-        other => Err(format!(
-            "expected a string, number or boolean, found {}",
-            other.type_str()
-        )),
-    }
-}
-
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("invalid duration `{text}` ({e}); write it like \"250ms\", \"10s\" or \"2m\"")
-    })
 }

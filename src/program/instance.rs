@@ -187,7 +187,7 @@ impl Program {
         let timeout = self.config.stop_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let previous_state = self.stats.state;
-        self.stats.state = Some(ProgramState::Stopping);
+        self.set_state(ProgramState::Stopping);
         instance.ready = None;
         let mut status = instance.exit.seen();
         if !kill_now && status.is_none() {
@@ -226,7 +226,7 @@ impl Program {
         }
         let status = status.expect("set above");
         info!(program = %name, pid = %pgid, %status, "stopped");
-        self.stats.state = previous_state;
+        self.update(|s| s.state = previous_state);
         status
     }
 

@@ -15,17 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::clock::timestamp;
 use crate::config::{ForwardTo, ProgramConfig};
 use crate::exit::ExitStatus;
 use crate::group::signal_group;
 use crate::listen::HeldSocket;
 use crate::reaper::Reaper;
 use crate::restart::{Decision, RestartTracker};
-use crate::status::{ProgramReload, ProgramState, ProgramStatus, timestamp};
+use crate::status::{ProgramReload, ProgramState, ProgramStatus};
 
 use instance::{Dir, Instance};
 use reload::ReloadRequest;
@@ -39,7 +40,6 @@ enum Command {
     /// Skip the grace period.
     Kill,
     Reload(ReloadRequest),
-    Status(oneshot::Sender<ProgramStatus>),
 }
 
 /// A program that is done for good, with the status cutover passes on.
@@ -73,6 +73,7 @@ pub struct Context {
 pub struct ProgramHandle {
     name: String,
     commands: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<ProgramStatus>,
 }
 
 impl ProgramHandle {
@@ -103,7 +104,7 @@ impl ProgramHandle {
         let _ = self.commands.send(Command::Reload(request));
         rx.await.unwrap_or_else(|_| ProgramReload {
             program: self.name.clone(),
-            strategy: String::new(),
+            strategy: self.status.borrow().strategy,
             ok: false,
             error: Some("the program is finished".to_string()),
             pid: None,
@@ -115,20 +116,22 @@ impl ProgramHandle {
         })
     }
 
-    /// None once the program is finished.
-    pub async fn status(&self) -> Option<ProgramStatus> {
-        let (reply, rx) = oneshot::channel();
-        let _ = self.commands.send(Command::Status(reply));
-        rx.await.ok()
+    /// The program's last published state; never waits for the actor, which
+    /// may be busy in a reload or a stop.
+    pub fn status(&self) -> ProgramStatus {
+        self.status.borrow().clone()
     }
 }
 
 /// Starts the actor; the program is launched at once.
 pub fn start(config: ProgramConfig, context: Context) -> ProgramHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let stats = Stats::default();
+    let (published, status) = watch::channel(stats.snapshot(&config));
     let handle = ProgramHandle {
         name: config.name.clone(),
         commands: tx,
+        status,
     };
     let tracker = RestartTracker::new(config.restart, config.backoff);
     let program = Program {
@@ -136,7 +139,8 @@ pub fn start(config: ProgramConfig, context: Context) -> ProgramHandle {
         context,
         commands: rx,
         tracker,
-        stats: Stats::default(),
+        stats,
+        published,
         good_dir: None,
         launched: 0,
     };
@@ -149,7 +153,9 @@ struct Program {
     context: Context,
     commands: mpsc::UnboundedReceiver<Command>,
     tracker: RestartTracker,
+    /// Changed only through `update`, which publishes it.
     stats: Stats,
+    published: watch::Sender<ProgramStatus>,
     /// The directory of the last instance that proved ready: where crash
     /// restarts and failed reloads go back to, even if a symlink moved.
     good_dir: Option<PathBuf>,
@@ -159,10 +165,50 @@ struct Program {
 #[derive(Default)]
 struct Stats {
     state: Option<ProgramState>,
+    /// The instance that serves now (the old one, during an overlap).
+    serving: Option<Serving>,
     restarts: u64,
     reloads: u64,
     reload_failures: u64,
     last_exit: Option<ExitStatus>,
+}
+
+/// What status shows of the serving instance.
+struct Serving {
+    pid: i32,
+    release: Option<PathBuf>,
+    started_at: SystemTime,
+}
+
+impl Serving {
+    fn of(instance: &Instance) -> Serving {
+        Serving {
+            pid: instance.pid.as_raw(),
+            release: instance.dir.clone(),
+            started_at: instance.started_at,
+        }
+    }
+}
+
+impl Stats {
+    fn snapshot(&self, config: &ProgramConfig) -> ProgramStatus {
+        ProgramStatus {
+            name: config.name.clone(),
+            state: self.state.unwrap_or(ProgramState::Starting),
+            pid: self.serving.as_ref().map(|s| s.pid),
+            strategy: config.reload.kind(),
+            release: self
+                .serving
+                .as_ref()
+                .and_then(|s| s.release.as_ref())
+                .map(|d| d.display().to_string()),
+            started_at: self.serving.as_ref().map(|s| timestamp(s.started_at)),
+            restarts: self.restarts,
+            reloads: self.reloads,
+            reload_failures: self.reload_failures,
+            last_exit: self.last_exit.map(|s| s.to_string()),
+        }
+    }
 }
 
 enum Ended {
@@ -181,7 +227,10 @@ enum Flow {
 impl Program {
     async fn run(mut self) {
         let status = self.lifecycle().await;
-        self.stats.state = Some(ProgramState::Stopped);
+        self.update(|s| {
+            s.state = Some(ProgramState::Stopped);
+            s.serving = None;
+        });
         let _ = self.context.finished.send(Finished {
             name: self.config.name.clone(),
             status,
@@ -192,10 +241,11 @@ impl Program {
         let mut dir = Dir::Resolve;
         let mut reload_on_start: Option<ReloadRequest> = None;
         loop {
-            self.stats.state = Some(ProgramState::Starting);
+            self.set_state(ProgramState::Starting);
             let started = Instant::now();
             let status = match self.launch(&dir).await {
                 Ok(instance) => {
+                    self.update(|s| s.serving = Some(Serving::of(&instance)));
                     let ended = match reload_on_start.take() {
                         Some(request) => self.reload_from_stopped(instance, request).await,
                         None => self.supervise(instance).await,
@@ -207,15 +257,20 @@ impl Program {
                 }
                 Err(e) => {
                     error!(program = %self.config.name, error = %e, "cannot start program");
+                    let status = ExitStatus::Exited(e.exit_code());
                     if let Some(request) = reload_on_start.take() {
-                        self.stats.reload_failures += 1;
-                        let report = request.report(&self.config, Err(e.to_string()));
+                        self.update(|s| s.reload_failures += 1);
+                        let report =
+                            request.report(&self.config, Err(reload::ReloadError::Start(e)));
                         let _ = request.reply.send(report);
                     }
-                    ExitStatus::Exited(e.exit_code())
+                    status
                 }
             };
-            self.stats.last_exit = Some(status);
+            self.update(|s| {
+                s.last_exit = Some(status);
+                s.serving = None;
+            });
             match self
                 .tracker
                 .on_exit(status, started.elapsed(), Instant::now())
@@ -237,12 +292,12 @@ impl Program {
                         delay = %humantime::format_duration(delay),
                         "restarting after backoff"
                     );
-                    self.stats.state = Some(ProgramState::BackingOff);
+                    self.set_state(ProgramState::BackingOff);
                     match self.wait_backoff(delay).await {
                         None => return status,
                         Some(request) => reload_on_start = request,
                     }
-                    self.stats.restarts += 1;
+                    self.update(|s| s.restarts += 1);
                 }
             }
             dir = match (&reload_on_start, &self.good_dir) {
@@ -255,6 +310,11 @@ impl Program {
     /// Runs commands against the instance until it ends or is stopped.
     async fn supervise(&mut self, mut instance: Instance) -> Ended {
         loop {
+            // Every instance that serves passes here: after a start, a
+            // reload, or a fall-back to the last good directory.
+            if self.stats.serving.as_ref().map(|s| s.pid) != Some(instance.pid.as_raw()) {
+                self.update(|s| s.serving = Some(Serving::of(&instance)));
+            }
             tokio::select! {
                 biased;
                 status = instance.exit.wait() => return self.exited(instance, status).await,
@@ -288,12 +348,12 @@ impl Program {
         match result {
             Ok(took) => {
                 info!(program = %self.config.name, pid = %instance.pid, ms = took.as_millis() as u64, "ready");
-                self.stats.state = Some(ProgramState::Running);
+                self.set_state(ProgramState::Running);
                 self.good_dir = instance.dir.clone();
             }
             Err(e) => {
                 warn!(program = %self.config.name, pid = %instance.pid, error = %e, "not ready");
-                self.stats.state = Some(ProgramState::Unready);
+                self.set_state(ProgramState::Unready);
             }
         }
     }
@@ -315,31 +375,25 @@ impl Program {
                 }
                 None
             }
-            Some(Command::Status(reply)) => {
-                let _ = reply.send(self.snapshot(live.first().copied()));
-                None
-            }
             Some(Command::Stop) | None => Some(Flow::Stop { kill: false }),
             Some(Command::Kill) => Some(Flow::Stop { kill: true }),
             Some(Command::Reload(request)) => Some(Flow::Reload(request)),
         }
     }
 
-    fn snapshot(&self, live: Option<&Instance>) -> ProgramStatus {
-        ProgramStatus {
-            name: self.config.name.clone(),
-            state: self.stats.state.unwrap_or(ProgramState::Starting),
-            pid: live.map(|i| i.pid.as_raw()),
-            strategy: self.config.reload.name().to_string(),
-            release: live
-                .and_then(|i| i.dir.as_ref())
-                .map(|d| d.display().to_string()),
-            started_at: live.map(|i| timestamp(i.started_at)),
-            restarts: self.stats.restarts,
-            reloads: self.stats.reloads,
-            reload_failures: self.stats.reload_failures,
-            last_exit: self.stats.last_exit.map(|s| s.to_string()),
+    /// The one place program state changes: every change is published.
+    fn set_state(&mut self, state: ProgramState) {
+        if self.stats.state != Some(state) {
+            debug!(program = %self.config.name, from = ?self.stats.state, to = ?state, "state");
         }
+        self.update(|s| s.state = Some(state));
+    }
+
+    /// Changes the bookkeeping and publishes the result for readers.
+    fn update(&mut self, change: impl FnOnce(&mut Stats)) {
+        change(&mut self.stats);
+        self.published
+            .send_replace(self.stats.snapshot(&self.config));
     }
 
     /// Sleeps out the restart delay. None if told to stop meanwhile; a reload
@@ -360,11 +414,6 @@ impl Program {
             }
         }
     }
-}
-
-/// Milliseconds as a float, for reports.
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn now() -> SystemTime {

@@ -14,9 +14,12 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::instance::{Dir, ExitSlot, Instance, ready_of};
-use super::{Ended, Flow, Program, ms};
+use super::{Ended, Flow, Program};
+use crate::clock::ms;
 use crate::config::{ProgramConfig, ReloadStrategy};
 use crate::exit::ExitStatus;
+use crate::ready::NotReady;
+use crate::spawn::SpawnError;
 use crate::status::{ProgramReload, ProgramState};
 
 #[derive(Debug)]
@@ -44,22 +47,54 @@ pub(crate) struct Timings {
     release: Option<PathBuf>,
 }
 
+/// Why a reload did not bring the new code up; kept typed until it
+/// becomes the text of a report.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    #[error("cannot send {signal}: {source}")]
+    Signal {
+        signal: Signal,
+        source: nix::errno::Errno,
+    },
+    #[error("cannot start the new code: {0}")]
+    Start(#[source] SpawnError),
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+    #[error("the new instance {0} before it was ready")]
+    NewExited(ExitStatus),
+    #[error("the program {0} while reloading")]
+    Died(ExitStatus),
+    #[error("{why}; restarted the previous code in {dir}")]
+    FellBack { why: Box<ReloadError>, dir: String },
+    #[error("{why}; the previous code could not start either: {source}")]
+    FallBackFailed {
+        why: Box<ReloadError>,
+        source: SpawnError,
+    },
+    #[error("{0}")]
+    Refused(&'static str),
+}
+
 enum Wait {
     Ready,
-    NotReady(String),
+    NotReady(NotReady),
     Exited(ExitStatus),
     Stop { kill: bool },
 }
 
 impl ReloadRequest {
-    pub fn report(&self, config: &ProgramConfig, result: Result<Timings, String>) -> ProgramReload {
+    pub fn report(
+        &self,
+        config: &ProgramConfig,
+        result: Result<Timings, ReloadError>,
+    ) -> ProgramReload {
         let (t, error) = match result {
             Ok(t) => (t, None),
-            Err(e) => (Timings::default(), Some(e)),
+            Err(e) => (Timings::default(), Some(e.to_string())),
         };
         ProgramReload {
             program: config.name.clone(),
-            strategy: config.reload.name().to_string(),
+            strategy: config.reload.kind(),
             ok: error.is_none(),
             error,
             pid: t.pid,
@@ -71,8 +106,8 @@ impl ReloadRequest {
         }
     }
 
-    pub fn refuse(self, config: &ProgramConfig, why: &str) {
-        let report = self.report(config, Err(why.to_string()));
+    pub fn refuse(self, config: &ProgramConfig, why: &'static str) {
+        let report = self.report(config, Err(ReloadError::Refused(why)));
         let _ = self.reply.send(report);
     }
 }
@@ -83,7 +118,7 @@ impl Program {
         let before = self.stats.state;
         if strategy != ReloadStrategy::None {
             info!(program = %self.config.name, strategy = %strategy.name(), trigger = %request.trigger, "reloading");
-            self.stats.state = Some(ProgramState::Reloading);
+            self.set_state(ProgramState::Reloading);
         }
         let (after, result) = match strategy {
             ReloadStrategy::None => (After::Running(old), Ok(Timings::default())),
@@ -106,12 +141,12 @@ impl Program {
         let started = Instant::now();
         let result = match self.wait_ready(&mut new, None).await {
             Wait::Ready => Ok(self.accept(&new, action, started, started.elapsed())),
-            Wait::NotReady(why) => Err(why),
+            Wait::NotReady(why) => Err(why.into()),
             Wait::Exited(status) => {
                 self.finish_reload(
                     &After::Ended(Ended::Exited(status)),
                     None,
-                    Err(format!("the new instance {status} before it was ready")),
+                    Err(ReloadError::NewExited(status)),
                     request,
                 );
                 return self.exited(new, status).await;
@@ -134,26 +169,29 @@ impl Program {
         &mut self,
         after: &After,
         before: Option<ProgramState>,
-        result: Result<Timings, String>,
+        result: Result<Timings, ReloadError>,
         request: ReloadRequest,
     ) {
         if self.config.reload != ReloadStrategy::None {
-            self.stats.reloads += 1;
+            self.update(|s| s.reloads += 1);
         }
         match (&result, after) {
             (Ok(t), _) => {
                 info!(program = %self.config.name, pid = t.pid.unwrap_or_default(), total_ms = ms(request.received.elapsed()) as u64, "reload done");
                 if self.config.reload != ReloadStrategy::None {
-                    self.stats.state = Some(ProgramState::Running);
+                    self.set_state(ProgramState::Running);
                 }
             }
             (Err(why), after) => {
-                self.stats.reload_failures += 1;
                 warn!(program = %self.config.name, error = %why, "reload failed");
-                self.stats.state = match after {
+                let state = match after {
                     After::Running(i) if i.ready.is_some() => Some(ProgramState::Starting),
                     _ => before,
                 };
+                self.update(|s| {
+                    s.reload_failures += 1;
+                    s.state = state;
+                });
             }
         }
         let report = request.report(&self.config, result);
@@ -169,6 +207,7 @@ impl Program {
         cutover: Duration,
     ) -> Timings {
         self.good_dir = new.dir.clone();
+        self.update(|s| s.serving = Some(super::Serving::of(new)));
         Timings {
             action,
             ready: started.elapsed().saturating_sub(cutover),
@@ -185,12 +224,12 @@ impl Program {
         mut old: Instance,
         signal: Signal,
         request: &ReloadRequest,
-    ) -> (After, Result<Timings, String>) {
+    ) -> (After, Result<Timings, ReloadError>) {
         // The leader only: workers of gunicorn and the like must not see it.
         if let Err(e) = nix::sys::signal::kill(old.pid, signal) {
             return (
                 After::Running(old),
-                Err(format!("cannot send {signal}: {e}")),
+                Err(ReloadError::Signal { signal, source: e }),
             );
         }
         let action = request.received.elapsed();
@@ -205,18 +244,15 @@ impl Program {
                 let t = self.accept(&old, action, started, Duration::ZERO);
                 (After::Running(old), Ok(t))
             }
-            Wait::NotReady(why) => (After::Running(old), Err(why)),
+            Wait::NotReady(why) => (After::Running(old), Err(why.into())),
             Wait::Exited(status) => {
                 warn!(program = %self.config.name, %status, "the program died while reloading; its restart policy decides what follows");
                 let ended = self.exited(old, status).await;
-                (
-                    After::Ended(ended),
-                    Err(format!("the program {status} while reloading")),
-                )
+                (After::Ended(ended), Err(ReloadError::Died(status)))
             }
             Wait::Stop { kill } => (
                 After::Ended(Ended::Stopped(self.stop(old, kill).await)),
-                Err("cutover is stopping".into()),
+                Err(ReloadError::Refused("cutover is stopping")),
             ),
         }
     }
@@ -227,7 +263,7 @@ impl Program {
         &mut self,
         old: Instance,
         request: &ReloadRequest,
-    ) -> (After, Result<Timings, String>) {
+    ) -> (After, Result<Timings, ReloadError>) {
         let fallback = self.good_dir.clone().or_else(|| old.dir.clone());
         let stopping = Instant::now();
         self.stop(old, false).await;
@@ -238,9 +274,7 @@ impl Program {
         let mut new = match self.launch(&Dir::Resolve).await {
             Ok(i) => i,
             Err(e) => {
-                return self
-                    .fall_back(fallback, format!("cannot start the new code: {e}"))
-                    .await;
+                return self.fall_back(fallback, ReloadError::Start(e)).await;
             }
         };
         match self.wait_ready(&mut new, None).await {
@@ -251,19 +285,16 @@ impl Program {
             }
             Wait::NotReady(why) => {
                 self.stop(new, false).await;
-                self.fall_back(fallback, why).await
+                self.fall_back(fallback, why.into()).await
             }
             Wait::Exited(status) => {
                 self.clear_leftovers(new.pid).await;
-                self.fall_back(
-                    fallback,
-                    format!("the new instance {status} before it was ready"),
-                )
-                .await
+                self.fall_back(fallback, ReloadError::NewExited(status))
+                    .await
             }
             Wait::Stop { kill } => (
                 After::Ended(Ended::Stopped(self.stop(new, kill).await)),
-                Err("cutover is stopping".into()),
+                Err(ReloadError::Refused("cutover is stopping")),
             ),
         }
     }
@@ -272,8 +303,8 @@ impl Program {
     async fn fall_back(
         &mut self,
         dir: Option<PathBuf>,
-        why: String,
-    ) -> (After, Result<Timings, String>) {
+        why: ReloadError,
+    ) -> (After, Result<Timings, ReloadError>) {
         let target = dir.clone().map_or(Dir::Resolve, Dir::Pinned);
         let shown = dir
             .map(|d| d.display().to_string())
@@ -282,13 +313,17 @@ impl Program {
         match self.launch(&target).await {
             Ok(instance) => (
                 After::Running(instance),
-                Err(format!("{why}; restarted the previous code in {shown}")),
+                Err(ReloadError::FellBack {
+                    why: Box::new(why),
+                    dir: shown,
+                }),
             ),
             Err(e) => (
                 After::Ended(Ended::Exited(ExitStatus::Exited(e.exit_code()))),
-                Err(format!(
-                    "{why}; the previous code could not start either: {e}"
-                )),
+                Err(ReloadError::FallBackFailed {
+                    why: Box::new(why),
+                    source: e,
+                }),
             ),
         }
     }
@@ -299,15 +334,12 @@ impl Program {
         &mut self,
         mut old: Instance,
         request: &ReloadRequest,
-    ) -> (After, Result<Timings, String>) {
+    ) -> (After, Result<Timings, ReloadError>) {
         let started = Instant::now();
         let mut new = match self.launch(&Dir::Resolve).await {
             Ok(i) => i,
             Err(e) => {
-                return (
-                    After::Running(old),
-                    Err(format!("cannot start the new code: {e}")),
-                );
+                return (After::Running(old), Err(ReloadError::Start(e)));
             }
         };
         let action = request.received.elapsed().saturating_sub(started.elapsed());
@@ -330,20 +362,17 @@ impl Program {
             }
             Wait::NotReady(why) => {
                 self.stop(new, false).await;
-                (After::Running(old), Err(why))
+                (After::Running(old), Err(why.into()))
             }
             Wait::Exited(status) => {
                 self.clear_leftovers(new.pid).await;
-                (
-                    After::Running(old),
-                    Err(format!("the new instance {status} before it was ready")),
-                )
+                (After::Running(old), Err(ReloadError::NewExited(status)))
             }
             Wait::Stop { kill } => {
                 self.stop(new, kill).await;
                 (
                     After::Ended(Ended::Stopped(self.stop(old, kill).await)),
-                    Err("cutover is stopping".into()),
+                    Err(ReloadError::Refused("cutover is stopping")),
                 )
             }
         }
@@ -352,7 +381,7 @@ impl Program {
     async fn stop_previous(&mut self, old: Instance) {
         let state = self.stats.state;
         self.stop(old, false).await;
-        self.stats.state = state;
+        self.update(|s| s.state = state);
     }
 
     /// Waits for `new` to pass readiness while answering commands. `old`, the
@@ -371,7 +400,7 @@ impl Program {
                     new.ready = None;
                     return match result {
                         Ok(_) => Wait::Ready,
-                        Err(e) => Wait::NotReady(e.to_string()),
+                        Err(e) => Wait::NotReady(e),
                     };
                 }
                 command = self.commands.recv(), if !self.commands.is_closed() => {

@@ -22,8 +22,6 @@ use crate::config::{RedeployAction, RedeployConfig};
 use crate::exit::ExitStatus;
 use crate::reaper::Reaper;
 
-pub use webhook::{SIGNATURE_HEADER, webhook_body};
-
 /// One release that needs a new image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redeploy {
@@ -142,10 +140,6 @@ impl Redeployer {
     /// through it like every other child.
     pub fn new(config: RedeployConfig, reaper: Reaper) -> Redeployer {
         Redeployer { config, reaper }
-    }
-
-    pub fn config(&self) -> &RedeployConfig {
-        &self.config
     }
 
     /// A fresh backoff for retrying failures: 1 s, doubling, up to `retry_max`.

@@ -17,11 +17,12 @@ use tracing::{info, warn};
 use super::SourceError;
 use crate::config::DependenciesConfig;
 use crate::fingerprint::{Fingerprint, FingerprintError};
+use crate::sha::Sha;
 
 /// A release held back until the image is rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RedeployRequired {
-    pub sha: String,
+    pub sha: Sha,
     /// Dependency files that differ from the baseline (changed, added, removed).
     pub changed_files: Vec<String>,
     pub digest: String,
@@ -52,7 +53,6 @@ pub struct DependencyGate {
     config: DependenciesConfig,
     baseline: Option<Fingerprint>,
     current: Option<String>,
-    pending: Option<RedeployRequired>,
 }
 
 impl DependencyGate {
@@ -65,7 +65,6 @@ impl DependencyGate {
             config,
             baseline,
             current: None,
-            pending: None,
         })
     }
 
@@ -95,7 +94,7 @@ impl DependencyGate {
 
     /// Compares `release` (not yet serving) with the baseline; the answer
     /// for a deploy. A release that fits supersedes one waiting for an image.
-    pub async fn check(&mut self, release: &Path, sha: &str) -> Result<Verdict, SourceError> {
+    pub async fn check(&mut self, release: &Path, sha: &Sha) -> Result<Verdict, SourceError> {
         let fp = self.compute(release).await?;
         let verdict = match &self.baseline {
             None => {
@@ -105,16 +104,12 @@ impl DependencyGate {
             }
             Some(baseline) => judge(baseline, fp, sha),
         };
-        self.pending = match &verdict {
-            Verdict::Fits(_) => None,
-            Verdict::Differs(required) => Some(required.clone()),
-        };
         Ok(verdict)
     }
 
     /// The answer for a rollback: nothing is adopted or remembered, and a
     /// release that cannot be fingerprinted fits, as at start.
-    pub async fn check_rollback(&self, release: &Path, sha: &str) -> Verdict {
+    pub async fn check_rollback(&self, release: &Path, sha: &Sha) -> Verdict {
         match (&self.baseline, self.compute(release).await) {
             (Some(baseline), Ok(fp)) => judge(baseline, fp, sha),
             (None, Ok(fp)) => Verdict::Fits(Some(fp.digest)),
@@ -129,11 +124,7 @@ impl DependencyGate {
     async fn compute(&self, release: &Path) -> Result<Fingerprint, SourceError> {
         let patterns = self.config.patterns.clone();
         let dir = release.to_path_buf();
-        Ok(
-            tokio::task::spawn_blocking(move || Fingerprint::compute(&dir, &patterns))
-                .await
-                .map_err(|e| SourceError::Other(e.to_string()))??,
-        )
+        Ok(tokio::task::spawn_blocking(move || Fingerprint::compute(&dir, &patterns)).await??)
     }
 
     /// `current` now holds the release with this digest.
@@ -141,17 +132,13 @@ impl DependencyGate {
         self.current = digest;
     }
 
-    /// The release waiting for a new image, if `sha` is it.
-    pub fn pending_for(&self, sha: &str) -> Option<&RedeployRequired> {
-        self.pending.as_ref().filter(|p| p.sha == sha)
-    }
-
     pub fn status(&self) -> DependencyStatus {
         DependencyStatus {
             baseline_file: self.config.baseline.display().to_string(),
             baseline: self.baseline.as_ref().map(|b| b.digest.clone()),
             current: self.current.clone(),
-            redeploy_required: self.pending.clone(),
+            // Filled in by the source from the image requests, its one record.
+            redeploy_required: None,
         }
     }
 
@@ -162,12 +149,12 @@ impl DependencyGate {
     }
 }
 
-fn judge(baseline: &Fingerprint, fp: Fingerprint, sha: &str) -> Verdict {
+fn judge(baseline: &Fingerprint, fp: Fingerprint, sha: &Sha) -> Verdict {
     if baseline.matches(&fp) {
         return Verdict::Fits(Some(fp.digest));
     }
     Verdict::Differs(RedeployRequired {
-        sha: sha.to_string(),
+        sha: sha.clone(),
         changed_files: baseline.diff(&fp),
         digest: fp.digest,
     })

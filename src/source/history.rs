@@ -6,7 +6,8 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::timestamp;
+use crate::clock::timestamp;
+use crate::sha::Sha;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -39,8 +40,8 @@ pub struct DeployRecord {
     pub time: String,
     pub trigger: String,
     pub outcome: Outcome,
-    pub sha: Option<String>,
-    pub previous: Option<String>,
+    pub sha: Option<Sha>,
+    pub previous: Option<Sha>,
     pub duration_ms: f64,
     pub error: Option<String>,
 }
@@ -62,12 +63,12 @@ pub(super) struct Record {
     pub(super) trigger: String,
     pub(super) started: Instant,
     pub(super) at: SystemTime,
-    pub(super) previous: Option<String>,
-    pub(super) sha: Option<String>,
+    pub(super) previous: Option<Sha>,
+    pub(super) sha: Option<Sha>,
 }
 
 impl Record {
-    pub(super) fn new(trigger: &str, started: Instant, previous: Option<String>) -> Record {
+    pub(super) fn new(trigger: &str, started: Instant, previous: Option<Sha>) -> Record {
         Record {
             trigger: trigger.to_string(),
             started,

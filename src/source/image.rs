@@ -13,27 +13,56 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use super::RedeployRequired;
+use crate::clock::timestamp;
 use crate::redeploy::{Redeploy, RedeployOutcome, Redeployer};
-use crate::status::timestamp;
+use crate::sha::Sha;
+
+/// Where the redeploy of the newest release that needs an image stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageState {
+    /// No `[redeploy]` configured, or nothing asked for yet.
+    #[default]
+    None,
+    Running,
+    Done,
+    /// Failed; retried with backoff.
+    Failed,
+}
+
+impl std::fmt::Display for ImageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageState::None => "none",
+            ImageState::Running => "running",
+            ImageState::Done => "done",
+            ImageState::Failed => "failed",
+        })
+    }
+}
 
 /// What `cutover status` shows of the last redeploy request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageStatus {
     /// The sha a new image is asked for.
     pub sha: Option<String>,
-    /// "none" (no `[redeploy]`), "running", "done", "failed".
-    pub state: String,
+    pub state: ImageState,
     pub attempts: u32,
     pub last_result: Option<String>,
     pub last_attempt: Option<String>,
     pub retry_in_seconds: Option<f64>,
 }
 
-/// The handle the source actor keeps.
+/// The handle the source actor keeps; the one record of which release
+/// waits for an image.
 pub struct ImageRequests {
     latest: watch::Sender<Option<Redeploy>>,
     status: watch::Receiver<ImageStatus>,
     configured: bool,
+    /// The newest release that needs an image, until one that fits is
+    /// served; the deploy pipeline does not ask twice for it.
+    pending: Option<RedeployRequired>,
 }
 
 impl ImageRequests {
@@ -41,10 +70,7 @@ impl ImageRequests {
     /// code of an `exit = N` action.
     pub fn start(redeployer: Option<Redeployer>, exit: mpsc::UnboundedSender<u8>) -> Self {
         let (latest, requests) = watch::channel(None);
-        let (status_tx, status) = watch::channel(ImageStatus {
-            state: "none".into(),
-            ..ImageStatus::default()
-        });
+        let (status_tx, status) = watch::channel(ImageStatus::default());
         let configured = redeployer.is_some();
         if let Some(redeployer) = redeployer {
             tokio::spawn(run(redeployer, requests, status_tx, exit));
@@ -53,11 +79,43 @@ impl ImageRequests {
             latest,
             status,
             configured,
+            pending: None,
+        }
+    }
+
+    /// The release waiting for a new image, if any.
+    pub fn pending(&self) -> Option<RedeployRequired> {
+        self.pending.clone()
+    }
+
+    /// The release waiting for a new image, if `sha` is it.
+    pub fn pending_for(&self, sha: &Sha) -> Option<&RedeployRequired> {
+        self.pending.as_ref().filter(|p| &p.sha == sha)
+    }
+
+    /// Releases an image is, or may again be, built from: not to be pruned.
+    pub fn in_use(&self) -> Vec<Sha> {
+        let building = self
+            .status
+            .borrow()
+            .sha
+            .as_deref()
+            .and_then(|s| Sha::parse(s).ok());
+        let pending = self.pending.as_ref().map(|p| p.sha.clone());
+        building.into_iter().chain(pending).collect()
+    }
+
+    /// A release that fits the image is served: nothing waits any more, and
+    /// a redeploy not yet started for an older release is called off.
+    pub fn withdraw(&mut self) {
+        if self.pending.take().is_some() {
+            self.latest.send_replace(None);
         }
     }
 
     /// Asks for an image for `request`; a no-op when it is already asked for.
-    pub fn request(&self, request: Redeploy) {
+    pub fn request(&mut self, required: RedeployRequired, request: Redeploy) {
+        self.pending = Some(required);
         if !self.configured {
             warn!(sha = %request.sha, "no [redeploy] configured: rebuild and redeploy the image yourself");
             return;
@@ -73,6 +131,11 @@ impl ImageRequests {
 
     pub fn status(&self) -> ImageStatus {
         self.status.borrow().clone()
+    }
+
+    /// For readers: the task publishes as it goes, not when the source does.
+    pub fn watch(&self) -> watch::Receiver<ImageStatus> {
+        self.status.clone()
     }
 }
 
@@ -103,7 +166,7 @@ async fn run(
             attempts += 1;
             status.send_modify(|s| {
                 s.sha = Some(request.sha.clone());
-                s.state = "running".into();
+                s.state = ImageState::Running;
                 s.attempts = attempts;
                 s.last_attempt = Some(timestamp(std::time::SystemTime::now()));
                 s.retry_in_seconds = None;
@@ -112,7 +175,7 @@ async fn run(
                 Ok(RedeployOutcome::Exit(code)) => {
                     info!(sha = %request.sha, code, "exiting so that the orchestrator starts a new image");
                     status.send_modify(|s| {
-                        s.state = "done".into();
+                        s.state = ImageState::Done;
                         s.last_result = Some(format!("exiting with {code}"));
                     });
                     let _ = exit.send(code);
@@ -121,7 +184,7 @@ async fn run(
                 Ok(outcome) => {
                     info!(sha = %request.sha, %outcome, "redeploy done");
                     status.send_modify(|s| {
-                        s.state = "done".into();
+                        s.state = ImageState::Done;
                         s.last_result = Some(outcome.to_string());
                     });
                     break;
@@ -130,7 +193,7 @@ async fn run(
                     let delay = backoff.next_delay();
                     error!(sha = %request.sha, error = %e, retry_in = %humantime::format_duration(delay), "redeploy failed; the old release keeps serving");
                     status.send_modify(|s| {
-                        s.state = "failed".into();
+                        s.state = ImageState::Failed;
                         s.last_result = Some(e.to_string());
                         s.retry_in_seconds = Some(delay.as_secs_f64());
                     });

@@ -14,7 +14,10 @@ mod deploy;
 mod git;
 mod history;
 mod image;
+mod progress;
 mod release;
+mod rollback;
+mod steps;
 mod watch;
 
 use std::collections::VecDeque;
@@ -25,19 +28,22 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 use tracing::{info, warn};
 
+use crate::clock::timestamp;
 use crate::config::{Config, HooksConfig, RunAs, SourceConfig};
 use crate::program::{ProgramEvent, ProgramHandle};
 use crate::reaper::Reaper;
 use crate::reload::ReloadQueue;
-use crate::status::timestamp;
+use crate::sha::Sha;
+use crate::trigger::Trigger;
 
 use dependencies::DependencyGate;
 pub use dependencies::{DependencyStatus, RedeployRequired};
-pub use git::redact_url;
 use git::{GitError, RemoteSpec, open_cache};
 pub use history::{DeployRecord, Outcome};
 use image::ImageRequests;
 pub use image::ImageStatus;
+pub use progress::InProgress;
+use progress::Publisher;
 use release::{ReleaseError, State, Volume};
 use watch::{git_push_watcher, next_event, tick};
 
@@ -53,56 +59,61 @@ pub enum SourceError {
     Release(#[from] ReleaseError),
     #[error(transparent)]
     Fingerprint(#[from] crate::fingerprint::FingerprintError),
-    #[error("{0}")]
-    Other(String),
+    #[error("a background task of the deploy failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SourceStatus {
     pub repo: String,
     pub git_ref: String,
     pub root: String,
-    pub current: Option<String>,
-    pub previous: Option<String>,
-    pub bad: Vec<String>,
+    pub current: Option<Sha>,
+    pub previous: Option<Sha>,
+    pub bad: Vec<Sha>,
     pub last_check: Option<String>,
     pub last_error: Option<String>,
     pub retry_in_seconds: Option<f64>,
     pub history: Vec<DeployRecord>,
     pub dependencies: DependencyStatus,
     pub redeploy: ImageStatus,
+    /// The deploy or rollback running now, and its step.
+    #[serde(default)]
+    pub deploying: Option<InProgress>,
+    #[serde(skip)]
+    retry_at: Option<Instant>,
 }
 
 #[derive(Debug)]
 enum Command {
     Deploy {
         target: Option<String>,
-        trigger: String,
-        /// Asked for by a person (`cutover deploy`): may go to a sha that
-        /// automatic triggers hold back (rolled back, hook failed).
-        by_hand: bool,
+        /// `Trigger::DeployCommand` (by hand) may go to a sha that automatic
+        /// triggers hold back (rolled back, hook failed).
+        trigger: Trigger,
         reply: Option<oneshot::Sender<DeployRecord>>,
     },
     Rollback {
         to: Option<String>,
         reply: Option<oneshot::Sender<DeployRecord>>,
     },
-    Status(oneshot::Sender<SourceStatus>),
 }
 
-/// Cloneable handle to the source actor.
+/// Cloneable handle to the source actor: commands go to it, its state is
+/// read from what it last published.
 #[derive(Clone, Debug)]
 pub struct SourceHandle {
     commands: mpsc::UnboundedSender<Command>,
+    status: tokio::sync::watch::Receiver<SourceStatus>,
+    image: tokio::sync::watch::Receiver<ImageStatus>,
 }
 
 impl SourceHandle {
     /// An automatic look at the configured ref (push, webhook, start).
-    pub fn deploy(&self, trigger: &str) {
+    pub fn deploy(&self, trigger: Trigger) {
         let _ = self.commands.send(Command::Deploy {
             target: None,
-            trigger: trigger.to_string(),
-            by_hand: false,
+            trigger,
             reply: None,
         });
     }
@@ -111,23 +122,30 @@ impl SourceHandle {
     pub async fn deploy_by_hand(&self, target: Option<String>, wait: bool) -> Option<DeployRecord> {
         self.ask(wait, |reply| Command::Deploy {
             target,
-            trigger: "deploy command".to_string(),
-            by_hand: true,
+            trigger: Trigger::DeployCommand,
             reply,
         })
         .await
+    }
+
+    /// The actor's state as last published, with durations as of now;
+    /// never waits for the actor, which may be in the middle of a deploy.
+    pub fn status(&self) -> SourceStatus {
+        let mut status = self.status.borrow().clone();
+        status.redeploy = self.image.borrow().clone();
+        status.retry_in_seconds = status
+            .retry_at
+            .map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64());
+        if let Some(d) = status.deploying.as_mut() {
+            d.as_of_now();
+        }
+        status
     }
 
     /// `cutover rollback [--to SHA]`; with `wait`, the record once it is done.
     pub async fn rollback(&self, to: Option<String>, wait: bool) -> Option<DeployRecord> {
         self.ask(wait, |reply| Command::Rollback { to, reply })
             .await
-    }
-
-    pub async fn status(&self) -> Option<SourceStatus> {
-        let (reply, rx) = oneshot::channel();
-        let _ = self.commands.send(Command::Status(reply));
-        rx.await.ok()
     }
 
     /// Sends a command; None when not waiting or when the actor is gone.
@@ -168,11 +186,11 @@ pub struct Source {
     /// The last cutover to a new release, for the rollback window.
     deployed_at: Option<Instant>,
     /// The bad sha last refused, so a poll does not log the refusal every time.
-    refused: Option<String>,
+    refused: Option<Sha>,
     /// The sha whose before_cutover hook failed: automatic triggers leave it
     /// alone (no hook rerun on every poll) until the ref moves; `cutover
     /// deploy` tries again.
-    hook_failed: Option<String>,
+    hook_failed: Option<Sha>,
     reaper: Reaper,
     hook_user: Option<RunAs>,
     dependencies: DependencyGate,
@@ -181,13 +199,17 @@ pub struct Source {
     current_fits_image: bool,
     images: ImageRequests,
     wiring: Option<Wiring>,
+    publisher: Publisher,
+    handle: SourceHandle,
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
 }
 
 impl Source {
     /// Opens the volume, cleans up after an interrupted run and restores a
-    /// missing release directory from the cache.
+    /// missing release directory from the cache (on a blocking thread: the
+    /// volume may be slow and a release large).
     /// `exit` receives the code of a `[redeploy] exit = N` action.
-    pub fn open(
+    pub async fn open(
         config: SourceConfig,
         all: &Config,
         reaper: Reaper,
@@ -197,24 +219,27 @@ impl Source {
             .redeploy
             .clone()
             .map(|r| crate::redeploy::Redeployer::new(r, reaper.clone()));
-        let dependencies = DependencyGate::open(all.dependencies.clone())?;
         let volume = Volume {
             root: config.root.clone(),
         };
-        for leftover in volume.prepare()? {
-            warn!(name = %leftover, "removed what an interrupted deploy left behind");
-        }
-        let history = volume.read_history(HISTORY_SHOWN).into();
-        let state = volume.load_state();
+        let dependencies = all.dependencies.clone();
+        let opened = {
+            let volume = volume.clone();
+            tokio::task::spawn_blocking(move || Opened::read(&volume, dependencies)).await??
+        };
         let remote = RemoteSpec::new(&config);
-        let mut source = Source {
+        let (publisher, status) = Publisher::new(SourceStatus::default());
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let images = ImageRequests::start(redeployer, exit);
+        let image = images.watch();
+        let source = Source {
             config,
             hooks: all.hooks.clone(),
             rollback_window: all.rollback_window,
             volume,
             remote,
-            state,
-            history,
+            state: opened.state,
+            history: opened.history,
             last_check: None,
             last_error: None,
             failures: 0,
@@ -225,41 +250,29 @@ impl Source {
             reaper,
             // Hooks run as the app's user: migrations write what the app reads.
             hook_user: all.programs.first().and_then(|p| p.user.clone()),
-            dependencies,
-            current_fits_image: true,
-            images: ImageRequests::start(redeployer, exit),
+            dependencies: opened.dependencies,
+            current_fits_image: opened.current_fits_image,
+            images,
             wiring: None,
+            publisher,
+            handle: SourceHandle {
+                commands,
+                status,
+                image,
+            },
+            commands: Some(receiver),
         };
-        source.recover_current();
-        if source.has_current() && !source.dependencies.serving(&source.volume.current()) {
+        if !source.current_fits_image {
             warn!(sha = ?source.volume.current_sha(), "`current` needs other dependencies than this image has; fetching `{}` before starting", source.config.git_ref);
-            source.current_fits_image = false;
         }
+        source.publish();
         Ok(source)
     }
 
-    /// `current` pointing at a release that is gone: write it again from the
-    /// cache, or drop the dangling link so the first deploy fetches.
-    fn recover_current(&self) {
-        let Some(sha) = self.volume.current_sha() else {
-            return;
-        };
-        if self.volume.has_release(&sha) {
-            return;
-        }
-        let restored = git2::Oid::from_str(&sha)
-            .map_err(|e| e.to_string())
-            .and_then(|oid| {
-                release::materialise(&self.volume, &self.volume.cache(), oid)
-                    .map_err(|e| e.to_string())
-            });
-        match restored {
-            Ok(_) => warn!(%sha, "release directory was missing; restored it from the cache"),
-            Err(e) => {
-                warn!(%sha, error = %e, "`current` points at a missing release that the cache cannot restore; fetching again");
-                let _ = std::fs::remove_file(self.volume.current());
-            }
-        }
+    /// The handle, usable at once: commands sent before `spawn` wait in
+    /// the queue, and status is published from the first deploy on.
+    pub fn handle(&self) -> SourceHandle {
+        self.handle.clone()
     }
 
     /// Whether `current` points at a release that exists and may run on
@@ -275,31 +288,37 @@ impl Source {
     /// The first deploy into an empty volume, before any program runs;
     /// retried with backoff until it succeeds.
     pub async fn first_deploy(&mut self) {
+        let mut attempt: u32 = 0;
         loop {
-            let record = self.deploy(None, "first start", false).await;
+            let record = self.deploy(None, Trigger::FirstStart).await;
             if self.has_current() {
                 info!(sha = ?record.sha, "first release in place");
                 return;
             }
-            let delay = self.retry_at.map_or(RETRY_FIRST, |t| {
+            attempt += 1;
+            let backoff = retry_delay(attempt);
+            let delay = self.retry_at.map_or(backoff, |t| {
                 t.saturating_duration_since(tokio::time::Instant::now())
             });
-            warn!(error = ?record.error, retry_in = %humantime::format_duration(delay), "no code to run yet; retrying");
+            self.retry_at = Some(tokio::time::Instant::now() + delay);
+            self.publish();
+            warn!(error = ?record.error, attempt, retry_in = %humantime::format_duration(delay), "no release to serve yet; nothing runs until one is in place; retrying");
             tokio::time::sleep(delay).await;
+            self.retry_at = None;
         }
     }
 
     /// Starts the actor; it checks the remote once right away.
     pub fn spawn(mut self, wiring: Wiring) -> SourceHandle {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = SourceHandle { commands: tx };
+        let handle = self.handle.clone();
+        let commands = self.commands.take().expect("the source is spawned once");
         self.wiring = Some(wiring);
         let watcher = git_push_watcher(&self.config.repo, handle.clone());
         tokio::spawn(async move {
             let _watcher = watcher;
-            self.run(rx).await;
+            self.run(commands).await;
         });
-        handle.deploy("start");
+        handle.deploy(Trigger::Start);
         handle
     }
 
@@ -314,12 +333,12 @@ impl Source {
             tokio::select! {
                 command = commands.recv() => match command {
                     None => return,
-                    Some(command) => self.handle(command, &mut commands).await,
+                    Some(command) => self.on_command(command, &mut commands).await,
                 },
-                _ = tick(&mut poll) => { self.deploy(None, "poll", false).await; }
+                _ = tick(&mut poll) => { self.deploy(None, Trigger::Poll).await; }
                 _ = sleep_until(self.retry_at.unwrap_or_else(tokio::time::Instant::now)), if self.retry_at.is_some() => {
                     self.retry_at = None;
-                    self.deploy(None, "retry", false).await;
+                    self.deploy(None, Trigger::Retry).await;
                 }
                 event = next_event(&mut events) => {
                     if let Some(ProgramEvent::Exited { name, status }) = event {
@@ -327,16 +346,14 @@ impl Source {
                     }
                 }
             }
+            self.publish();
         }
     }
 
-    async fn handle(&mut self, command: Command, queue: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn on_command(&mut self, command: Command, queue: &mut mpsc::UnboundedReceiver<Command>) {
         match command {
-            Command::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
             Command::Rollback { to, reply } => {
-                let record = self.rollback(to, "rollback command", None).await;
+                let record = self.rollback_as_asked(to, Trigger::RollbackCommand).await;
                 // A rollback with nowhere to go changed nothing: not history.
                 if record.outcome != Outcome::Refused {
                     self.remember(&record);
@@ -348,10 +365,9 @@ impl Source {
             Command::Deploy {
                 target,
                 trigger,
-                by_hand,
                 reply,
             } => {
-                let record = self.deploy(target, &trigger, by_hand).await;
+                let record = self.deploy(target, trigger).await;
                 if let Some(r) = reply {
                     let _ = r.send(record);
                 }
@@ -361,21 +377,30 @@ impl Source {
                 let mut others = Vec::new();
                 while let Ok(next) = queue.try_recv() {
                     match next {
-                        Command::Deploy { by_hand: false, .. } => follow_up = true,
+                        Command::Deploy { ref trigger, .. } if !trigger.by_hand() => {
+                            follow_up = true
+                        }
                         other => others.push(other),
                     }
                 }
                 if follow_up {
-                    self.deploy(None, "push (coalesced)", false).await;
+                    self.deploy(None, Trigger::Coalesced).await;
                 }
                 for other in others {
-                    Box::pin(self.handle(other, queue)).await;
+                    Box::pin(self.on_command(other, queue)).await;
                 }
             }
         }
     }
 
+    /// Publishes the actor's state for readers.
+    fn publish(&self) {
+        self.publisher.state(self.status());
+    }
+
     fn status(&self) -> SourceStatus {
+        let mut dependencies = self.dependencies.status();
+        dependencies.redeploy_required = self.images.pending();
         SourceStatus {
             repo: self.remote.shown().to_string(),
             git_ref: self.config.git_ref.clone(),
@@ -385,13 +410,67 @@ impl Source {
             bad: self.state.bad.clone(),
             last_check: self.last_check.map(timestamp),
             last_error: self.last_error.clone(),
-            retry_in_seconds: self.retry_at.map(|t| {
-                t.saturating_duration_since(tokio::time::Instant::now())
-                    .as_secs_f64()
-            }),
+            retry_in_seconds: None,
             history: self.history.iter().cloned().collect(),
-            dependencies: self.dependencies.status(),
+            dependencies,
             redeploy: self.images.status(),
+            deploying: None,
+            retry_at: self.retry_at.map(tokio::time::Instant::into_std),
         }
     }
+}
+
+/// What `Source::open` reads from the volume, off the runtime thread.
+struct Opened {
+    state: State,
+    history: VecDeque<DeployRecord>,
+    dependencies: DependencyGate,
+    current_fits_image: bool,
+}
+
+impl Opened {
+    fn read(
+        volume: &Volume,
+        dependencies: crate::config::DependenciesConfig,
+    ) -> Result<Opened, SourceError> {
+        let mut dependencies = DependencyGate::open(dependencies)?;
+        for leftover in volume.prepare()? {
+            warn!(name = %leftover, "removed what an interrupted deploy left behind");
+        }
+        recover_current(volume);
+        let current = volume.current_sha().filter(|s| volume.has_release(s));
+        let current_fits_image = current.is_none() || dependencies.serving(&volume.current());
+        Ok(Opened {
+            state: volume.load_state(),
+            history: volume.read_history(HISTORY_SHOWN).into(),
+            dependencies,
+            current_fits_image,
+        })
+    }
+}
+
+/// `current` pointing at a release that is gone: write it again from the
+/// cache, or drop the dangling link so the first deploy fetches.
+fn recover_current(volume: &Volume) {
+    let Some(sha) = volume.current_sha() else {
+        return;
+    };
+    if volume.has_release(&sha) {
+        return;
+    }
+    let restored = release::materialise(volume, &volume.cache(), sha.oid());
+    match restored {
+        Ok(_) => warn!(%sha, "release directory was missing; restored it from the cache"),
+        Err(e) => {
+            warn!(%sha, error = %e, "`current` points at a missing release that the cache cannot restore; fetching again");
+            let _ = std::fs::remove_file(volume.current());
+        }
+    }
+}
+
+/// Backoff for retries: 1 s, 2 s, 4 s … up to five minutes.
+pub(super) fn retry_delay(failures: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1 << failures.min(16).saturating_sub(1))
+        .min(RETRY_MAX)
 }

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use serde::{Deserialize, Serialize};
 
+use crate::sha::Sha;
+
 const TEMP_PREFIX: &str = ".tmp-";
 
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +46,9 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     /// The release that served before the current one.
-    pub previous: Option<String>,
+    pub previous: Option<Sha>,
     /// Commits rolled back; not deployed again until the ref moves on.
-    pub bad: Vec<String>,
+    pub bad: Vec<Sha>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,7 +77,7 @@ impl Volume {
         self.root.join(".cutover").join("state.json")
     }
 
-    pub fn release(&self, sha: &str) -> PathBuf {
+    pub fn release(&self, sha: &Sha) -> PathBuf {
         self.releases().join(sha)
     }
 
@@ -106,19 +108,18 @@ impl Volume {
     }
 
     /// The sha `current` points to, whether or not its directory exists.
-    pub fn current_sha(&self) -> Option<String> {
+    pub fn current_sha(&self) -> Option<Sha> {
         let target = fs::read_link(self.current()).ok()?;
-        let name = target.file_name()?.to_str()?;
-        is_sha(name).then(|| name.to_string())
+        Sha::parse(target.file_name()?.to_str()?).ok()
     }
 
-    pub fn has_release(&self, sha: &str) -> bool {
+    pub fn has_release(&self, sha: &Sha) -> bool {
         self.release(sha).is_dir()
     }
 
     /// Points `current` at `releases/<sha>` atomically (relative, so the
     /// volume works wherever it is mounted).
-    pub fn switch_to(&self, sha: &str) -> Result<(), ReleaseError> {
+    pub fn switch_to(&self, sha: &Sha) -> Result<(), ReleaseError> {
         let tmp = self.root.join("current.tmp");
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(Path::new("releases").join(sha), &tmp)
@@ -127,23 +128,22 @@ impl Volume {
     }
 
     /// Removes the oldest releases beyond `keep`, never one in `protect`.
-    pub fn prune(&self, keep: usize, protect: &[&str]) -> Vec<String> {
+    pub fn prune(&self, keep: usize, protect: &[Sha]) -> Vec<Sha> {
         let Ok(entries) = fs::read_dir(self.releases()) else {
             return Vec::new();
         };
-        let mut releases: Vec<(std::time::SystemTime, String)> = entries
+        let mut releases: Vec<(std::time::SystemTime, Sha)> = entries
             .flatten()
             .filter_map(|e| {
-                let name = e.file_name().to_str()?.to_string();
+                let name = Sha::parse(e.file_name().to_str()?).ok()?;
                 let modified = e.metadata().ok()?.modified().ok()?;
-                is_sha(&name).then_some((modified, name))
+                Some((modified, name))
             })
             .collect();
         releases.sort_by_key(|r| std::cmp::Reverse(r.0));
         let mut removed = Vec::new();
         for (_, name) in releases.into_iter().skip(keep) {
-            if !protect.contains(&name.as_str()) && fs::remove_dir_all(self.release(&name)).is_ok()
-            {
+            if !protect.contains(&name) && fs::remove_dir_all(self.release(&name)).is_ok() {
                 removed.push(name);
             }
         }
@@ -190,10 +190,6 @@ impl Volume {
     }
 }
 
-pub fn is_sha(name: &str) -> bool {
-    name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// What a materialisation wrote.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Written {
@@ -213,9 +209,9 @@ struct FileEntry {
 /// opened with O_NOFOLLOW | O_EXCL, so an entry can never write through a
 /// link that another entry created.
 pub fn materialise(volume: &Volume, cache: &Path, commit: Oid) -> Result<Written, ReleaseError> {
-    let sha = commit.to_string();
+    let sha = Sha::from(commit);
     let git_err = |e: git2::Error| ReleaseError::Git {
-        sha: sha.clone(),
+        sha: sha.to_string(),
         message: e.message().to_string(),
     };
     let staging = volume
@@ -258,7 +254,10 @@ pub fn materialise(volume: &Volume, cache: &Path, commit: Oid) -> Result<Written
     .map_err(git_err)?;
     if let Some(name) = unsafe_name {
         let _ = fs::remove_dir_all(&staging);
-        return Err(ReleaseError::UnsafePath { sha, name });
+        return Err(ReleaseError::UnsafePath {
+            sha: sha.to_string(),
+            name,
+        });
     }
     for dir in &dirs {
         let p = staging.join(dir);
@@ -270,7 +269,7 @@ pub fn materialise(volume: &Volume, cache: &Path, commit: Oid) -> Result<Written
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target.content()), &p)
             .map_err(io_err("cannot create symlink", &p))?;
     }
-    let written = write_files(cache, &staging, &files, &sha)?;
+    let written = write_files(cache, &staging, &files, sha.as_str())?;
     let dest = volume.release(&sha);
     fs::rename(&staging, &dest).map_err(io_err("cannot move release into", &dest))?;
     Ok(written)

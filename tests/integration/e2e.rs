@@ -37,65 +37,27 @@ fn app_py(version: &str) -> String {
     EXAMPLE_APP.replace("VERSION = \"v1\"", &format!("VERSION = \"{version}\""))
 }
 
-/// GETs `/` in a loop from a second thread (like `Load`, with the example
-/// app's version), counting failures and the versions in the order served.
-struct Probe {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<LoadResult>>,
-}
-
-impl Probe {
-    fn start(port: u16) -> Probe {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut r = LoadResult::default();
-            let started = Instant::now();
-            while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(300) {
-                match version(port) {
-                    Ok(v) => {
-                        r.ok += 1;
-                        if r.versions.last() != Some(&v) {
-                            r.versions.push(v);
-                        }
-                    }
-                    Err(e) => r.failed.push(e),
-                }
-                // bounded: about 200 requests a second at most
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            r
-        });
-        Probe {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> LoadResult {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// The version the example app serves at `/` ("hello from v2 pid ..." -> "v2").
-fn version(port: u16) -> Result<String, String> {
-    http_get(port, "/").map(|b| b.split_whitespace().nth(2).unwrap_or("").to_string())
+/// GETs `/` from the example app every 5 ms (about 200 requests a second
+/// at most, for at most 300 s) from a second thread, counting failures and
+/// the versions in the order served.
+fn probe(port: u16) -> Load {
+    Load::spawn(
+        move || example_version(port),
+        Duration::from_millis(5),
+        60_000,
+        Duration::from_secs(300),
+    )
 }
 
 fn wait_version(port: u16, want: &str, timeout: Duration, scene: &Scene) -> Duration {
     let started = Instant::now();
-    wait_for(timeout, || (version(port).ok()? == want).then_some(())).unwrap_or_else(|| {
+    wait_for(timeout, || {
+        (example_version(port).ok()? == want).then_some(())
+    })
+    .unwrap_or_else(|| {
         panic!(
             "never served {want} (now: {:?})\n{}",
-            version(port),
+            example_version(port),
             scene.all_logs()
         )
     });
@@ -301,7 +263,7 @@ fn host_volume_touch_deploys_in_under_two_seconds_without_a_failed_request() {
     scene.start(&config, &[]);
     wait_version(scene.port, "v1", Duration::from_secs(60), &scene);
 
-    let load = Probe::start(scene.port);
+    let load = probe(scene.port);
     std::thread::sleep(Duration::from_millis(500));
     add_release(&srv, "v2", "v2");
     switch(&srv, "v2");
@@ -319,7 +281,7 @@ fn host_volume_touch_deploys_in_under_two_seconds_without_a_failed_request() {
     assert!(took < Duration::from_secs(2), "v2 served after {took:?}");
     // And it stays: the old gunicorn is gone.
     for _ in 0..10 {
-        assert_eq!(version(scene.port).as_deref(), Ok("v2"));
+        assert_eq!(example_version(scene.port).as_deref(), Ok("v2"));
     }
 }
 
@@ -334,7 +296,7 @@ fn git_push_deploys_without_restarting_the_container() {
     wait_version(scene.port, "v1", Duration::from_secs(60), &scene);
     let before = inspect(&scene.name, "{{.State.StartedAt}} {{.RestartCount}}").unwrap();
 
-    let load = Probe::start(scene.port);
+    let load = probe(scene.port);
     std::thread::sleep(Duration::from_millis(300));
     let pushed = Instant::now();
     let app = app_py("v2");
@@ -386,7 +348,7 @@ fn a_broken_commit_is_rolled_back_and_the_old_code_keeps_serving() {
     scene.start(&scene.config("", SOURCE), &["-v", &mount]);
     wait_version(scene.port, "v1", Duration::from_secs(60), &scene);
 
-    let load = Probe::start(scene.port);
+    let load = probe(scene.port);
     std::thread::sleep(Duration::from_millis(300));
     let broken = format!("raise RuntimeError('broken release')\n{}", app_py("v2"));
     let bad = repo.commit("v2 broken", &[("app.py", broken.as_str())]);
@@ -415,7 +377,7 @@ fn a_broken_commit_is_rolled_back_and_the_old_code_keeps_serving() {
             .any(|b| b == bad.as_str()),
         "{st}"
     );
-    assert_eq!(version(scene.port).as_deref(), Ok("v1"));
+    assert_eq!(example_version(scene.port).as_deref(), Ok("v1"));
     let logs = scene.logs(&scene.name);
     assert!(logs.contains("broken release"), "the import error: {logs}");
     eprintln!("e2e broken commit: {record}");
@@ -469,7 +431,7 @@ fn a_dependency_change_is_redeployed_as_a_new_container_by_docker() {
     );
     wait_version(scene.port, "v1", Duration::from_secs(60), &scene);
 
-    let load = Probe::start(scene.port);
+    let load = probe(scene.port);
     std::thread::sleep(Duration::from_millis(300));
     let pushed = Instant::now();
     let app = app_py("v2");
@@ -497,7 +459,7 @@ fn a_dependency_change_is_redeployed_as_a_new_container_by_docker() {
     // A new container under the old name serves v2.
     wait_for(Duration::from_secs(180), || {
         let id = inspect(&scene.name, "{{.Id}}")?;
-        (id != old_id && version(scene.port).ok()? == "v2").then_some(())
+        (id != old_id && example_version(scene.port).ok()? == "v2").then_some(())
     })
     .unwrap_or_else(|| panic!("no new container serving v2\n{}", scene.all_logs()));
     let took = pushed.elapsed();
@@ -513,7 +475,7 @@ fn a_dependency_change_is_redeployed_as_a_new_container_by_docker() {
     );
     assert_no_failures(&result, &scene);
     for _ in 0..10 {
-        assert_eq!(version(scene.port).as_deref(), Ok("v2"));
+        assert_eq!(example_version(scene.port).as_deref(), Ok("v2"));
     }
     let new_image = inspect(&scene.name, "{{.Config.Image}}").unwrap();
     assert_eq!(new_image, format!("{}:{}", scene.repository, &v2[..12]));
@@ -541,7 +503,7 @@ fn a_dependency_change_with_exit_75_stops_the_container_with_75() {
     scene.start(&scene.config("", &extra), &["-v", &mount]);
     wait_version(scene.port, "v1", Duration::from_secs(60), &scene);
 
-    let load = Probe::start(scene.port);
+    let load = probe(scene.port);
     let app = app_py("v2");
     let requirements = format!("{REQUIREMENTS}# e2e: a dependency change\n");
     repo.commit(

@@ -1,161 +1,49 @@
-//! Real git repositories for the source tests: a work tree where commits are
-//! made with the machine's `git`, and a bare remote it pushes to (a plain
-//! path, or served on loopback by `git daemon` or `apps/git_http.py`).
+//! Git remotes for the source tests. The repositories themselves ([`Repo`],
+//! [`git`]) and `git daemon` come from the shared fixture (tests/fixture/git.rs);
+//! here is what only the tests need: one [`Server`] type over a daemon or the
+//! smart-HTTP test app `apps/git_http.py`, which tests stop and restart.
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{TestDir, app, free_port, wait_for};
+use crate::fixture::git::Daemon;
+pub use crate::fixture::git::{Repo, git};
+use crate::fixture::procs::Group;
+use crate::helpers::{TestDir, app, wait_for};
 
-/// Runs git in `dir`; panics with git's stderr on failure, returns stdout.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed in {}:\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A work tree `work/` and a bare `remote.git/` in the test dir.
-pub struct Repo {
-    pub work: PathBuf,
-    pub remote: PathBuf,
-}
-
-impl Repo {
-    /// An empty repository on branch `main` with a bare remote `origin`.
-    pub fn new(dir: &TestDir) -> Repo {
-        let work = dir.join("work");
-        let remote = dir.join("remote.git");
-        std::fs::create_dir_all(&work).unwrap();
-        git(
-            dir.path(),
-            &["init", "-q", "--bare", "-b", "main", "remote.git"],
-        );
-        git(&work, &["init", "-q", "-b", "main"]);
-        git(
-            &work,
-            &["remote", "add", "origin", remote.to_str().unwrap()],
-        );
-        Repo { work, remote }
-    }
-
-    /// Writes `files` (path, content), commits them and returns the sha.
-    pub fn commit(&self, message: &str, files: &[(&str, &str)]) -> String {
-        for (path, content) in files {
-            let p = self.work.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, content).unwrap();
-        }
-        git(&self.work, &["add", "-A"]);
-        git(
-            &self.work,
-            &["commit", "-q", "--allow-empty", "-m", message],
-        );
-        self.head()
-    }
-
-    pub fn head(&self) -> String {
-        git(&self.work, &["rev-parse", "HEAD"])
-    }
-
-    /// Pushes `main` (forced, so tests can move it backwards) to the bare remote.
-    pub fn push(&self) {
-        self.push_ref("main");
-    }
-
-    pub fn push_ref(&self, refspec: &str) {
-        git(&self.work, &["push", "-q", "-f", "origin", refspec]);
-    }
-
-    /// Commits and pushes the `version` file that `apps/fdserver.py` serves.
-    pub fn release(&self, version: &str) -> String {
-        let sha = self.commit(version, &[("version", version)]);
-        self.push();
-        sha
-    }
-}
-
-/// A network remote on loopback; dropping it stops the server.
+/// A network remote on loopback; dropping it kills the server and whatever
+/// it forked (CGI children, daemon workers).
 pub struct Server {
-    child: Child,
+    proc: Group,
     pub url: String,
 }
 
 impl Server {
-    /// `git daemon` serving `dir` (read-only) at git://127.0.0.1:PORT/.
+    /// `git daemon` serving `base` (read-only) at git://127.0.0.1:PORT/.
     pub fn daemon(base: &Path) -> Server {
-        Server::daemon_on(base, free_port())
+        Server::from_daemon(Daemon::start(base))
+    }
+
+    /// `git daemon` on a given port, e.g. to bring a stopped remote back at
+    /// the same URL.
+    pub fn daemon_on(base: &Path, port: u16) -> Server {
+        Server::from_daemon(Daemon::on(base, port))
+    }
+
+    fn from_daemon(d: Daemon) -> Server {
+        Server {
+            url: d.url(),
+            proc: d.group,
+        }
     }
 
     /// Smart HTTP via `apps/git_http.py` serving the bare repos under `base`,
     /// with Basic auth when `auth` is given, on a free port.
     pub fn http(dir: &TestDir, base: &Path, auth: Option<(&str, &str)>) -> Server {
         Server::http_on(dir, base, auth, 0)
-    }
-}
-
-impl Server {
-    /// The loopback port the server listens on.
-    pub fn port(&self) -> u16 {
-        self.url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
-            .expect("a port in the server URL")
-    }
-
-    /// Stops the server and every process it started (`git daemon` runs
-    /// `git-daemon` as a child, which a plain kill of `git` leaves running).
-    pub fn stop(self) {
-        drop(self);
-    }
-
-    /// `git daemon` on a given port, e.g. to bring a stopped remote back at
-    /// the same URL. Runs `git-daemon` itself, so dropping it stops it.
-    pub fn daemon_on(base: &Path, port: u16) -> Server {
-        let exec_path = git(base, &["--exec-path"]);
-        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args([
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--base-path={}", base.display()),
-                base.to_str().unwrap(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start git daemon");
-        let server = Server {
-            child,
-            url: format!("git://127.0.0.1:{port}"),
-        };
-        wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        })
-        .expect("git daemon never listened");
-        server
     }
 
     /// `apps/git_http.py` on a given port (0: any free one; see `http`).
@@ -173,7 +61,7 @@ impl Server {
         if let Some((user, password)) = auth {
             cmd.args(["--user", user, "--password", password]);
         }
-        let child = cmd.spawn().expect("start git_http.py");
+        let proc = Group::spawn(&mut cmd);
         let url = wait_for(Duration::from_secs(10), || {
             std::fs::read_to_string(&ready)
                 .ok()
@@ -181,20 +69,29 @@ impl Server {
         })
         .expect("git_http.py never became ready");
         Server {
-            child,
+            proc,
             url: url.trim().to_string(),
         }
+    }
+
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("a port in the server URL")
+    }
+
+    /// Stops the server and every process it started (`git daemon` forks a
+    /// worker per connection, which killing the daemon alone leaves running).
+    pub fn stop(self) {
+        drop(self);
     }
 }
 
 impl Drop for Server {
-    /// Kills the server and whatever it forked (CGI children, daemon workers).
     fn drop(&mut self) {
-        for p in crate::helpers::descendants_of(self.child.id() as i32) {
-            // SAFETY: kill(2) on a process this test started.
-            unsafe { libc::kill(p.pid, libc::SIGKILL) };
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
     }
 }

@@ -46,11 +46,6 @@ fn app_source(version: &str) -> String {
 
 const BROKEN: &str = "def app(environ, start_response:\n    pass\n";
 
-/// "hello from v2 pid ..." -> "v2"
-fn version(port: u16) -> Result<String, String> {
-    http_get(port, "/").map(|b| b.split_whitespace().nth(2).unwrap_or("").to_string())
-}
-
 struct Gunicorn {
     dir: TestDir,
     releases: Releases,
@@ -101,7 +96,7 @@ timeout = "30s"
     );
     let cutover = Cutover::run_config(Mode::Subreaper, &dir, &config);
     wait_for(Duration::from_secs(30), || {
-        (version(port).ok()? == "v1").then_some(())
+        (example_version(port).ok()? == "v1").then_some(())
     })
     .unwrap_or_else(|| panic!("gunicorn never served v1\n{}", cutover.stderr()));
     wait_for_control(&dir);
@@ -120,11 +115,16 @@ timeout = "30s"
 /// Reloads into release b under load: new code, not one failed request.
 fn reload_under_load(g: &Gunicorn) {
     g.releases.switch("b");
-    let load = GunicornLoad::start(g.port);
+    let load = Load::example(g.port);
     std::thread::sleep(Duration::from_millis(300));
     let (code, out, err) = client(&g.dir, &["reload", "--wait"]);
     std::thread::sleep(Duration::from_millis(300));
-    let (ok, failed, versions) = load.finish();
+    let LoadResult {
+        ok,
+        failed,
+        versions,
+        ..
+    } = load.finish();
     assert_eq!(code, 0, "{out}{err}\n{}", g.cutover.stderr());
     assert!(
         failed.is_empty(),
@@ -144,52 +144,19 @@ fn reload_under_load(g: &Gunicorn) {
     );
 }
 
-/// Like helpers::Load, reading gunicorn's "hello from vN" body.
-struct GunicornLoad {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(usize, Vec<String>, Vec<String>)>,
-}
-
-impl GunicornLoad {
-    fn start(port: u16) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let (mut ok, mut failed, mut versions) = (0, Vec::new(), Vec::<String>::new());
-            let started = std::time::Instant::now();
-            while !flag.load(std::sync::atomic::Ordering::Relaxed)
-                && ok + failed.len() < 20_000
-                && started.elapsed() < Duration::from_secs(120)
-            {
-                match version(port) {
-                    Ok(v) => {
-                        ok += 1;
-                        if versions.last() != Some(&v) {
-                            versions.push(v);
-                        }
-                    }
-                    Err(e) => failed.push(e),
-                }
-            }
-            (ok, failed, versions)
-        });
-        GunicornLoad { stop, thread }
-    }
-
-    fn finish(self) -> (usize, Vec<String>, Vec<String>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
-
 #[test]
 fn gunicorn_overlap_reloads_under_load_and_refuses_broken_code() {
     let g = start("overlap");
     reload_under_load(&g);
     g.releases.switch("broken");
-    let load = GunicornLoad::start(g.port);
+    let load = Load::example(g.port);
     let (code, _, err) = client(&g.dir, &["reload", "--wait"]);
-    let (ok, failed, versions) = load.finish();
+    let LoadResult {
+        ok,
+        failed,
+        versions,
+        ..
+    } = load.finish();
     assert_ne!(code, 0);
     assert!(err.contains("before it was ready"), "{err}");
     assert!(failed.is_empty() && ok > 0, "{failed:?}");
@@ -210,7 +177,7 @@ fn gunicorn_restart_reloads_under_load_and_comes_back_on_broken_code() {
         err.contains("restarted the previous code") && err.contains("releases/b"),
         "{err}"
     );
-    let v = wait_for(Duration::from_secs(30), || version(g.port).ok()).unwrap();
+    let v = wait_for(Duration::from_secs(30), || example_version(g.port).ok()).unwrap();
     assert_eq!(v, "v2", "back on the last release that worked");
 }
 
@@ -234,7 +201,7 @@ fn gunicorn_signal_reloads_by_hup_and_restarts_a_master_that_dies() {
         .wait_for_log("the program died while reloading", SECS_20);
     // The operator puts working code back; the restart policy brings gunicorn up.
     g.releases.switch("b");
-    let v = wait_for(Duration::from_secs(30), || version(g.port).ok()).unwrap();
+    let v = wait_for(Duration::from_secs(30), || example_version(g.port).ok()).unwrap();
     assert_eq!(v, "v2");
     assert!(status(&g.dir)["programs"][0]["restarts"].as_u64().unwrap() >= 1);
 }

@@ -1,17 +1,32 @@
 //! Test helpers: a temp dir per test, the real `cutover` binary started
 //! either as PID 1 of a fresh PID namespace or as an ordinary child
 //! (subreaper mode), and a guard that kills every process it started.
+//!
+//! What the benches need as well (ports, HTTP, load, processes, polling)
+//! lives in the shared fixture module (tests/fixture/) and is re-exported
+//! here, so that test files keep using `crate::helpers::*`.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_cutover");
+// Not every test file uses every one of these.
+#[allow(unused_imports)]
+pub use crate::fixture::{
+    BIN, app,
+    cleanup::wait_for,
+    http::{example_version, http_get, served_version},
+    load::{Load, LoadResult},
+    ports::free_port,
+    procs::{Proc, alive, children_of, descendants_of, processes},
+    write_files,
+};
+use crate::fixture::{cleanup::TempDir, procs};
 
 /// How cutover is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,36 +39,27 @@ pub enum Mode {
 
 pub const MODES: [Mode; 2] = [Mode::Pid1, Mode::Subreaper];
 
-pub struct TestDir {
-    dir: tempfile::TempDir,
-}
+/// A temp dir per test, removed when dropped; `path`, `join`, `write` and
+/// `read` come from the fixture's [`TempDir`].
+pub struct TestDir(TempDir);
 
 impl TestDir {
     pub fn new() -> Self {
-        TestDir {
-            dir: tempfile::Builder::new()
-                .prefix("cutover-test")
-                .tempdir()
-                .unwrap(),
-        }
+        TestDir(TempDir::new("cutover-test"))
     }
+}
 
-    pub fn path(&self) -> &Path {
-        self.dir.path()
+impl Deref for TestDir {
+    type Target = TempDir;
+
+    fn deref(&self) -> &TempDir {
+        &self.0
     }
+}
 
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    pub fn write(&self, name: &str, content: &str) -> PathBuf {
-        let p = self.join(name);
-        std::fs::write(&p, content).unwrap();
-        p
-    }
-
-    pub fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.join(name)).unwrap_or_default()
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -129,8 +135,7 @@ impl Cutover {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) with a pid we started.
-        unsafe { libc::kill(self.pid(), sig) };
+        procs::signal(self.pid(), sig);
     }
 
     pub fn stderr(&self) -> String {
@@ -187,92 +192,9 @@ impl Drop for Cutover {
         if self.exit.is_some() {
             return;
         }
-        let root = self.child.id() as i32;
-        for p in descendants_of(root) {
-            // SAFETY: kill(2); a stale pid at worst gets ESRCH.
-            unsafe { libc::kill(p.pid, libc::SIGKILL) };
-        }
+        procs::kill_tree(self.child.id() as i32);
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Proc {
-    pub pid: i32,
-    pub ppid: i32,
-    pub state: char,
-    pub name: String,
-}
-
-pub fn processes() -> Vec<Proc> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) S ppid ..."; comm may contain spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let mut rest = stat[close + 2..].split_whitespace();
-        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid = rest.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        out.push(Proc {
-            pid,
-            ppid,
-            state,
-            name: stat[open + 1..close].to_string(),
-        });
-    }
-    out
-}
-
-pub fn children_of(pid: i32) -> Vec<i32> {
-    processes()
-        .into_iter()
-        .filter(|p| p.ppid == pid)
-        .map(|p| p.pid)
-        .collect()
-}
-
-pub fn descendants_of(root: i32) -> Vec<Proc> {
-    let all = processes();
-    let mut by_parent: HashMap<i32, Vec<&Proc>> = HashMap::new();
-    for p in &all {
-        by_parent.entry(p.ppid).or_default().push(p);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    while let Some(pid) = stack.pop() {
-        for child in by_parent.get(&pid).into_iter().flatten() {
-            out.push((*child).clone());
-            stack.push(child.pid);
-        }
-    }
-    out
-}
-
-pub fn alive(pid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks existence.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    alive && processes().iter().any(|p| p.pid == pid && p.state != 'Z')
-}
-
-/// Polls `f` every 10 ms until it returns Some or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -284,55 +206,6 @@ pub fn run_cutover(dir: &TestDir, args: &[&str]) -> (i32, String, String) {
 }
 
 pub const SECS_20: Duration = Duration::from_secs(20);
-
-/// A port free on 127.0.0.1 that no other test of this run is given.
-///
-/// Ports come from below the kernel's ephemeral range (32768 and up), so no
-/// outgoing connection of a parallel test takes one between this call and
-/// the bind, and from a counter, so two tests never get the same one.
-pub fn free_port() -> u16 {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    // Another test binary running at the same time starts elsewhere.
-    let base = 20_000 + (std::process::id() as usize % 400) * 25;
-    loop {
-        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_500) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// One HTTP/1.0 GET against 127.0.0.1:port; the body, or why it failed.
-pub fn http_get(port: u16, path: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP head")?;
-    if !head.starts_with("HTTP/1.")
-        || !head
-            .split_whitespace()
-            .nth(1)
-            .is_some_and(|c| c.starts_with('2'))
-    {
-        return Err(format!("status: {}", head.lines().next().unwrap_or("")));
-    }
-    Ok(body.to_string())
-}
-
-/// The version string a test app serves at `/` ("v2 12345" -> "v2").
-pub fn served_version(port: u16) -> Result<String, String> {
-    http_get(port, "/").map(|b| b.split_whitespace().next().unwrap_or("").to_string())
-}
 
 /// Runs a client subcommand (`reload`, `status`, ...) against the cutover of `dir`.
 pub fn client(dir: &TestDir, args: &[&str]) -> (i32, String, String) {
@@ -386,11 +259,7 @@ impl Releases {
     pub fn add(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
         let dir = self.release(name);
         std::fs::create_dir_all(&dir).unwrap();
-        for (path, content) in files {
-            let p = dir.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, content).unwrap();
-        }
+        write_files(&dir, files);
         dir
     }
 
@@ -400,68 +269,5 @@ impl Releases {
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(self.release(name), &tmp).unwrap();
         std::fs::rename(&tmp, self.current()).unwrap();
-    }
-}
-
-/// The path of a test app under tests/integration/apps.
-pub fn app(name: &str) -> String {
-    format!(
-        "{}/tests/integration/apps/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-/// Requests `/` in a loop from a second thread, counting failures and the
-/// versions served. Bounded: at most 20,000 requests or 120 s.
-pub struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<LoadResult>>,
-}
-
-#[derive(Debug, Default)]
-pub struct LoadResult {
-    pub ok: usize,
-    pub failed: Vec<String>,
-    pub versions: Vec<String>,
-}
-
-impl Load {
-    pub fn start(port: u16) -> Load {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut r = LoadResult::default();
-            let started = Instant::now();
-            while !flag.load(Ordering::Relaxed)
-                && r.ok + r.failed.len() < 20_000
-                && started.elapsed() < Duration::from_secs(120)
-            {
-                match served_version(port) {
-                    Ok(v) => {
-                        r.ok += 1;
-                        if r.versions.last() != Some(&v) {
-                            r.versions.push(v);
-                        }
-                    }
-                    Err(e) => r.failed.push(e),
-                }
-            }
-            r
-        });
-        Load {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn finish(mut self) -> LoadResult {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -1,5 +1,8 @@
 //! Integration tests: the real `cutover` binary against real processes.
 
+/// Shared with the benches: ports, git, HTTP, load, processes, temp dirs.
+#[path = "../fixture/mod.rs"]
+mod fixture;
 mod gitrepo;
 mod helpers;
 
@@ -9,9 +12,11 @@ mod dependencies;
 mod exit_codes;
 mod fingerprint;
 mod gunicorn;
+mod hostile;
 mod process_tree;
 mod redeploy;
 mod reload;
+mod responsive;
 mod restart;
 mod source;
 mod source_faults;

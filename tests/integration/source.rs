@@ -21,7 +21,13 @@ use crate::helpers::*;
 
 /// `cutover.toml` for fdserver on `port`, deploying `main` of `repo` into
 /// `root`; `source_extra` goes into `[source]`, `extra` after it.
-fn config(port: u16, repo: &str, root: &Path, source_extra: &str, extra: &str) -> String {
+pub(crate) fn config(
+    port: u16,
+    repo: &str,
+    root: &Path,
+    source_extra: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"[[listen]]
 name = "http"

@@ -43,13 +43,19 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 /// pages of the binary and libc, largely shared with other processes)
 /// + RssShmem.
 fn idle_rss() {
+    // A socket of its own: with /run/cutover.sock taken by another cutover,
+    // this one would run without a control socket and measure less.
+    let socket = std::env::temp_dir().join(format!("cutover-rss-{}.sock", std::process::id()));
     let mut child = Command::new(BIN)
         .args(["run", "--", "sleep", "1000"])
         .env("CUTOVER_LOG", "warn")
+        .env("CUTOVER_SOCKET", &socket)
         .process_group(0)
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Past the default 1 s readiness grace, so the figure is the idle state
+    // and not a moment of start-up.
+    std::thread::sleep(Duration::from_secs(2));
     let pid = child.id();
     let [rss, anon, file] = ["VmRSS", "RssAnon", "RssFile"].map(|f| status_kib(pid, f));
     // SAFETY: kill(2) on the group we just started.

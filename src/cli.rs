@@ -431,6 +431,8 @@ fn run(path: Option<PathBuf>, command: Vec<String>, socket: Option<PathBuf>) -> 
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    // Parsing and validation are over and never run again; see `memory`.
+    crate::memory::drop_startup_code();
     match runtime.block_on(crate::supervisor::run(config)) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -2,6 +2,11 @@
 //! database migrations, run in the new release directory before or after the
 //! programs switch to it.
 //!
+//! They run as the program they serve (`[hooks] program`, default the
+//! first): its user, its environment (`env`, `env_clear`, `pass_env`) plus
+//! `[hooks] env`, never the secrets cutover reads; a migration then sees
+//! the settings the app sees.
+//!
 //! They are started by cutover's own spawn and reaped by the one reaper like
 //! every other process; their output is read from a pipe and logged line by
 //! line under the hook's name, and a hook that outlives its timeout is killed
@@ -17,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::timeout;
 use tracing::{info, warn};
 
-use crate::config::RunAs;
+use crate::config::{ChildEnv, RunAs};
 use crate::exit::ExitStatus;
 use crate::group::signal_group;
 use crate::reaper::Reaper;
@@ -61,7 +66,10 @@ pub struct Hooks<'a> {
     pub kind: HookKind,
     pub commands: &'a [Vec<String>],
     pub dir: &'a Path,
-    pub env: Vec<(String, String)>,
+    /// The hooked program's environment plus `[hooks] env`.
+    pub env: &'a ChildEnv,
+    /// CUTOVER_RELEASE_DIR, CUTOVER_SHA, CUTOVER_PREVIOUS_SHA.
+    pub extra_env: Vec<(String, String)>,
     pub user: Option<&'a RunAs>,
     pub timeout: Duration,
     pub reaper: &'a Reaper,
@@ -85,7 +93,8 @@ impl Hooks<'_> {
             name,
             command,
             dir: self.dir,
-            env: &self.env,
+            env: self.env,
+            extra_env: &self.extra_env,
             user: self.user,
             timeout: self.timeout,
             reaper: self.reaper,
@@ -102,7 +111,9 @@ pub struct LoggedCommand<'a> {
     pub name: &'a str,
     pub command: &'a [String],
     pub dir: &'a Path,
-    pub env: &'a [(String, String)],
+    pub env: &'a ChildEnv,
+    /// Set last, over `env`.
+    pub extra_env: &'a [(String, String)],
     pub user: Option<&'a RunAs>,
     pub timeout: Duration,
     pub reaper: &'a Reaper,
@@ -117,6 +128,7 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
         command,
         dir,
         env,
+        extra_env,
         user,
         timeout: limit,
         reaper,
@@ -130,8 +142,8 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
     let spec = LaunchSpec {
         command,
         workdir: Some(dir),
-        env: &[],
-        extra_env: env,
+        env,
+        extra_env,
         user,
         listen: &[],
         foreground_tty: false,

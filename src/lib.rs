@@ -24,6 +24,7 @@ pub(crate) mod hooks;
 pub(crate) mod http;
 pub(crate) mod listen;
 pub(crate) mod logging;
+pub(crate) mod memory;
 pub(crate) mod notify;
 pub(crate) mod program;
 pub(crate) mod ready;

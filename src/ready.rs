@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use crate::config::{HttpTarget, ReadyConfig, RunAs};
+use crate::config::{ChildEnv, HttpTarget, ReadyConfig, RunAs};
 use crate::group::signal_group;
 use crate::reaper::Reaper;
 use crate::spawn::{LaunchSpec, fork_exec};
@@ -45,7 +45,8 @@ pub struct Probe {
     pub reaper: Reaper,
     pub workdir: Option<PathBuf>,
     pub user: Option<RunAs>,
-    pub env: Vec<(String, String)>,
+    /// The program's environment (never the secrets cutover reads).
+    pub env: ChildEnv,
 }
 
 /// A running readiness check; dropping it stops the check.

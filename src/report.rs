@@ -5,10 +5,50 @@ use std::fmt::Write;
 
 use crate::status::{ProgramState, ProgramStatus, Status};
 
+/// `writeln!` for the text of `cutover status`, with control characters
+/// escaped: file names, errors and log tails come from commits and programs,
+/// and an ESC sequence in them must not reach the operator's terminal.
+macro_rules! emit {
+    ($out:expr, $($arg:tt)*) => {
+        push_line(&mut $out, &format!($($arg)*))
+    };
+}
+
+fn push_line(out: &mut String, line: &str) {
+    out.push_str(&escape_controls(line));
+    out.push('\n');
+}
+
+/// Control characters (C0 with ESC, DEL, C1) and the bidirectional overrides
+/// that reorder what a terminal shows, as Rust-style escapes: `\x1b`, `\n`,
+/// `\u{202e}`. Everything else, including non-ASCII text, stays as it is.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(|c| c.is_control() || bidi(c)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if bidi(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Status {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
+        emit!(
             out,
             "cutover {} (pid {}), {}, up {}",
             self.version,
@@ -21,7 +61,7 @@ impl Status {
         );
         for p in &self.programs {
             let pid = p.pid.map_or("-".to_string(), |p| p.to_string());
-            let _ = writeln!(
+            emit!(
                 out,
                 "  {:<12} {:<11} pid {:<8} strategy {:<8} restarts {} reloads {} failed {}",
                 p.name,
@@ -33,14 +73,14 @@ impl Status {
                 p.reload_failures
             );
             if let Some(r) = &p.release {
-                let _ = writeln!(out, "  {:<12} release {r}", "");
+                emit!(out, "  {:<12} release {r}", "");
             }
             if let Some(e) = &p.last_exit {
-                let _ = writeln!(out, "  {:<12} last exit: {e}", "");
+                emit!(out, "  {:<12} last exit: {e}", "");
             }
         }
         let r = &self.reload;
-        let _ = writeln!(
+        emit!(
             out,
             "reloads: {} done, {} failed, {} triggers{}{}",
             r.reloads,
@@ -54,19 +94,21 @@ impl Status {
             if r.pending { ", one pending" } else { "" }
         );
         if let Some(src) = &self.source {
-            let _ = writeln!(
+            emit!(
                 out,
                 "source: {} ({}) -> {}",
-                src.repo, src.git_ref, src.root
+                src.repo,
+                src.git_ref,
+                src.root
             );
-            let _ = writeln!(
+            emit!(
                 out,
                 "  current {}  previous {}",
                 src.current.as_ref().map_or("-", |s| s.as_str()),
                 src.previous.as_ref().map_or("-", |s| s.as_str())
             );
             if !src.bad.is_empty() {
-                let _ = writeln!(
+                emit!(
                     out,
                     "  rolled back (not deployed again): {}",
                     src.bad
@@ -77,7 +119,7 @@ impl Status {
                 );
             }
             let deps = &src.dependencies;
-            let _ = writeln!(
+            emit!(
                 out,
                 "  dependencies: baseline {} ({}), current {}",
                 deps.baseline.as_deref().unwrap_or("none yet"),
@@ -85,14 +127,14 @@ impl Status {
                 deps.current.as_deref().unwrap_or("-")
             );
             if let Some(r) = &deps.redeploy_required {
-                let _ = writeln!(
+                emit!(
                     out,
                     "  redeploy-required {}: changed {}",
                     r.sha,
                     r.changed_files.join(", ")
                 );
                 let i = &src.redeploy;
-                let _ = writeln!(
+                emit!(
                     out,
                     "  redeploy: {} after {} attempt(s){}{}",
                     i.state,
@@ -107,17 +149,17 @@ impl Status {
                 );
             }
             if let Some(d) = &src.deploying {
-                let _ = writeln!(out, "  in progress: {}", d.describe());
+                emit!(out, "  in progress: {}", d.describe());
             }
             if let Some(e) = &src.last_error {
                 let retry = src
                     .retry_in_seconds
                     .map(|s| format!("; retrying in {s:.0} s"))
                     .unwrap_or_default();
-                let _ = writeln!(out, "  last error: {e}{retry}");
+                emit!(out, "  last error: {e}{retry}");
             }
             for h in src.history.iter().rev().take(5) {
-                let _ = writeln!(
+                emit!(
                     out,
                     "  {} {:<11} {} by {} ({:.0} ms){}",
                     h.time,
@@ -133,7 +175,7 @@ impl Status {
             }
         }
         if let Some(last) = &r.last {
-            let _ = writeln!(
+            emit!(
                 out,
                 "last reload #{}: {} by {} at {}, {:.0} ms{}",
                 last.id,
@@ -235,5 +277,34 @@ impl Status {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("requirements.txt"), "requirements.txt");
+        assert_eq!(escape_controls("café/ü.txt"), "café/ü.txt");
+        assert_eq!(
+            escape_controls("a\u{1b}[31mred\u{1b}[0m.txt"),
+            "a\\x1b[31mred\\x1b[0m.txt"
+        );
+        assert_eq!(escape_controls("x\ny\rz\t"), "x\\ny\\rz\\t");
+        assert_eq!(escape_controls("\u{7f}\u{9b}\u{0}"), "\\x7f\\x9b\\x00");
+        assert_eq!(escape_controls("ab\u{202e}cd"), "ab\\u{202e}cd");
+    }
+
+    #[test]
+    fn status_text_lines_carry_no_control_characters() {
+        let mut out = String::new();
+        emit!(
+            out,
+            "  last error: {}",
+            "boom\u{1b}]0;owned\u{7}\nforged line"
+        );
+        assert_eq!(out, "  last error: boom\\x1b]0;owned\\x07\\nforged line\n");
     }
 }

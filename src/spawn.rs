@@ -9,6 +9,11 @@
 //! `std::process::Command`: `LISTEN_PID` must be the child's own pid, which
 //! only the child knows.
 //!
+//! The child's environment is built here too, before fork: cutover's own
+//! (or only `pass_env` of it), never the secrets the config reads nor
+//! cutover's own LISTEN_*/NOTIFY_SOCKET, then the configured `env`, then
+//! what cutover sets for this child (`crate::config::ChildEnv`).
+//!
 //! Exec failures travel back over a close-on-exec pipe, so "command not
 //! found" is reported with its reason instead of a bare exit status.
 
@@ -24,7 +29,7 @@ use nix::unistd::{ForkResult, Pid};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::config::RunAs;
+use crate::config::{ChildEnv, RunAs};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Environment cutover sets itself; inherited values would describe cutover's
@@ -47,8 +52,9 @@ pub struct PassedFd<'a> {
 pub struct LaunchSpec<'a> {
     pub command: &'a [String],
     pub workdir: Option<&'a Path>,
-    /// The program's configured environment, over the inherited one.
-    pub env: &'a [(String, String)],
+    /// What the child inherits of cutover's environment (never the
+    /// secrets) and sets over it.
+    pub env: &'a ChildEnv,
     /// Variables cutover adds last (NOTIFY_SOCKET, CUTOVER_*).
     pub extra_env: &'a [(String, String)],
     pub user: Option<&'a RunAs>,
@@ -116,7 +122,7 @@ enum Stage {
 
 /// Forks and execs `spec`. Register the pid with the reaper, then `confirm`.
 pub fn fork_exec(spec: &LaunchSpec) -> Result<Forked, SpawnError> {
-    let env = build_env(spec);
+    let env = build_env(std::env::vars_os(), spec);
     let path = resolve_program(&spec.command[0], &env, spec.workdir)?;
     let prepared = Prepared::new(spec, &path, env)?;
 
@@ -342,11 +348,20 @@ impl Prepared {
     }
 }
 
-/// The program's environment: inherited, minus cutover's own protocol
-/// variables, plus the configured values, plus what cutover adds.
-fn build_env(spec: &LaunchSpec) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+/// The child's environment: `inherited` (cutover's own; with `env_clear`
+/// only the `pass_env` names of it), minus cutover's protocol variables and
+/// the secrets the config reads, plus the user's HOME/USER/LOGNAME, the
+/// configured values, and what cutover adds.
+fn build_env(
+    inherited: impl Iterator<Item = (OsString, OsString)>,
+    spec: &LaunchSpec,
+) -> Vec<(OsString, OsString)> {
+    let policy = spec.env;
+    let named = |list: &[String], k: &OsStr| list.iter().any(|n| OsStr::new(n) == k);
+    let mut env: Vec<(OsString, OsString)> = inherited
         .filter(|(k, _)| !RESERVED_ENV.iter().any(|r| OsStr::new(r) == k))
+        .filter(|(k, _)| !named(&policy.withheld, k))
+        .filter(|(k, _)| !policy.clear || named(&policy.pass, k))
         .collect();
     let mut set = |k: &str, v: &str| {
         env.retain(|(key, _)| key != k);
@@ -359,7 +374,7 @@ fn build_env(spec: &LaunchSpec) -> Vec<(OsString, OsString)> {
         set("USER", &user.name);
         set("LOGNAME", &user.name);
     }
-    for (k, v) in spec.env.iter().chain(spec.extra_env) {
+    for (k, v) in policy.set.iter().chain(spec.extra_env) {
         set(k, v);
     }
     env
@@ -547,6 +562,70 @@ mod tests {
         let err = resolve_program("no-such-cmd-xyz", &env, None).unwrap_err();
         assert_eq!(err.exit_code(), 127);
         assert!(err.to_string().contains("no-such-cmd-xyz"));
+    }
+
+    fn spec<'a>(env: &'a ChildEnv, extra: &'a [(String, String)]) -> LaunchSpec<'a> {
+        LaunchSpec {
+            command: &[],
+            workdir: None,
+            env,
+            extra_env: extra,
+            user: None,
+            listen: &[],
+            foreground_tty: false,
+            output: None,
+        }
+    }
+
+    fn names(env: &[(OsString, OsString)]) -> Vec<String> {
+        env.iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            .collect()
+    }
+
+    fn inherited() -> impl Iterator<Item = (OsString, OsString)> {
+        [
+            ("PATH", "/bin"),
+            ("GIT_TOKEN", "t0ken"),
+            ("LANG", "C.UTF-8"),
+            ("NOTIFY_SOCKET", "/run/cutover-notify"),
+            ("OTHER", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+    }
+
+    #[test]
+    fn secrets_and_protocol_variables_are_never_inherited() {
+        let env = ChildEnv {
+            set: vec![("OTHER".into(), "y".into())],
+            withheld: vec!["GIT_TOKEN".into()],
+            ..ChildEnv::default()
+        };
+        let extra = [("CUTOVER_PROGRAM".to_string(), "web".to_string())];
+        assert_eq!(
+            names(&build_env(inherited(), &spec(&env, &extra))),
+            [
+                "PATH=/bin",
+                "LANG=C.UTF-8",
+                "OTHER=y",
+                "CUTOVER_PROGRAM=web"
+            ]
+        );
+    }
+
+    #[test]
+    fn env_clear_keeps_only_pass_env_and_env() {
+        let env = ChildEnv {
+            clear: true,
+            pass: vec!["PATH".into(), "GIT_TOKEN".into()],
+            set: vec![("DATABASE_PATH".into(), "/db".into())],
+            withheld: vec!["GIT_TOKEN".into()],
+        };
+        assert_eq!(
+            names(&build_env(inherited(), &spec(&env, &[]))),
+            ["PATH=/bin", "DATABASE_PATH=/db"]
+        );
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! and may be replaced atomically. One `touch` produces several events
 //! (open, attrib, close-write); events for the same file within `SAME_TOUCH`
 //! count as one trigger.
+//!
+//! The dev-mode watch stays inside its tree: symlinked directories are not
+//! descended into, and an event whose directory resolves outside the tree
+//! (a link to /etc, to the volume) is ignored, so code in the release cannot
+//! make cutover watch or react to files elsewhere.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -126,7 +131,7 @@ fn source_watcher(
         .unwrap_or_else(|_| globset::GlobSet::empty());
     let root_owned = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let base = root_owned.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         let relevant = matches!(
             event.kind,
@@ -144,12 +149,20 @@ fn source_watcher(
             if rel.components().any(|c| c.as_os_str() == ".git") || !set.is_match(rel) {
                 continue;
             }
+            if !really_under(&base, path) {
+                debug!(path = %rel.display(), "change outside the watched tree (through a symlink) ignored");
+                continue;
+            }
             debug!(path = %rel.display(), "watched file changed");
             queue.trigger(Trigger::Watch(rel.to_path_buf()));
             break;
         }
-    })
-    .map_err(|source| WatchError {
+    };
+    // notify follows symlinked directories by default, which would put
+    // inotify watches on whatever a link in the release points to (/etc, the
+    // whole volume): changes there must neither be watched nor reload.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = RecommendedWatcher::new(handler, config).map_err(|source| WatchError {
         path: root.to_path_buf(),
         source,
     })?;
@@ -161,4 +174,16 @@ fn source_watcher(
         })?;
     info!(root = %root_owned.display(), patterns = ?patterns, "watching source files (dev mode)");
     Ok(watcher)
+}
+
+/// Whether `path` (reported under `base`) is inside `base` once its
+/// directory's symlinks are resolved: a link in the tree may lead out of it
+/// even with notify told not to follow links (a directory linked in later).
+/// The file itself may be gone (a removal) or be a link (a change to the
+/// link is a change in the tree), so only its directory is resolved.
+fn really_under(base: &Path, path: &Path) -> bool {
+    let Some(dir) = path.parent() else {
+        return false;
+    };
+    std::fs::canonicalize(dir).is_ok_and(|dir| dir.starts_with(base))
 }

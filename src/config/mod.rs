@@ -43,6 +43,36 @@ pub struct Config {
     pub dependencies: DependenciesConfig,
     /// What to do when a release needs a new image (`[redeploy]`).
     pub redeploy: Option<RedeployConfig>,
+    /// Variables the config names as secret sources (`token_env`,
+    /// `webhook_secret_env`, ...): read once at load, never passed to a
+    /// child. Already in every `ChildEnv::withheld` below.
+    pub secret_env: Vec<String>,
+}
+
+/// What a child (program, hook, readiness or redeploy command) starts with,
+/// built before fork by `crate::spawn`: cutover's own environment (with
+/// `clear`, only the `pass` names of it), minus cutover's protocol
+/// variables and the `withheld` secret sources, then `set` over it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChildEnv {
+    /// `env_clear`: start from an empty environment.
+    pub clear: bool,
+    /// `pass_env`: names kept from cutover's environment under `clear`.
+    pub pass: Vec<String>,
+    /// `env`: set over what is inherited.
+    pub set: Vec<(String, String)>,
+    /// Secret sources (`Config::secret_env`): never inherited.
+    pub withheld: Vec<String>,
+}
+
+impl ChildEnv {
+    /// The same environment with `more` set over it (a hook: its
+    /// program's environment, then `[hooks] env`).
+    pub fn with(&self, more: &[(String, String)]) -> ChildEnv {
+        let mut env = self.clone();
+        env.set.extend_from_slice(more);
+        env
+    }
 }
 
 /// `[redeploy]`: how cutover gets a new image when a release's dependencies
@@ -61,6 +91,10 @@ pub enum RedeployAction {
     Command {
         command: Vec<String>,
         timeout: Duration,
+        /// `[redeploy] user`, else the hooked program's user.
+        user: Option<RunAs>,
+        /// Cutover's environment minus the secrets.
+        env: ChildEnv,
     },
     /// POST a JSON body to a URL.
     Webhook(WebhookTarget),
@@ -98,6 +132,23 @@ pub struct DockerRedeploy {
     /// Network for the build's RUN steps (`host`, `none`, a network name);
     /// the engine's default (`default`, the bridge) when `None`.
     pub build_network: Option<String>,
+    /// Taken from the old container whatever the new image says.
+    pub pin: Vec<DockerPin>,
+    /// Build even when the release's Dockerfile differs from the one the
+    /// running image was built from (default: refuse).
+    pub allow_dockerfile_change: bool,
+    /// Keep mounts of the Docker socket in the new container (default: yes,
+    /// so it can redeploy again).
+    pub keep_docker_socket: bool,
+}
+
+/// `[redeploy] docker.pin`: a setting of the old container that the new one
+/// keeps even when the new image's Dockerfile sets another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerPin {
+    User,
+    Entrypoint,
+    Cmd,
 }
 
 /// `[dependencies]`: the files whose fingerprint must match the image's.
@@ -137,6 +188,34 @@ pub struct SourceConfig {
     pub token: Option<Secret>,
     pub webhook: Option<SocketAddr>,
     pub webhook_secret: Option<Secret>,
+    /// What one commit may write before it is refused as hostile or broken.
+    pub limits: ReleaseLimits,
+}
+
+/// `[source] max_files`, `max_bytes`, `max_file_size`, `max_depth`: a git
+/// bomb (a few KB of objects naming millions of paths) or one huge blob is
+/// refused before it exhausts the memory or the disk of PID 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleaseLimits {
+    /// Paths (files, symlinks and directories) in the tree.
+    pub files: u64,
+    /// Sum of all blob sizes.
+    pub bytes: u64,
+    /// The largest blob.
+    pub file_size: u64,
+    /// Path components of the deepest entry.
+    pub depth: u64,
+}
+
+impl Default for ReleaseLimits {
+    fn default() -> ReleaseLimits {
+        ReleaseLimits {
+            files: 100_000,
+            bytes: 2 << 30,
+            file_size: 512 << 20,
+            depth: 64,
+        }
+    }
 }
 
 /// A credential; its Debug and Display never show the value.
@@ -155,6 +234,13 @@ pub struct HooksConfig {
     pub after_cutover: Vec<Vec<String>>,
     /// Per hook.
     pub timeout: Duration,
+    /// The program the hooks serve (`[hooks] program`, default the first):
+    /// they run as its user, in its environment.
+    pub program: Option<String>,
+    /// That program's environment plus `[hooks] env`.
+    pub env: ChildEnv,
+    /// That program's user.
+    pub user: Option<RunAs>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,8 +248,8 @@ pub struct ProgramConfig {
     pub name: String,
     pub command: Vec<String>,
     pub workdir: Option<PathBuf>,
-    /// Added to (and overriding) the environment cutover inherited.
-    pub env: Vec<(String, String)>,
+    /// `env`, `env_clear`, `pass_env`, and the secrets it never gets.
+    pub env: ChildEnv,
     pub user: Option<RunAs>,
     pub restart: RestartPolicy,
     pub stop_signal: Signal,

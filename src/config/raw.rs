@@ -52,6 +52,12 @@ pub struct RawSource {
     pub webhook: Option<String>,
     pub webhook_secret_env: Option<String>,
     pub webhook_secret_file: Option<String>,
+    /// Limits on what one commit may write: paths, total and largest blob
+    /// sizes ("2GiB" or a number of bytes), directory depth.
+    pub max_files: Option<u64>,
+    pub max_bytes: Option<toml::Value>,
+    pub max_file_size: Option<toml::Value>,
+    pub max_depth: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +68,11 @@ pub struct RawHooks {
     #[serde(default)]
     pub after_cutover: Vec<Vec<String>>,
     pub timeout: Option<String>,
+    /// The program whose user and environment the hooks get; default the first.
+    pub program: Option<String>,
+    /// Added to that program's environment for the hooks.
+    #[serde(default)]
+    pub env: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +105,8 @@ pub struct RawRedeploy {
     pub exit: Option<i64>,
     /// Upper bound of the retry backoff.
     pub retry_max: Option<String>,
+    /// Who runs `command`; default: the hooked program's user.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +122,13 @@ pub struct RawDocker {
     pub health_timeout: Option<String>,
     /// Network mode for the build's RUN steps ("host", "none", a network).
     pub build_network: Option<String>,
+    /// Old container settings the new one keeps whatever the new image says:
+    /// "user", "entrypoint", "cmd".
+    pub pin: Option<Vec<String>>,
+    /// Build a release whose Dockerfile differs from the running image's.
+    pub allow_dockerfile_change: Option<bool>,
+    /// Keep the Docker socket's mount in the new container.
+    pub keep_docker_socket: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +140,10 @@ pub struct RawProgram {
     /// Values may be strings, numbers or booleans (`PORT = 8000`).
     #[serde(default)]
     pub env: BTreeMap<String, toml::Value>,
+    /// Start from an empty environment instead of cutover's.
+    pub env_clear: Option<bool>,
+    /// With `env_clear`: names kept from cutover's environment.
+    pub pass_env: Option<Vec<String>>,
     pub user: Option<String>,
     pub restart: Option<String>,
     pub stop_signal: Option<String>,

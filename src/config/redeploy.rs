@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::problems::{Problems, Segment};
 use super::raw::{RawDocker, RawRedeploy};
 use super::values::{child, parse_duration, scalar_string, secret};
-use super::{DockerRedeploy, RedeployAction, RedeployConfig, WebhookTarget};
+use super::{ChildEnv, DockerPin, DockerRedeploy, RedeployAction, RedeployConfig, WebhookTarget};
+use crate::user::resolve_user;
 
 /// Default Docker engine socket.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -48,6 +49,9 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
                     .join(" and ")
             ),
         ),
+    }
+    if raw.user.is_some() && raw.command.is_none() {
+        p.add(&child(&path, "user"), "only with `command`");
     }
     let uses_timeout = raw.command.is_some() || raw.webhook.is_some();
     if raw.timeout.is_some() && !uses_timeout {
@@ -93,6 +97,12 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
         Some(RedeployAction::Command {
             command,
             timeout: timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+            // Default (the hooked program's user) and the secrets to
+            // withhold are filled in once the programs are known.
+            user: raw
+                .user
+                .and_then(|u| p.check(&child(&path, "user"), resolve_user(&u))),
+            env: ChildEnv::default(),
         })
     } else if let Some(url) = raw.webhook {
         if let Err(e) = check_url(&url) {
@@ -137,19 +147,21 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
 
 /// `http://` or `https://` with a host.
 fn check_url(url: &str) -> Result<(), String> {
+    // Config errors reach the log: never with a token from the URL.
+    let shown = crate::source::redact_url(url);
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL"))?;
+        .ok_or_else(|| format!("`{shown}` is not an http:// or https:// URL"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') {
         return Err(format!(
-            "`{url}` needs a host (and no user:password@; use webhook_secret_env to sign)"
+            "`{shown}` needs a host (and no user:password@; use webhook_secret_env to sign)"
         ));
     }
     url.parse::<hyper::Uri>()
         .map(|_| ())
-        .map_err(|e| format!("`{url}` is not a valid URL: {e}"))
+        .map_err(|e| format!("`{shown}` is not a valid URL: {e}"))
 }
 
 fn docker_action(path: &[Segment], raw: RawDocker, p: &mut Problems) -> Option<DockerRedeploy> {
@@ -211,6 +223,16 @@ fn docker_action(path: &[Segment], raw: RawDocker, p: &mut Problems) -> Option<D
         None => Some(DEFAULT_HEALTH_TIMEOUT),
         Some(t) => p.check(&child(path, "health_timeout"), parse_duration(&t)),
     };
+    let mut pin = Vec::new();
+    for (i, name) in raw.pin.unwrap_or_default().iter().enumerate() {
+        match docker_pin(name) {
+            Ok(setting) if pin.contains(&setting) => {
+                p.add(&child(path, "pin"), format!("`{name}` is listed twice"));
+            }
+            Ok(setting) => pin.push(setting),
+            Err(e) => p.add(&[child(path, "pin"), vec![Segment::Index(i)]].concat(), e),
+        }
+    }
     Some(DockerRedeploy {
         socket,
         dockerfile,
@@ -219,7 +241,22 @@ fn docker_action(path: &[Segment], raw: RawDocker, p: &mut Problems) -> Option<D
         container: raw.container,
         health_timeout: health_timeout?,
         build_network: raw.build_network,
+        pin,
+        allow_dockerfile_change: raw.allow_dockerfile_change.unwrap_or(false),
+        keep_docker_socket: raw.keep_docker_socket.unwrap_or(true),
     })
+}
+
+/// One `pin` entry.
+fn docker_pin(name: &str) -> Result<DockerPin, String> {
+    match name {
+        "user" => Ok(DockerPin::User),
+        "entrypoint" => Ok(DockerPin::Entrypoint),
+        "cmd" => Ok(DockerPin::Cmd),
+        other => Err(format!(
+            "`{other}` cannot be pinned: give \"user\", \"entrypoint\" or \"cmd\""
+        )),
+    }
 }
 
 /// A repository without a tag: `name`, `org/name`, `registry:5000/org/name`.
@@ -277,7 +314,9 @@ mod tests {
             action("command = [\"ci-build\", \"--now\"]\ntimeout = \"1m\""),
             RedeployAction::Command {
                 command: vec!["ci-build".into(), "--now".into()],
-                timeout: Duration::from_secs(60)
+                timeout: Duration::from_secs(60),
+                user: None,
+                env: ChildEnv::default(),
             }
         );
         assert_eq!(
@@ -303,8 +342,23 @@ mod tests {
                 container: None,
                 health_timeout: Duration::from_secs(90),
                 build_network: Some("host".into()),
+                pin: vec![],
+                allow_dockerfile_change: false,
+                keep_docker_socket: true,
             })
         );
+        let RedeployAction::Docker(hardened) = action(
+            "docker = { pin = [\"cmd\", \"user\", \"entrypoint\"], \
+             allow_dockerfile_change = true, keep_docker_socket = false }",
+        ) else {
+            panic!("not docker")
+        };
+        assert_eq!(
+            hardened.pin,
+            [DockerPin::Cmd, DockerPin::User, DockerPin::Entrypoint]
+        );
+        assert!(hardened.allow_dockerfile_change);
+        assert!(!hardened.keep_docker_socket);
         let c = parse("exit = 75\nretry_max = \"10m\"").unwrap().redeploy;
         assert_eq!(c.unwrap().retry_max, Duration::from_secs(600));
     }
@@ -367,6 +421,29 @@ mod tests {
                 "redeploy.docker.health_timeout",
             ],
             "{found:?}"
+        );
+        let found = problems(
+            "docker = { pin = [\"user\", \"workdir\", \"user\"], keep_docker_socket = \"no\" }",
+        );
+        assert_eq!(found.len(), 1, "a type error stops at the first: {found:?}");
+        assert_eq!(
+            found[0].0, "redeploy.docker.keep_docker_socket",
+            "{found:?}"
+        );
+        let found = problems("docker = { pin = [\"user\", \"workdir\", \"user\"] }");
+        assert_eq!(
+            found,
+            [
+                (
+                    "redeploy.docker.pin[1]".to_string(),
+                    "`workdir` cannot be pinned: give \"user\", \"entrypoint\" or \"cmd\""
+                        .to_string()
+                ),
+                (
+                    "redeploy.docker.pin".to_string(),
+                    "`user` is listed twice".to_string()
+                ),
+            ]
         );
         let found = problems("docker = { colour = \"blue\" }");
         assert_eq!(found[0].0, "redeploy.docker.colour", "{found:?}");

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use super::problems::{Problems, Segment};
 use super::raw::{RawHooks, RawRollback, RawSource};
-use super::values::{child, parse_duration, secret};
-use super::{HooksConfig, SourceConfig};
+use super::values::{child, env_table, parse_duration, secret};
+use super::{ChildEnv, HooksConfig, ReleaseLimits, SourceConfig};
 
 pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
     let path = [Segment::Key("source".into())];
     let before = p.list.len();
+    let defaults = ReleaseLimits::default();
     let repo = raw.repo.filter(|r| !r.trim().is_empty());
     if repo.is_none() {
         p.add(
@@ -86,6 +87,12 @@ pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
             "a webhook needs a secret: set webhook_secret_env or webhook_secret_file",
         );
     }
+    let limits = ReleaseLimits {
+        files: positive(&path, "max_files", raw.max_files, p).unwrap_or(defaults.files),
+        bytes: size(&path, "max_bytes", raw.max_bytes, p).unwrap_or(defaults.bytes),
+        file_size: size(&path, "max_file_size", raw.max_file_size, p).unwrap_or(defaults.file_size),
+        depth: positive(&path, "max_depth", raw.max_depth, p).unwrap_or(defaults.depth),
+    };
     if p.list.len() > before {
         return None;
     }
@@ -102,7 +109,62 @@ pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
         token,
         webhook,
         webhook_secret,
+        limits,
     })
+}
+
+/// A count that must be at least 1 (0 would refuse every commit).
+fn positive(path: &[Segment], key: &str, value: Option<u64>, p: &mut Problems) -> Option<u64> {
+    let v = value?;
+    if v == 0 {
+        p.add(&child(path, key), "must be at least 1");
+        return None;
+    }
+    Some(v)
+}
+
+/// A size in bytes: a number, or a string like "512MiB", "2GiB", "100 MB".
+fn size(path: &[Segment], key: &str, value: Option<toml::Value>, p: &mut Problems) -> Option<u64> {
+    let parsed = match value? {
+        toml::Value::Integer(n) if n > 0 => Ok(n as u64),
+        toml::Value::String(text) => parse_size(&text),
+        other => Err(format!("`{other}` is not a size")),
+    };
+    p.check(
+        &child(path, key),
+        parsed.and_then(|n| {
+            if n == 0 {
+                Err("must be more than 0 bytes".to_string())
+            } else {
+                Ok(n)
+            }
+        }),
+    )
+}
+
+/// "512MiB" -> 536870912; units B, KB/MB/GB/TB (powers of 1000) and
+/// KiB/MiB/GiB/TiB (powers of 1024), case-insensitive, a space allowed.
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("invalid size `{text}`; write it like \"512MiB\", \"2GiB\" or a number of bytes")
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1000,
+        "mb" | "m" => 1000_u64.pow(2),
+        "gb" | "g" => 1000_u64.pow(3),
+        "tb" | "t" => 1000_u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor).ok_or_else(bad)
 }
 
 pub(super) fn hooks(raw: Option<RawHooks>, p: &mut Problems) -> HooksConfig {
@@ -122,10 +184,19 @@ pub(super) fn hooks(raw: Option<RawHooks>, p: &mut Problems) -> HooksConfig {
         .timeout
         .and_then(|t| p.check(&child(&path, "timeout"), parse_duration(&t)))
         .unwrap_or(Duration::from_secs(300));
+    // The program is looked up, and its user and environment added, once
+    // every program is known (`validate::wire_environments`).
+    let set = env_table(&child(&path, "env"), raw.env, p);
     HooksConfig {
         before_cutover: raw.before_cutover,
         after_cutover: raw.after_cutover,
         timeout,
+        program: raw.program,
+        env: ChildEnv {
+            set,
+            ..ChildEnv::default()
+        },
+        user: None,
     }
 }
 
@@ -137,4 +208,22 @@ pub(super) fn rollback_window(raw: Option<RawRollback>, p: &mut Problems) -> Dur
     raw.and_then(|r| r.window)
         .and_then(|w| p.check(&path, parse_duration(&w)))
         .unwrap_or(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("100 MB"), Ok(100_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1kib"), Ok(1024));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("-1GiB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
 }

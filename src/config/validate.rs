@@ -4,16 +4,16 @@
 //! the first; to still report them all, each one found is removed from a copy
 //! of the table and deserialization runs again.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::problems::{Locator, Problem, Problems, Segment};
 use super::raw::{RawConfig, RawProgram};
-use super::values::{child, key, parse_duration, scalar_string};
+use super::values::{child, env_name_ok, env_table, key, parse_duration};
 use super::{
-    Backoff, Config, ControlConfig, DependenciesConfig, ForwardTo, ProgramConfig, ReadyConfig,
-    ReloadStrategy, RestartPolicy, sections,
+    Backoff, ChildEnv, Config, ControlConfig, DependenciesConfig, ForwardTo, ProgramConfig,
+    ReadyConfig, RedeployAction, ReloadStrategy, RestartPolicy, sections,
 };
 use crate::signals::parse_signal;
 use crate::user::resolve_user;
@@ -147,6 +147,7 @@ fn validate(
     command: Option<Vec<String>>,
     problems: &mut Problems,
 ) -> Option<Config> {
+    let secret_env = secret_env_names(&raw);
     let mut entries: Vec<(Vec<Segment>, RawProgram)> = Vec::new();
     let had_app = raw.app.is_some();
     if let Some(app) = raw.app {
@@ -190,6 +191,19 @@ fn validate(
 
     let (reload, default_strategy) = sections::reload(raw.reload, problems);
     let default_ready = sections::ready(&[key("ready")], raw.ready.unwrap_or_default(), problems);
+    // Names and pass_env as written, for checks that need every program,
+    // including those that did not validate.
+    let declared: Vec<Declared> = entries
+        .iter()
+        .map(|(path, raw)| Declared {
+            path: path.clone(),
+            name: raw
+                .name
+                .clone()
+                .or_else(|| (path == &[key("app")]).then(|| "app".to_string())),
+            pass_env: raw.pass_env.clone().unwrap_or_default(),
+        })
+        .collect();
     let mut names = HashSet::new();
     let mut programs = Vec::new();
     for (path, raw) in entries {
@@ -231,7 +245,7 @@ fn validate(
             });
         }
     }
-    Some(Config {
+    let mut config = Config {
         programs,
         control,
         reload,
@@ -241,7 +255,10 @@ fn validate(
         rollback_window,
         dependencies,
         redeploy,
-    })
+        secret_env,
+    };
+    wire_environments(&mut config, &declared, problems);
+    Some(config)
 }
 
 /// Program settings that fall back to the top-level sections.
@@ -284,18 +301,7 @@ fn program(
         }
         Some(c) => Some(c),
     };
-    let mut env = Vec::new();
-    for (k, v) in raw.env {
-        let p = child(&child(path, "env"), &k);
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            problems.add(&p, "environment names must be non-empty without `=`");
-            continue;
-        }
-        let Some(value) = problems.check(&p, scalar_string(v)) else {
-            continue;
-        };
-        env.push((k, value));
-    }
+    let env = child_env(path, raw.env, raw.env_clear, raw.pass_env, problems);
     let user = raw
         .user
         .and_then(|u| problems.check(&child(path, "user"), resolve_user(&u)));
@@ -380,6 +386,127 @@ fn program(
     })
 }
 
+/// `env`, `env_clear` and `pass_env` of a program. `pass_env` without
+/// `env_clear` is an error rather than ignored: whoever writes it expects
+/// the rest of the environment to be dropped, and it would not be.
+fn child_env(
+    path: &[Segment],
+    env: BTreeMap<String, toml::Value>,
+    clear: Option<bool>,
+    pass: Option<Vec<String>>,
+    problems: &mut Problems,
+) -> ChildEnv {
+    let clear = clear.unwrap_or(false);
+    let pass = pass.unwrap_or_default();
+    if !clear && !pass.is_empty() {
+        problems.add(
+            &child(path, "pass_env"),
+            "only with `env_clear = true` (without it every variable is inherited)",
+        );
+    }
+    for (i, name) in pass.iter().enumerate() {
+        if !env_name_ok(name) {
+            let at = [child(path, "pass_env"), vec![Segment::Index(i)]].concat();
+            problems.add(&at, "environment names must be non-empty without `=`");
+        }
+    }
+    ChildEnv {
+        clear,
+        pass,
+        set: env_table(&child(path, "env"), env, problems),
+        withheld: Vec::new(),
+    }
+}
+
+/// Every variable the config names as a secret source (`*_env` keys).
+fn secret_env_names(raw: &RawConfig) -> Vec<String> {
+    let source = raw.source.as_ref();
+    let redeploy = raw.redeploy.as_ref();
+    let mut names: Vec<String> = [
+        source.and_then(|s| s.token_env.clone()),
+        source.and_then(|s| s.webhook_secret_env.clone()),
+        redeploy.and_then(|r| r.webhook_secret_env.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|n| !n.is_empty())
+    .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A program as written, valid or not.
+struct Declared {
+    path: Vec<Segment>,
+    name: Option<String>,
+    pass_env: Vec<String>,
+}
+
+/// Gives every child its secrets to withhold, the hooks their program's
+/// user and environment, and the redeploy command its user; a `pass_env`
+/// that names a secret is refused.
+fn wire_environments(config: &mut Config, entries: &[Declared], problems: &mut Problems) {
+    let secrets = config.secret_env.clone();
+    for Declared { path, pass_env, .. } in entries {
+        for (i, name) in pass_env.iter().enumerate() {
+            if secrets.contains(name) {
+                let at = [child(path, "pass_env"), vec![Segment::Index(i)]].concat();
+                problems.add(
+                    &at,
+                    format!(
+                        "`{name}` is a secret this config reads; it is never passed to a program"
+                    ),
+                );
+            }
+        }
+    }
+    for p in &mut config.programs {
+        p.env.withheld = secrets.clone();
+    }
+    let hooks_path = [key("hooks"), key("program")];
+    let hooked = match config.hooks.program.clone() {
+        Some(name) => {
+            if !entries
+                .iter()
+                .any(|d| d.name.as_deref() == Some(name.as_str()))
+            {
+                let known: Vec<&str> = entries.iter().filter_map(|d| d.name.as_deref()).collect();
+                problems.add(
+                    &hooks_path,
+                    format!("no program named `{name}` (programs: {})", known.join(", ")),
+                );
+            }
+            config.programs.iter().find(|p| p.name == name)
+        }
+        None => config.programs.first(),
+    };
+    let (user, env) = match hooked {
+        Some(p) => (p.user.clone(), p.env.with(&config.hooks.env.set)),
+        None => (
+            None,
+            ChildEnv {
+                withheld: secrets.clone(),
+                ..config.hooks.env.clone()
+            },
+        ),
+    };
+    config.hooks.program = hooked.map(|p| p.name.clone());
+    config.hooks.user = user.clone();
+    config.hooks.env = env;
+    if let Some(RedeployAction::Command {
+        user: command_user,
+        env,
+        ..
+    }) = config.redeploy.as_mut().map(|r| &mut r.action)
+    {
+        if command_user.is_none() {
+            *command_user = user;
+        }
+        env.withheld = secrets;
+    }
+}
+
 fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name
@@ -391,5 +518,99 @@ fn check_name(name: &str) -> Result<(), String> {
         Err(format!(
             "invalid name `{name}`: use letters, digits, `-` and `_`"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ConfigError;
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<(String, String)>> {
+        Config::parse(text, "t.toml", None).map_err(|e| match e {
+            ConfigError::Invalid { problems, .. } => {
+                problems.into_iter().map(|p| (p.path, p.message)).collect()
+            }
+            other => panic!("{other}"),
+        })
+    }
+
+    /// PATH and HOME stand in for secrets: they are set wherever tests run.
+    const SOURCE: &str = "[source]\nrepo = \"/r\"\nroot = \"/srv\"\ntoken_env = \"PATH\"\n\
+                          webhook_secret_env = \"HOME\"\n";
+
+    #[test]
+    fn every_child_withholds_the_secrets_the_config_reads() {
+        let c = parse(&format!(
+            "[[program]]\nname = \"web\"\ncommand = [\"w\"]\nenv = {{ DATABASE_PATH = \"/db\" }}\n\
+             [[program]]\nname = \"worker\"\ncommand = [\"k\"]\nenv_clear = true\n\
+             pass_env = [\"LANG\"]\nenv = {{ QUEUE = \"q\" }}\n\
+             [hooks]\nprogram = \"worker\"\nenv = {{ MIGRATING = 1 }}\n\
+             [redeploy]\ncommand = [\"ci\"]\n{SOURCE}"
+        ))
+        .unwrap();
+        let secrets = vec!["HOME".to_string(), "PATH".to_string()];
+        assert_eq!(c.secret_env, secrets);
+        assert!(c.programs.iter().all(|p| p.env.withheld == secrets));
+        assert_eq!(c.hooks.program.as_deref(), Some("worker"));
+        assert_eq!(
+            c.hooks.env,
+            ChildEnv {
+                clear: true,
+                pass: vec!["LANG".into()],
+                set: vec![
+                    ("QUEUE".into(), "q".into()),
+                    ("MIGRATING".into(), "1".into())
+                ],
+                withheld: secrets.clone(),
+            }
+        );
+        match c.redeploy.unwrap().action {
+            RedeployAction::Command { env, user, .. } => {
+                assert_eq!(env.withheld, secrets);
+                assert_eq!(user, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hooks_default_to_the_first_program_and_redeploy_to_its_user() {
+        let c = parse(
+            "[[program]]\nname = \"web\"\ncommand = [\"w\"]\nuser = \"0:0\"\n\
+             env = { A = \"1\" }\n[[program]]\nname = \"worker\"\ncommand = [\"k\"]\n\
+             [redeploy]\ncommand = [\"ci\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.hooks.program.as_deref(), Some("web"));
+        assert_eq!(c.hooks.env.set, [("A".to_string(), "1".to_string())]);
+        assert_eq!(c.hooks.user.as_ref().map(|u| u.uid.as_raw()), Some(0));
+        match c.redeploy.unwrap().action {
+            RedeployAction::Command { user, .. } => assert_eq!(user, c.hooks.user),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn environment_mistakes_are_reported_with_their_path() {
+        let problems = parse(&format!(
+            "[app]\ncommand = [\"a\"]\npass_env = [\"LANG\"]\n\
+             [hooks]\nprogram = \"web\"\nenv = {{ \"\" = \"x\" }}\n\
+             [redeploy]\nexit = 75\nuser = \"0\"\n{SOURCE}"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+        assert!(paths.contains(&"app.pass_env"), "{problems:?}");
+        assert!(paths.contains(&"hooks.program"), "{problems:?}");
+        assert!(paths.contains(&"hooks.env."), "{problems:?}");
+        assert!(paths.contains(&"redeploy.user"), "{problems:?}");
+
+        let problems = parse(&format!(
+            "[app]\ncommand = [\"a\"]\nenv_clear = true\npass_env = [\"LANG\", \"PATH\"]\n{SOURCE}"
+        ))
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "app.pass_env[1]");
+        assert!(problems[0].1.contains("secret"), "{problems:?}");
     }
 }

@@ -41,6 +41,31 @@ pub(super) fn scalar_string(value: toml::Value) -> Result<String, String> {
     }
 }
 
+/// Whether `name` can be an environment variable's name.
+pub(super) fn env_name_ok(name: &str) -> bool {
+    !name.is_empty() && !name.contains('=') && !name.contains('\0')
+}
+
+/// An `env = { KEY = value }` table (programs, `[hooks] env`) at `path`.
+pub(super) fn env_table(
+    path: &[Segment],
+    table: std::collections::BTreeMap<String, toml::Value>,
+    p: &mut Problems,
+) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (k, v) in table {
+        let at = child(path, &k);
+        if !env_name_ok(&k) {
+            p.add(&at, "environment names must be non-empty without `=`");
+            continue;
+        }
+        if let Some(value) = p.check(&at, scalar_string(v)) {
+            env.push((k, value));
+        }
+    }
+    env
+}
+
 /// Reads `<name>_env` or `<name>_file`; an empty or missing value is a problem.
 pub(super) fn secret(
     path: &[Segment],

@@ -94,7 +94,8 @@ impl Program {
         };
         let notify = if self.config.ready.notify {
             let tag = format!("{}-{}", self.config.name, self.launched);
-            match NotifySocket::bind(&self.context.runtime_dir, &tag) {
+            let owner = self.config.user.as_ref().map(|u| (u.uid, u.gid));
+            match NotifySocket::bind(&self.context.runtime_dir, &tag, owner) {
                 Ok(n) => Some(n),
                 Err(e) => {
                     warn!(program = %self.config.name, error = %e, "cannot create NOTIFY_SOCKET");

@@ -155,8 +155,19 @@ impl Redeployer {
             "redeploy: dependencies changed, running the [redeploy] action"
         );
         match &self.config.action {
-            RedeployAction::Command { command, timeout } => {
-                command::run(command, *timeout, request, &self.reaper).await
+            RedeployAction::Command {
+                command,
+                timeout,
+                user,
+                env,
+            } => {
+                let spec = command::CommandSpec {
+                    command,
+                    timeout: *timeout,
+                    user: user.as_ref(),
+                    env,
+                };
+                command::run(&spec, request, &self.reaper).await
             }
             RedeployAction::Webhook(target) => webhook::post(target, request).await,
             RedeployAction::Docker(docker) => docker::replace(docker, request).await,

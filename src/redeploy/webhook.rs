@@ -7,7 +7,8 @@
 //! `X-Cutover-Signature-256: sha256=<hex HMAC-SHA256 of the body>` when
 //! `webhook_secret_env`/`webhook_secret_file` is set. Any 2xx is success;
 //! anything else, a connection failure or the timeout is an error (retries
-//! are the caller's).
+//! are the caller's). The URL is shown (logs, status, errors) without its
+//! userinfo and query values, which may hold a token.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use super::{Redeploy, RedeployError, RedeployOutcome};
 use crate::config::WebhookTarget;
+use crate::source::UrlRedactor;
 
 /// The signature header (`sha256=<hex>`).
 pub const SIGNATURE_HEADER: &str = "X-Cutover-Signature-256";
@@ -57,10 +59,13 @@ pub(super) async fn post(
     target: &WebhookTarget,
     request: &Redeploy,
 ) -> Result<RedeployOutcome, RedeployError> {
-    let url = target.url.clone();
+    // A token in the URL's query or userinfo never reaches a log line,
+    // the status or an error; nor does it when an answer echoes it.
+    let redactor = UrlRedactor::new(&target.url);
+    let url = redactor.shown().to_string();
     let fail = |message: String| RedeployError::Webhook {
         url: url.clone(),
-        message,
+        message: redactor.redact(&message),
     };
     let body = webhook_body(request, &hostname());
     let mut builder = Request::post(target.url.as_str())
@@ -83,7 +88,7 @@ pub(super) async fn post(
         .enable_http1()
         .build();
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    tracing::info!(url = %target.url, sha = %request.sha, "redeploy: POST to the webhook");
+    tracing::info!(url = %url, sha = %request.sha, "redeploy: POST to the webhook");
     let exchange = async {
         let response = client
             .request(req)
@@ -109,15 +114,15 @@ pub(super) async fn post(
             ))
         })??;
     if status.is_success() {
-        tracing::info!(url = %target.url, status = status.as_u16(), "redeploy webhook accepted");
+        tracing::info!(url = %url, status = status.as_u16(), "redeploy webhook accepted");
         Ok(RedeployOutcome::WebhookAccepted {
             status: status.as_u16(),
         })
     } else {
         Err(RedeployError::WebhookStatus {
-            url: target.url.clone(),
+            url: url.clone(),
             status: status.as_u16(),
-            body: text,
+            body: redactor.redact(&text),
         })
     }
 }

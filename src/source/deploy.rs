@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use super::dependencies::{RedeployRequired, Verdict};
 use super::history::{DeployRecord, Outcome, Record};
 use super::progress::Phase;
+use super::release::{Blame, ReleaseError};
 use super::{Source, SourceError, retry_delay};
 use crate::hooks::HookKind;
 use crate::sha::Sha;
@@ -48,6 +49,11 @@ impl Source {
             Decision::Done(record) => record,
             Decision::CutOver(plan) => self.cut_over(plan, &trigger).await,
         };
+        // Only a deploy that got somewhere ends the backoff; a failure has
+        // already scheduled its retry.
+        if record.outcome != Outcome::Failed {
+            self.failures = 0;
+        }
         self.publisher.end();
         self.publish();
         record
@@ -68,7 +74,6 @@ impl Source {
             Ok(sha) => sha,
             Err(e) => return Decision::Done(self.fetch_failed(record, e, by_hand)),
         };
-        self.failures = 0;
         self.retry_at = None;
         self.last_error = None;
         self.publisher.sha(&sha);
@@ -86,7 +91,7 @@ impl Source {
         }
         self.publisher.phase(Phase::Writing);
         if let Err(e) = self.write_release(&sha).await {
-            return Decision::Done(self.failed(record, e.to_string()));
+            return Decision::Done(self.write_failed(record, &sha, e, by_hand).await);
         }
         self.publisher.phase(Phase::CheckingDependencies);
         let verdict = self
@@ -94,7 +99,7 @@ impl Source {
             .check(&self.volume.release(&sha), &sha)
             .await;
         match verdict {
-            Err(e) => Decision::Done(self.failed(record, e.to_string())),
+            Err(e) => Decision::Done(self.failed_retrying(record, e.to_string(), by_hand)),
             Ok(Verdict::Differs(required)) => {
                 let why = needs_image(&required);
                 warn!(%sha, changed = ?required.changed_files, "dependencies changed: not hot-loading this release; {}", self.serving_note());
@@ -122,12 +127,12 @@ impl Source {
             let first_time = self.refused.as_ref() != Some(sha);
             self.refused = Some(sha.clone());
             let why = format!(
-                "{sha} was rolled back; waiting for `{}` to move to another commit",
+                "{sha} was rolled back or refused; waiting for `{}` to move to another commit",
                 self.config.git_ref
             );
             let done = record.finish(Outcome::Refused, Some(why));
             if first_time {
-                warn!(%sha, "not deploying a commit that was rolled back");
+                warn!(%sha, "not deploying a commit that was rolled back or refused");
                 self.remember(&done);
             }
             return Some(done);
@@ -162,7 +167,7 @@ impl Source {
         }
         self.publisher.phase(Phase::Switching);
         if let Err(e) = self.volume.switch_to(&sha) {
-            return self.failed(record, e.to_string());
+            return self.failed_retrying(record, e.to_string(), trigger.by_hand());
         }
         info!(%sha, previous = ?current, %trigger, "switched current; reloading");
         self.dependencies.switched(digest);
@@ -233,6 +238,67 @@ impl Source {
         let done = record.finish(Outcome::Failed, Some(message));
         if !repeated {
             self.remember(&done);
+        }
+        done
+    }
+
+    /// A release that could not be written: a commit over a limit is
+    /// refused and marked bad (like a rolled-back one, until the ref moves);
+    /// a cache that cannot be read is thrown away and fetched again; a full
+    /// disk or another volume error is retried with backoff. The old release
+    /// keeps serving throughout.
+    async fn write_failed(
+        &mut self,
+        record: Record,
+        sha: &Sha,
+        e: SourceError,
+        by_hand: bool,
+    ) -> DeployRecord {
+        let release = match &e {
+            SourceError::Release(r) => Some(r),
+            _ => None,
+        };
+        match release.map(ReleaseError::blame) {
+            Some(Blame::Commit) => {
+                warn!(%sha, error = %e, "refusing the commit and marking it bad; {}", self.serving_note());
+                if !self.state.bad.contains(sha) {
+                    self.state.bad.push(sha.clone());
+                    self.save_state();
+                }
+                self.refused = Some(sha.clone());
+                let why = format!("{e}; {}", self.serving_note());
+                let done = record.finish(Outcome::Refused, Some(self.remote.redact(&why)));
+                self.remember(&done);
+                done
+            }
+            Some(Blame::Cache) => {
+                self.discard_cache().await;
+                self.failed_retrying(record, format!("{e}; the cache is fetched again"), by_hand)
+            }
+            _ if release.is_some_and(ReleaseError::disk_full) => {
+                let why =
+                    format!("{e}: the disk is full; not the commit's fault, so it is retried");
+                self.failed_retrying(record, why, by_hand)
+            }
+            _ => self.failed_retrying(record, e.to_string(), by_hand),
+        }
+    }
+
+    /// A failed record, remembered, with a retry scheduled (with backoff)
+    /// when the deploy was automatic: it goes to wherever the ref is then.
+    pub(super) fn failed_retrying(
+        &mut self,
+        record: Record,
+        why: String,
+        by_hand: bool,
+    ) -> DeployRecord {
+        let done = self.failed(record, why);
+        self.last_error = done.error.clone();
+        if !by_hand {
+            self.failures += 1;
+            let delay = retry_delay(self.failures);
+            self.retry_at = Some(tokio::time::Instant::now() + delay);
+            warn!(retry_in = %humantime::format_duration(delay), "deploy failed; retrying; {}", self.serving_note());
         }
         done
     }

@@ -29,7 +29,7 @@ use tokio::time::sleep_until;
 use tracing::{info, warn};
 
 use crate::clock::timestamp;
-use crate::config::{Config, HooksConfig, RunAs, SourceConfig};
+use crate::config::{Config, HooksConfig, SourceConfig};
 use crate::program::{ProgramEvent, ProgramHandle};
 use crate::reaper::Reaper;
 use crate::reload::ReloadQueue;
@@ -39,6 +39,8 @@ use crate::trigger::Trigger;
 use dependencies::DependencyGate;
 pub use dependencies::{DependencyStatus, RedeployRequired};
 use git::{GitError, RemoteSpec, open_cache};
+/// Also for the redeploy webhook's URL.
+pub use git::{UrlRedactor, redact_url};
 pub use history::{DeployRecord, Outcome};
 use image::ImageRequests;
 pub use image::ImageStatus;
@@ -192,7 +194,6 @@ pub struct Source {
     /// deploy` tries again.
     hook_failed: Option<Sha>,
     reaper: Reaper,
-    hook_user: Option<RunAs>,
     dependencies: DependencyGate,
     /// False while `current` holds code for other dependencies than the
     /// image's (found at start); the first deploy then replaces it.
@@ -225,7 +226,9 @@ impl Source {
         let dependencies = all.dependencies.clone();
         let opened = {
             let volume = volume.clone();
-            tokio::task::spawn_blocking(move || Opened::read(&volume, dependencies)).await??
+            let limits = config.limits;
+            tokio::task::spawn_blocking(move || Opened::read(&volume, dependencies, &limits))
+                .await??
         };
         let remote = RemoteSpec::new(&config);
         let (publisher, status) = Publisher::new(SourceStatus::default());
@@ -248,8 +251,6 @@ impl Source {
             refused: None,
             hook_failed: None,
             reaper,
-            // Hooks run as the app's user: migrations write what the app reads.
-            hook_user: all.programs.first().and_then(|p| p.user.clone()),
             dependencies: opened.dependencies,
             current_fits_image: opened.current_fits_image,
             images,
@@ -432,12 +433,13 @@ impl Opened {
     fn read(
         volume: &Volume,
         dependencies: crate::config::DependenciesConfig,
+        limits: &crate::config::ReleaseLimits,
     ) -> Result<Opened, SourceError> {
         let mut dependencies = DependencyGate::open(dependencies)?;
         for leftover in volume.prepare()? {
             warn!(name = %leftover, "removed what an interrupted deploy left behind");
         }
-        recover_current(volume);
+        recover_current(volume, limits);
         let current = volume.current_sha().filter(|s| volume.has_release(s));
         let current_fits_image = current.is_none() || dependencies.serving(&volume.current());
         Ok(Opened {
@@ -451,14 +453,14 @@ impl Opened {
 
 /// `current` pointing at a release that is gone: write it again from the
 /// cache, or drop the dangling link so the first deploy fetches.
-fn recover_current(volume: &Volume) {
+fn recover_current(volume: &Volume, limits: &crate::config::ReleaseLimits) {
     let Some(sha) = volume.current_sha() else {
         return;
     };
     if volume.has_release(&sha) {
         return;
     }
-    let restored = release::materialise(volume, &volume.cache(), sha.oid());
+    let restored = release::materialise(volume, &volume.cache(), sha.oid(), limits);
     match restored {
         Ok(_) => warn!(%sha, "release directory was missing; restored it from the cache"),
         Err(e) => {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::progress::Phase;
-use super::{Source, SourceError, open_cache, release};
+use super::{Source, SourceError, git, open_cache, release};
 use crate::hooks::{HookError, HookKind, Hooks};
 use crate::sha::Sha;
 
@@ -23,25 +23,46 @@ impl Source {
         let cache = self.volume.cache();
         let wanted = wanted.to_string();
         tokio::task::spawn_blocking(move || -> Result<Sha, SourceError> {
-            let repo = open_cache(&cache)?;
+            let mut repo = open_cache(&cache)?;
             let (name, oid) = remote.resolve(&repo, &wanted)?;
             if current.as_ref().is_some_and(|c| c.oid() == oid) {
                 return Ok(Sha::from(oid));
+            }
+            if repo.find_commit(oid).is_ok() && !git::complete(&repo, oid) {
+                // A fetch or copy killed half way left the commit without
+                // all of its tree; the remote will not send what the cache
+                // claims to have, so start the cache afresh.
+                warn!(sha = %oid, "the cache holds the commit but not all of its tree; fetching it again into a new cache");
+                drop(repo);
+                git::discard_cache(&cache)?;
+                repo = open_cache(&cache)?;
             }
             Ok(Sha::from(remote.fetch(&repo, &name, oid)?))
         })
         .await?
     }
 
+    /// Throws the cache away after a read from it failed, so that the next
+    /// fetch takes the commit again (on a blocking thread: it may be large).
+    pub(super) async fn discard_cache(&self) {
+        let cache = self.volume.cache();
+        match tokio::task::spawn_blocking(move || git::discard_cache(&cache)).await {
+            Ok(Ok(())) => warn!("discarded the cache after a read error; fetching again"),
+            Ok(Err(e)) => warn!(error = %e, "cannot discard the cache"),
+            Err(e) => warn!(error = %e, "cannot discard the cache"),
+        }
+    }
+
     pub(super) async fn write_release(&self, sha: &Sha) -> Result<(), SourceError> {
         let volume = self.volume.clone();
         let target = sha.clone();
         let started = Instant::now();
+        let limits = self.config.limits;
         let written = tokio::task::spawn_blocking(move || {
             if volume.has_release(&target) {
                 return Ok(None);
             }
-            release::materialise(&volume, &volume.cache(), target.oid()).map(Some)
+            release::materialise(&volume, &volume.cache(), target.oid(), &limits).map(Some)
         })
         .await??;
         if let Some(written) = written {
@@ -64,7 +85,7 @@ impl Source {
             return Ok(());
         }
         let dir = self.volume.release(sha);
-        let env = vec![
+        let extra_env = vec![
             ("CUTOVER_RELEASE_DIR".to_string(), dir.display().to_string()),
             ("CUTOVER_SHA".to_string(), sha.to_string()),
             (
@@ -84,8 +105,10 @@ impl Source {
             kind,
             commands,
             dir: &dir,
-            env,
-            user: self.hook_user.as_ref(),
+            // The hooked program's user and environment (`[hooks] program`).
+            env: &self.hooks.env,
+            extra_env,
+            user: self.hooks.user.as_ref(),
             timeout: self.hooks.timeout,
             reaper: &self.reaper,
             started: &started,

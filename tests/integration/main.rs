@@ -8,18 +8,23 @@ mod helpers;
 
 mod cli;
 mod config_errors;
+mod crash_safety;
 mod dependencies;
+mod environment;
 mod exit_codes;
 mod fingerprint;
 mod gunicorn;
 mod hostile;
 mod process_tree;
+mod redaction;
 mod redeploy;
 mod reload;
 mod responsive;
 mod restart;
 mod source;
 mod source_faults;
+mod status_escapes;
+mod watch_symlinks;
 
 #[cfg(feature = "container-tests")]
 mod container;

@@ -801,7 +801,8 @@ fn secrets_stay_out_of_logs_status_and_history(repo_in_url: bool) {
     if repo_in_url {
         assert_eq!(
             src["repo"],
-            format!("http://deploy:***@127.0.0.1:{port}/remote.git")
+            // The whole userinfo: the user name may be a token too.
+            format!("http://***@127.0.0.1:{port}/remote.git")
         );
     }
     let (_, json, _) = client(&s.dir, &["status", "--json"]);

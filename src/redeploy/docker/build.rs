@@ -1,5 +1,6 @@
 //! Step 2 of the docker redeploy: the release directory as a tar context,
-//! built into `<image>:<short sha>`, with the build log's tail on failure.
+//! built into `<image>:<short sha>` labelled with its Dockerfile's digest,
+//! with the build log's tail on failure.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::DockerRedeploy;
 use crate::redeploy::{Redeploy, RedeployError};
 
+use super::dockerfile::DOCKERFILE_LABEL;
 use super::{TAIL_LINES, api_message};
 
 pub(super) async fn build(
@@ -21,6 +23,7 @@ pub(super) async fn build(
     cfg: &DockerRedeploy,
     request: &Redeploy,
     tag: &str,
+    dockerfile_digest: &str,
 ) -> Result<(), RedeployError> {
     let fail = |reason: String| RedeployError::Build {
         image: tag.to_string(),
@@ -42,12 +45,15 @@ pub(super) async fn build(
         .map_err(|e| fail(format!("packing the context: {e}")))?
         .map_err(|e| fail(format!("packing the context: {e}")))?;
     let args: HashMap<String, String> = cfg.build_args.iter().cloned().collect();
+    // The next redeploy's baseline for `allow_dockerfile_change`.
+    let labels = HashMap::from([(DOCKERFILE_LABEL, dockerfile_digest)]);
     let mut options = BuildImageOptionsBuilder::new()
         .dockerfile(&cfg.dockerfile)
         .t(tag)
         .rm(true)
         .forcerm(true)
-        .buildargs(&args);
+        .buildargs(&args)
+        .labels(&labels);
     if let Some(network) = &cfg.build_network {
         options = options.networkmode(network);
     }

@@ -1,8 +1,11 @@
 //! Steps 3 to 5 of the docker redeploy: the new container's configuration
-//! derived from the old one, starting it and waiting for health, and the
-//! hand-over (rename, restart policy, stop) while the old one still serves.
+//! derived from the old one (with `pin` and `keep_docker_socket` applied),
+//! starting it and waiting for health, and the hand-over (rename, restart
+//! policy, stop) while the old one still serves; earlier predecessors are
+//! found by exact name.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -18,14 +21,21 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
+use super::dockerfile::DOCKERFILE_LABEL;
 use super::{POLL, SETTLE, TAIL_LINES, api_message, short};
+use crate::config::{DockerPin, DockerRedeploy};
 
 /// The old container's configuration with the new image; also the networks
 /// to connect before start beyond the one the container is created on.
+///
+/// `pin`ned settings come from the old container whatever the new image
+/// says; without `keep_docker_socket` no mount of the engine's socket is
+/// carried over.
 pub(super) fn new_container_body(
     old: &ContainerInspectResponse,
     old_image: Option<&ImageConfig>,
     image: &str,
+    cfg: &DockerRedeploy,
 ) -> (ContainerCreateBody, Vec<(String, EndpointSettings)>) {
     let c: ContainerConfig = old.config.clone().unwrap_or_default();
     let i = old_image.cloned().unwrap_or_default();
@@ -47,7 +57,8 @@ pub(super) fn new_container_body(
         let defaults = i.labels.clone().unwrap_or_default();
         labels
             .into_iter()
-            .filter(|(k, v)| defaults.get(k) != Some(v))
+            // The new image's own label says what it was built from.
+            .filter(|(k, v)| defaults.get(k) != Some(v) && k != DOCKERFILE_LABEL)
             .collect::<HashMap<_, _>>()
     });
     let exposed_ports = c.exposed_ports.map(|ports| {
@@ -64,7 +75,49 @@ pub(super) fn new_container_body(
             .filter(|v| !defaults.contains(v))
             .collect::<Vec<_>>()
     });
-    let host_config = old.host_config.clone();
+    let mut host_config = old.host_config.clone();
+    if !cfg.keep_docker_socket
+        && let Some(h) = host_config.as_mut()
+    {
+        let socket = cfg.socket.as_path();
+        if let Some(binds) = h.binds.as_mut() {
+            binds.retain(|bind| {
+                let mut parts = bind.split(':');
+                let (src, dst) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                !(is_docker_socket(src, socket) || is_docker_socket(dst, socket))
+            });
+        }
+        if let Some(mounts) = h.mounts.as_mut() {
+            mounts.retain(|m| {
+                ![&m.source, &m.target]
+                    .iter()
+                    .any(|p| p.as_deref().is_some_and(|p| is_docker_socket(p, socket)))
+            });
+        }
+    }
+    let pinned = |setting| cfg.pin.contains(&setting);
+    // An empty user is the image's default: pin root explicitly, by number
+    // (a name is looked up in the new image's /etc/passwd).
+    let user = if pinned(DockerPin::User) {
+        Some(
+            c.user
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "0:0".into()),
+        )
+    } else {
+        own(c.user, i.user)
+    };
+    // An empty (not absent) entrypoint or cmd keeps the image's from applying.
+    let entrypoint = if pinned(DockerPin::Entrypoint) {
+        Some(c.entrypoint.unwrap_or_default())
+    } else {
+        own(c.entrypoint, i.entrypoint)
+    };
+    let cmd = if pinned(DockerPin::Cmd) {
+        Some(c.cmd.unwrap_or_default())
+    } else {
+        own(c.cmd, i.cmd)
+    };
     let mode = host_config
         .as_ref()
         .and_then(|h| h.network_mode.clone())
@@ -107,7 +160,7 @@ pub(super) fn new_container_body(
         // Docker's default hostname is the short id: the new one gets its own.
         hostname: c.hostname.filter(|h| *h != old_short),
         domainname: c.domainname,
-        user: own(c.user, i.user),
+        user,
         attach_stdin: c.attach_stdin,
         attach_stdout: c.attach_stdout,
         attach_stderr: c.attach_stderr,
@@ -116,13 +169,13 @@ pub(super) fn new_container_body(
         open_stdin: c.open_stdin,
         stdin_once: c.stdin_once,
         env,
-        cmd: own(c.cmd, i.cmd),
+        cmd,
         healthcheck: own(c.healthcheck, i.healthcheck),
         args_escaped: c.args_escaped,
         image: Some(image.to_string()),
         volumes: volumes.filter(|v| !v.is_empty()),
         working_dir: own(c.working_dir, i.working_dir),
-        entrypoint: own(c.entrypoint, i.entrypoint),
+        entrypoint,
         network_disabled: c.network_disabled,
         on_build: None,
         labels,
@@ -133,6 +186,13 @@ pub(super) fn new_container_body(
         networking_config,
     };
     (body, extra)
+}
+
+/// A mount source or target that is the engine's socket: the configured
+/// path, or any `docker.sock` (`/var/run` and `/run` are the same directory).
+pub(super) fn is_docker_socket(path: &str, socket: &Path) -> bool {
+    let path = Path::new(path);
+    path == socket || path.file_name().is_some_and(|n| n == "docker.sock")
 }
 
 /// Starts the new container and waits until it counts as up; the reason if not.
@@ -278,10 +338,27 @@ pub(super) async fn hand_over(
     name
 }
 
+/// Whether a container named `names` (as listed: with a leading `/`) is a
+/// predecessor of `name` parked by [`hand_over`]: `/<name>-replaced-<short id>`,
+/// compared exactly (the engine's `name` filter is a regex, where the `.` of
+/// `app.1` also matches the `x` of `appx1`).
+pub(super) fn is_parked_predecessor(names: &[String], name: &str) -> bool {
+    names.iter().any(|n| {
+        n.strip_prefix('/')
+            .and_then(|n| n.strip_prefix(name))
+            .and_then(|rest| rest.strip_prefix("-replaced-"))
+            .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
 /// Stopped `<name>-replaced-*` containers left by earlier redeploys.
 pub(super) async fn remove_stopped_predecessors(docker: &Docker, name: &str) {
+    // The engine's filter narrows the list; `is_parked_predecessor` decides.
     let filters = HashMap::from([
-        ("name", vec![format!("^/{name}-replaced-")]),
+        (
+            "name",
+            vec![format!("^/{}-replaced-", name.replace('.', "\\."))],
+        ),
         ("status", vec!["exited".to_string(), "created".to_string()]),
     ]);
     let options = ListContainersOptionsBuilder::new()
@@ -292,6 +369,10 @@ pub(super) async fn remove_stopped_predecessors(docker: &Docker, name: &str) {
         return;
     };
     for c in list {
+        if !is_parked_predecessor(c.names.as_deref().unwrap_or_default(), name) {
+            debug!(names = ?c.names, "redeploy: not a predecessor of {name}, kept");
+            continue;
+        }
         if let Some(id) = c.id {
             let removed = docker
                 .remove_container(

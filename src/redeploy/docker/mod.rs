@@ -8,16 +8,22 @@
 //!    cutover runs in (the `/var/lib/docker/containers/<id>/` mounts in
 //!    /proc/self/mountinfo, else the hostname, which Docker sets to the
 //!    short id unless `--hostname` was given).
-//! 2. Build `<image>:<short sha>` from the release directory (sent as a tar
-//!    context; `.dockerignore` is not applied) with `dockerfile` and
-//!    `build_args`. `<image>` defaults to the repository of the old
+//! 2. Unless `allow_dockerfile_change`, refuse a release whose Dockerfile
+//!    differs from the one the running image was built from (see
+//!    `dockerfile`). Build `<image>:<short sha>` from the release directory
+//!    (sent as a tar context; `.dockerignore` is not applied) with
+//!    `dockerfile` and `build_args`, labelled `cutover.dockerfile` with the
+//!    Dockerfile's digest. `<image>` defaults to the repository of the old
 //!    container's image. A failed build reports the tail of its log.
 //! 3. Create `<name>-<short sha>` with the old container's configuration:
 //!    its host config as is (binds, mounts, network mode, restart policy,
-//!    published ports, ...), its networks and aliases, and from its config
-//!    whatever it set beyond its old image's defaults (env, labels,
-//!    entrypoint, cmd, healthcheck, user, workdir, ...): values equal to the
-//!    old image's are left out, so the new image's own defaults apply.
+//!    published ports, privileges, ...; mounts of the Docker socket are
+//!    dropped without `keep_docker_socket`), its networks and aliases, and
+//!    from its config whatever it set beyond its old image's defaults (env,
+//!    labels, entrypoint, cmd, healthcheck, user, workdir, ...): values equal
+//!    to the old image's are left out, so the new image's own defaults apply,
+//!    except for the `pin`ned ones (user, entrypoint, cmd), always the old
+//!    container's.
 //! 4. Start it and wait: with a HEALTHCHECK until it is `healthy`, without
 //!    one until it has been running for 5 s; within `health_timeout` either
 //!    way. If it exits, turns unhealthy or times out, it is removed and the
@@ -29,18 +35,20 @@
 //!    cutover's own SIGTERM: it stops its programs gracefully and exits,
 //!    which is the intended end. The stopped predecessor is kept for its
 //!    logs; the next docker redeploy removes it (unless it was started with
-//!    `--rm`, in which case Docker already has).
+//!    `--rm`, in which case Docker already has), matching its name exactly.
 //!
 //! Both containers run side by side for a moment, so anything exclusive to
 //! one of them makes the new one fail to start and the old one keep serving:
 //! host ports published with `-p` and listening ports under
 //! `--network host`. Put those behind a proxy, or use `exit`.
 //!
-//! `build` makes the image, `container` creates, starts, checks and hands
-//! over the container; this file finds the old one and runs the steps.
+//! `dockerfile` guards the Dockerfile, `build` makes the image, `container`
+//! creates, starts, checks and hands over the container; this file finds
+//! the old one and runs the steps.
 
 mod build;
 mod container;
+mod dockerfile;
 
 use std::path::Path;
 use std::time::Duration;
@@ -126,8 +134,10 @@ pub(super) async fn replace(
         }
     };
     let tag = format!("{repository}:{}", request.short_sha());
+    let dockerfile_digest =
+        dockerfile::check(cfg, request, old_config.labels.as_ref(), &tag).await?;
     info!(container = %old_name, image = %tag, "redeploy: building the new image");
-    build(&docker, cfg, request, &tag).await?;
+    build(&docker, cfg, request, &tag, &dockerfile_digest).await?;
 
     let new_name = format!("{old_name}-{}", request.short_sha());
     // Left over from an earlier attempt at the same sha.
@@ -138,7 +148,7 @@ pub(super) async fn replace(
         )
         .await;
     let image_config = old_image.and_then(|i| i.config);
-    let (body, extra_networks) = new_container_body(&old, image_config.as_ref(), &tag);
+    let (body, extra_networks) = new_container_body(&old, image_config.as_ref(), &tag, cfg);
     let created = docker
         .create_container(
             Some(CreateContainerOptionsBuilder::new().name(&new_name).build()),
@@ -264,9 +274,159 @@ mod tests {
         ContainerConfig, ContainerInspectResponse, EndpointSettings, ImageConfig,
     };
 
-    use super::container::new_container_body;
+    use super::container::{is_docker_socket, is_parked_predecessor, new_container_body};
     use super::*;
-    use bollard::models::{HostConfig, NetworkSettings};
+    use crate::config::DockerPin;
+    use bollard::models::{HostConfig, Mount, NetworkSettings};
+
+    fn cfg(pin: &[DockerPin]) -> DockerRedeploy {
+        DockerRedeploy {
+            socket: "/var/run/docker.sock".into(),
+            dockerfile: "Dockerfile".into(),
+            build_args: vec![],
+            image: None,
+            container: None,
+            health_timeout: Duration::from_secs(60),
+            build_network: None,
+            pin: pin.to_vec(),
+            allow_dockerfile_change: false,
+            keep_docker_socket: true,
+        }
+    }
+
+    #[test]
+    fn predecessors_are_matched_by_exact_name() {
+        let names = |n: &str| vec![format!("/{n}")];
+        assert!(is_parked_predecessor(
+            &names("app.1-replaced-0123456789ab"),
+            "app.1"
+        ));
+        for other in [
+            "appx1-replaced-0123456789ab",
+            "app.1x-replaced-0123456789ab",
+            "app.1-replaced-0123456789ab-x",
+            "app.1-replaced-0123",
+            "app.1-0123456789ab",
+            "app.1",
+            "xapp.1-replaced-0123456789ab",
+        ] {
+            assert!(!is_parked_predecessor(&names(other), "app.1"), "{other}");
+        }
+        assert!(
+            !is_parked_predecessor(&["app.1-replaced-0123456789ab".into()], "app.1"),
+            "listed names start with /"
+        );
+    }
+
+    #[test]
+    fn docker_sockets_are_recognised() {
+        let socket = Path::new("/run/engine.sock");
+        for (path, is) in [
+            ("/var/run/docker.sock", true),
+            ("/run/docker.sock", true),
+            ("/run/engine.sock", true),
+            ("/run/engine.sock.bak", false),
+            ("/srv", false),
+            ("", false),
+        ] {
+            assert_eq!(is_docker_socket(path, socket), is, "{path}");
+        }
+    }
+
+    /// The old container as cutover-test runs it: cutover as root.
+    fn plain_old() -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            id: Some("0123456789abcdef".into()),
+            config: Some(ContainerConfig {
+                user: Some(String::new()),
+                entrypoint: Some(vec!["cutover".into()]),
+                cmd: None,
+                labels: Some(HashMap::from([(
+                    "cutover.dockerfile".into(),
+                    "sha256:00".into(),
+                )])),
+                image: Some("acme/app:old".into()),
+                ..Default::default()
+            }),
+            host_config: Some(HostConfig {
+                binds: Some(vec![
+                    "/var/run/docker.sock:/var/run/docker.sock".into(),
+                    "/srv/cfg:/cfg:ro".into(),
+                    "/run/docker.sock:/sock/d.sock".into(),
+                ]),
+                mounts: Some(vec![
+                    Mount {
+                        source: Some("/run/engine.sock".into()),
+                        target: Some("/engine".into()),
+                        ..Default::default()
+                    },
+                    Mount {
+                        source: Some("/data".into()),
+                        target: Some("/data".into()),
+                        ..Default::default()
+                    },
+                ]),
+                privileged: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pinned_settings_come_from_the_old_container() {
+        let old = plain_old();
+        let image = ImageConfig {
+            entrypoint: Some(vec!["cutover".into()]),
+            labels: Some(HashMap::from([(
+                "cutover.dockerfile".into(),
+                "sha256:00".into(),
+            )])),
+            ..Default::default()
+        };
+        // Not pinned: equal to the old image's, so the new image decides.
+        let (body, _) = new_container_body(&old, Some(&image), "acme/app:new", &cfg(&[]));
+        assert_eq!(body.user, Some(String::new()));
+        assert_eq!(body.entrypoint, None);
+        assert_eq!(body.cmd, None);
+        assert_eq!(
+            body.labels,
+            Some(HashMap::new()),
+            "the label is the image's"
+        );
+        let all = [DockerPin::User, DockerPin::Entrypoint, DockerPin::Cmd];
+        let (body, _) = new_container_body(&old, Some(&image), "acme/app:new", &cfg(&all));
+        assert_eq!(body.user.as_deref(), Some("0:0"), "root, by number");
+        assert_eq!(body.entrypoint.unwrap(), ["cutover"]);
+        assert_eq!(
+            body.cmd,
+            Some(vec![]),
+            "empty, so the new image's CMD does not apply"
+        );
+        let mut named = plain_old();
+        named.config.as_mut().unwrap().user = Some("1000:1000".into());
+        let (body, _) = new_container_body(&named, Some(&image), "a:b", &cfg(&[DockerPin::User]));
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        assert_eq!(body.entrypoint, None, "entrypoint not pinned");
+    }
+
+    #[test]
+    fn docker_socket_mounts_are_dropped_when_configured() {
+        let old = plain_old();
+        let mut c = cfg(&[]);
+        let (body, _) = new_container_body(&old, None, "a:b", &c);
+        let host = body.host_config.unwrap();
+        assert_eq!(host.binds.unwrap().len(), 3, "kept by default");
+        assert_eq!(host.mounts.unwrap().len(), 2);
+        c.keep_docker_socket = false;
+        c.socket = "/engine".into();
+        let (body, _) = new_container_body(&old, None, "a:b", &c);
+        let host = body.host_config.unwrap();
+        assert_eq!(host.binds.unwrap(), ["/srv/cfg:/cfg:ro".to_string()]);
+        let targets: Vec<_> = host.mounts.unwrap().into_iter().map(|m| m.target).collect();
+        assert_eq!(targets, [Some("/data".to_string())]);
+        assert_eq!(host.privileged, Some(true), "copied as is");
+    }
 
     #[test]
     fn container_id_from_mountinfo() {
@@ -346,7 +506,7 @@ mod tests {
             cmd: Some(vec!["/bin/bash".into()]),
             ..Default::default()
         };
-        let (body, extra) = new_container_body(&old, Some(&image), "acme/app:abc");
+        let (body, extra) = new_container_body(&old, Some(&image), "acme/app:abc", &cfg(&[]));
         assert_eq!(body.image.as_deref(), Some("acme/app:abc"));
         assert_eq!(body.hostname, None);
         assert_eq!(

@@ -220,16 +220,26 @@ pub fn serve(path: &Path, inventory: Inventory) -> io::Result<ControlServer> {
             "another cutover is already listening there; give this one its own with --socket",
         ));
     }
-    // Bind under a temporary name, restrict it, then move it into place, so
-    // the socket is never reachable with looser permissions.
-    let staging = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging)?;
-    std::fs::set_permissions(
-        &staging,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
-    std::fs::rename(&staging, path)?;
+    // Bind inside a private 0700 directory beside it, restrict the socket,
+    // then move it into place: no one else can connect to it in between,
+    // whatever the umask (which is process-wide, so not ours to change).
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let private =
+        nix::unistd::mkdtemp(&parent.join(".cutover-sock-XXXXXX")).map_err(io::Error::from)?;
+    let staging = private.join("control.sock");
+    let bound = UnixListener::bind(&staging).and_then(|listener| {
+        std::fs::set_permissions(
+            &staging,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        std::fs::rename(&staging, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    let listener = bound?;
     let task = tokio::spawn(accept_loop(listener, inventory));
     Ok(ControlServer {
         path: path.to_path_buf(),
@@ -333,7 +343,7 @@ fn answer_bytes(response: &Response) -> Vec<u8> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no cutover is running at {} ({source}); is the path right? (--socket, CUTOVER_SOCKET)", .path.display())]
+    #[error("no cutover is running at {} ({source}); is the path right? (--socket, CUTOVER_SOCKET, or -c FILE for its [control] socket)", .path.display())]
     Connect { path: PathBuf, source: io::Error },
     #[error("talking to cutover at {}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },

@@ -48,37 +48,6 @@ fn start(dir: &TestDir, toml: &str) -> Cutover {
     Cutover::start(Mode::Subreaper, dir, &["run", "-c", cfg.to_str().unwrap()])
 }
 
-fn wait_version(port: u16, version: &str, c: &Cutover, timeout: Duration) {
-    wait_for(timeout, || {
-        (served_version(port).ok()? == version).then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "never served {version} (serving {:?})\n--- stderr ---\n{}",
-            served_version(port),
-            c.stderr()
-        )
-    });
-}
-
-fn current_sha(root: &Path) -> Option<String> {
-    let target = std::fs::read_link(root.join("current")).ok()?;
-    Some(target.file_name()?.to_str()?.to_string())
-}
-
-/// Names under `<root>/releases` that start with `.tmp-`.
-fn partials(root: &Path) -> Vec<String> {
-    std::fs::read_dir(root.join("releases"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".tmp-"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Every file and symlink under `dir`, relative to it, sorted.
 fn files_under(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {

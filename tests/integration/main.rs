@@ -15,6 +15,7 @@ mod exit_codes;
 mod fingerprint;
 mod gunicorn;
 mod hostile;
+mod idle_flood;
 mod process_tree;
 mod redaction;
 mod redeploy;

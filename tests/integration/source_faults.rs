@@ -58,39 +58,6 @@ fn start(mode: Mode, dir: &TestDir, toml: &str, env: &[(&str, &str)]) -> Cutover
     Cutover::start_with(mode, dir, &["run", "-c", cfg.to_str().unwrap()], env)
 }
 
-/// Waits until `port` serves `version`.
-fn wait_version(port: u16, version: &str, c: &Cutover) {
-    wait_for(SECS_20, || {
-        (served_version(port).ok()? == version).then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "never served {version} (serving {:?})\n--- stderr ---\n{}",
-            served_version(port),
-            c.stderr()
-        )
-    });
-}
-
-/// The sha `<root>/current` points to, if any.
-fn current_sha(root: &Path) -> Option<String> {
-    let target = std::fs::read_link(root.join("current")).ok()?;
-    Some(target.file_name()?.to_str()?.to_string())
-}
-
-/// Names under `<root>/releases` that start with `.tmp-`.
-fn partials(root: &Path) -> Vec<String> {
-    std::fs::read_dir(root.join("releases"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".tmp-"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn source_status(dir: &TestDir) -> Value {
     status(dir)["source"].clone()
 }
@@ -113,7 +80,7 @@ fn is_bad(dir: &TestDir, sha: &str) -> bool {
 /// Runs cutover once so that `current` holds v1 from `url`, then stops it.
 fn deploy_v1_and_stop(mode: Mode, dir: &TestDir, toml: &str, env: &[(&str, &str)], port: u16) {
     let c = start(mode, dir, toml, env);
-    wait_version(port, "v1", &c);
+    wait_version(port, "v1", &c, SECS_20);
     drop(c);
     // The held socket is closed once every process of that cutover is gone.
     wait_for(SECS_20, || served_version(port).is_err().then_some(()))
@@ -132,7 +99,7 @@ fn serves_old_code_and_retries(
     v2: &str,
     fix: impl FnOnce(),
 ) -> String {
-    wait_version(port, "v1", c);
+    wait_version(port, "v1", c, SECS_20);
     let src = wait_for(SECS_20, || {
         let s = source_status(dir);
         s["last_error"].is_string().then_some(s)
@@ -149,7 +116,7 @@ fn serves_old_code_and_retries(
     assert_eq!(served_version(port).unwrap(), "v1");
     assert_eq!(current_sha(root).as_deref(), Some(v1));
     fix();
-    wait_version(port, "v2", c);
+    wait_version(port, "v2", c, SECS_20);
     let src = wait_for(SECS_20, || {
         let s = source_status(dir);
         (s["current"] == v2).then_some(s)
@@ -338,7 +305,7 @@ fn running_on(
         None => config(port, url, &root, source_extra, rest),
     };
     let cutover = start(mode, &dir, &toml, &[]);
-    wait_version(port, "v1", &cutover);
+    wait_version(port, "v1", &cutover, SECS_20);
     wait_for_control(&dir);
     wait_for(SECS_20, || {
         (status(&dir)["programs"][0]["state"] == "running").then_some(())
@@ -403,7 +370,7 @@ fn bad_sha_is_not_retried_until_the_ref_moves(r: &Running, bad: &str) {
         ],
     );
     let v3 = r.repo.release("v3");
-    wait_version(r.port, "v3", &r.cutover);
+    wait_version(r.port, "v3", &r.cutover, SECS_20);
     wait_record(r, "deployed", &v3);
     assert_eq!(current_sha(&r.root).as_deref(), Some(v3.as_str()));
     assert!(is_bad(&r.dir, bad), "still marked bad: {}", status(&r.dir));
@@ -470,7 +437,7 @@ fn a_release_that_fails_its_ready_check_is_rolled_back() {
     let toml = with_check(port, repo.remote.to_str().unwrap(), &root);
     assert!(toml.contains("unhealthy"));
     let cutover = start(Mode::Subreaper, &dir, &toml, &[]);
-    wait_version(port, "v1", &cutover);
+    wait_version(port, "v1", &cutover, SECS_20);
     wait_for_control(&dir);
     let r = Running {
         dir,
@@ -510,7 +477,7 @@ fn a_release_that_fails_its_ready_check_is_rolled_back() {
     assert!(is_bad(&r.dir, &bad));
     git(&r.repo.work, &["rm", "-q", "unhealthy"]);
     let v3 = r.repo.release("v3");
-    wait_version(r.port, "v3", &r.cutover);
+    wait_version(r.port, "v3", &r.cutover, SECS_20);
     wait_record(&r, "deployed", &v3);
 }
 
@@ -545,7 +512,7 @@ fn a_crash_within_the_rollback_window_rolls_back() {
     );
     wait_for(SECS_20, || is_bad(&r.dir, &bad).then_some(()))
         .unwrap_or_else(|| panic!("not marked bad: {}", status(&r.dir)));
-    wait_version(r.port, "v1", &r.cutover);
+    wait_version(r.port, "v1", &r.cutover, SECS_20);
     assert_eq!(current_sha(&r.root).as_deref(), Some(r.v1.as_str()));
     // v1 keeps serving: no crash loop on the bad release.
     std::thread::sleep(Duration::from_millis(1500));
@@ -567,7 +534,7 @@ fn a_crash_after_the_rollback_window_does_not_roll_back() {
         .commit("v2 dies later", &[("version", "v2"), ("exit-after", "4")]);
     r.repo.push();
     wait_record(&r, "deployed", &v2);
-    wait_version(r.port, "v2", &r.cutover);
+    wait_version(r.port, "v2", &r.cutover, SECS_20);
     // The crash (4 s after start) comes after the window (1 s) closed.
     wait_for(SECS_20, || {
         (status(&r.dir)["programs"][0]["restarts"].as_u64()? >= 1).then_some(())
@@ -682,7 +649,7 @@ fn sigkill_during_deploy(daemon: bool, moment: impl Fn(&Running) -> bool) -> Run
     std::fs::rename(&repo.remote, &away).unwrap();
     let toml = dir.read("cutover.toml");
     let c = start(Mode::Pid1, &dir, &toml, &[]);
-    wait_version(port, "v1", &c);
+    wait_version(port, "v1", &c, SECS_20);
     assert!(
         partials(&root).is_empty(),
         "partial left: {:?}",
@@ -694,7 +661,7 @@ fn sigkill_during_deploy(daemon: bool, moment: impl Fn(&Running) -> bool) -> Run
 
     // With the remote back, the big release deploys whole.
     std::fs::rename(&away, &repo.remote).unwrap();
-    wait_version(port, "v2", &c);
+    wait_version(port, "v2", &c, SECS_20);
     let big = files_under(&root.join("releases").join(&v2).join("big"));
     assert_eq!(big.len(), 2000);
     assert!(partials(&root).is_empty());
@@ -749,7 +716,7 @@ fn a_missing_release_directory_is_restored_from_the_cache() {
     // Only the cache can help: the remote is gone.
     std::fs::rename(&repo.remote, dir.join("away.git")).unwrap();
     let c = start(Mode::Subreaper, &dir, &toml, &[]);
-    wait_version(port, "v1", &c);
+    wait_version(port, "v1", &c, SECS_20);
     assert_eq!(current_sha(&root).as_deref(), Some(v1.as_str()));
     assert_eq!(
         std::fs::read_to_string(root.join("current/version")).unwrap(),
@@ -775,7 +742,7 @@ fn a_dangling_current_the_cache_cannot_restore_is_fetched_again() {
     assert!(!root.join("current").exists());
     let v2 = repo.release("v2");
     let c = start(Mode::Pid1, &dir, &toml, &[]);
-    wait_version(port, "v2", &c);
+    wait_version(port, "v2", &c, SECS_20);
     assert_eq!(current_sha(&root).as_deref(), Some(v2.as_str()));
     assert!(root.join("current/version").is_file());
 }
@@ -791,7 +758,7 @@ fn a_current_pointing_at_garbage_is_replaced_by_a_fresh_deploy() {
     let port = free_port();
     let toml = config(port, repo.remote.to_str().unwrap(), &root, "", "");
     let c = start(Mode::Subreaper, &dir, &toml, &[]);
-    wait_version(port, "v1", &c);
+    wait_version(port, "v1", &c, SECS_20);
     assert_eq!(current_sha(&root), Some(repo.head()));
 }
 
@@ -833,7 +800,7 @@ fn concurrent_deploys_and_pushes_are_serialised() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    wait_version(r.port, "v3", &r.cutover);
+    wait_version(r.port, "v3", &r.cutover, SECS_20);
     wait_record(&r, "deployed", &v3);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(current_sha(&r.root).as_deref(), Some(v3.as_str()));
@@ -888,7 +855,7 @@ fn symlinks_out_of_a_release_are_written_as_stored_and_never_followed() {
     let port = free_port();
     let toml = config(port, repo.remote.to_str().unwrap(), &root, "keep = 2", "");
     let c = start(Mode::Subreaper, &dir, &toml, &[]);
-    wait_version(port, "v1", &c);
+    wait_version(port, "v1", &c, SECS_20);
     let release = root.join("releases").join(&v1);
     for (name, target) in [
         ("escape", abs_target.as_str()),
@@ -916,9 +883,9 @@ fn symlinks_out_of_a_release_are_written_as_stored_and_never_followed() {
         &[("version", "v2"), ("escape/inside", "x"), ("up", "a file")],
     );
     repo.push();
-    wait_version(port, "v2", &c);
+    wait_version(port, "v2", &c, SECS_20);
     let v3 = repo.release("v3");
-    wait_version(port, "v3", &c);
+    wait_version(port, "v3", &c, SECS_20);
     wait_for(SECS_20, || (!release.exists()).then_some(()))
         .unwrap_or_else(|| panic!("v1 was never pruned\n{}", c.stderr()));
     assert!(root.join("releases").join(&v2).is_dir());

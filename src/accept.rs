@@ -195,6 +195,59 @@ impl AcceptBackoff {
     }
 }
 
+/// A freshly accepted stream that can be told, without waiting, that
+/// there is no room for it.
+pub trait Refusable {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl Refusable for tokio::net::TcpStream {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        tokio::net::TcpStream::try_write(self, buf)
+    }
+}
+
+impl Refusable for tokio::net::UnixStream {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        tokio::net::UnixStream::try_write(self, buf)
+    }
+}
+
+/// The accept loop both kinds of listener share: the next connection that
+/// gets a slot. Failing `accept`s back off; a connection over the cap is
+/// sent `busy` (best effort: its send buffer is empty) and closed.
+pub async fn next_admitted<S, F>(
+    mut accept: impl FnMut() -> F,
+    slots: &Slots,
+    backoff: &mut AcceptBackoff,
+    busy: &[u8],
+) -> (S, Slot)
+where
+    S: Refusable,
+    F: std::future::Future<Output = io::Result<S>>,
+{
+    loop {
+        let stream = match accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        backoff.succeeded();
+        match slots.admit() {
+            Some(slot) => return (stream, slot),
+            None => {
+                debug!(
+                    listener = backoff.listener,
+                    "every connection is busy; refusing one"
+                );
+                let _ = stream.try_write(busy);
+            }
+        }
+    }
+}
+
 /// Errors that concern one incoming connection, not the listener.
 fn is_per_connection(error: &io::Error) -> bool {
     matches!(

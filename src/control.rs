@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::accept::{AcceptBackoff, Slot, Slots};
+use crate::accept::{AcceptBackoff, Slot, Slots, next_admitted};
 use crate::config::Secret;
 use crate::reload::ReloadQueue;
 use crate::source::{DeployRecord, SourceHandle};
@@ -250,26 +250,12 @@ pub fn serve(path: &Path, inventory: Inventory) -> io::Result<ControlServer> {
 async fn accept_loop(listener: UnixListener, inventory: Inventory) {
     let slots = Slots::new(MAX_CONNECTIONS);
     let mut backoff = AcceptBackoff::new("control socket");
+    let busy = answer_bytes(&Response::error(format!(
+        "cutover is busy: {MAX_CONNECTIONS} control requests are in progress; try again"
+    )));
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
-        };
-        backoff.succeeded();
-        let Some(slot) = slots.admit() else {
-            warn!(
-                limit = MAX_CONNECTIONS,
-                "every control connection is busy; refusing one"
-            );
-            // Never waits: the socket is new, so its send buffer is empty.
-            let _ = stream.try_write(&answer_bytes(&Response::error(format!(
-                "cutover is busy: {MAX_CONNECTIONS} control requests are in progress; try again"
-            ))));
-            continue;
-        };
+        let accept = || async { listener.accept().await.map(|(stream, _)| stream) };
+        let (stream, slot) = next_admitted(accept, &slots, &mut backoff, &busy).await;
         let inventory = inventory.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, inventory, Arc::new(slot)).await {

@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::accept::{AcceptBackoff, Slots};
+use crate::accept::{AcceptBackoff, Slots, next_admitted};
 use crate::control::Inventory;
 use crate::webhook::{self, Delivery, WebhookError};
 
@@ -81,25 +81,8 @@ pub fn serve(
         let slots = Slots::new(MAX_CONNECTIONS);
         let mut backoff = AcceptBackoff::new(name);
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    backoff.failed(&e).await;
-                    continue;
-                }
-            };
-            backoff.succeeded();
-            let Some(slot) = slots.admit() else {
-                debug!(
-                    listener = name,
-                    limit = MAX_CONNECTIONS,
-                    "every connection is busy; refusing one"
-                );
-                // Best effort and never waiting: the socket is new, so its
-                // send buffer is empty.
-                let _ = stream.try_write(BUSY);
-                continue;
-            };
+            let accept = || async { listener.accept().await.map(|(stream, _)| stream) };
+            let (stream, slot) = next_admitted(accept, &slots, &mut backoff, BUSY).await;
             tokio::spawn(connection(
                 stream,
                 Arc::new(slot),

@@ -160,7 +160,11 @@ command = ["sh", "-c", "echo \"$CUTOVER_SHA $CUTOVER_REF $CUTOVER_CHANGED_FILES\
         src["history"].as_array().unwrap().last().unwrap()["outcome"],
         "redeploy-required"
     );
-    assert_eq!(src["redeploy"]["state"], "done", "{src}");
+    // The command wrote its line before it exited; "done" follows its exit.
+    wait_for(SECS_20, || {
+        (source(dir)["redeploy"]["state"] == "done").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the redeploy never finished: {}", source(dir)));
     let (_, text, _) = client(dir, &["status"]);
     assert!(text.contains(&format!("redeploy-required {v3}")), "{text}");
 

@@ -175,17 +175,14 @@ impl RemoteSpec {
         })
     }
 
-    /// Fetches `name` (a full ref, or a sha) into the cache; returns its commit.
+    /// Fetches `name` (a full ref, or a sha) into the cache, which does not
+    /// hold the whole commit yet; returns its commit.
     pub fn fetch(&self, cache: &Repository, name: &str, expected: Oid) -> Result<Oid, GitError> {
-        // The commit alone proves nothing: a copy killed half way may have
-        // left it without its tree.
-        if complete(cache, expected) {
-            return Ok(expected);
-        }
         if let Some(objects) = local_objects(&self.url) {
             // Errors (a concurrent gc on the remote, a full disk) leave the
-            // work to libgit2's transport below.
-            if copy_objects(&objects, cache, expected).is_ok() && complete(cache, expected) {
+            // work to libgit2's transport below. A copy that succeeded was
+            // checked complete in its quarantine.
+            if copy_objects(&objects, cache, expected).is_ok() {
                 let _ = cache.reference(FETCHED, expected, true, "cutover: local copy");
                 return Ok(expected);
             }

@@ -28,10 +28,14 @@ impl Source {
             if current.as_ref().is_some_and(|c| c.oid() == oid) {
                 return Ok(Sha::from(oid));
             }
-            if repo.find_commit(oid).is_ok() && !git::complete(&repo, oid) {
-                // A fetch or copy killed half way left the commit without
-                // all of its tree; the remote will not send what the cache
-                // claims to have, so start the cache afresh.
+            // The commit alone proves nothing: a fetch or copy killed half
+            // way may have left it without all of its tree. Then the remote
+            // will not send what the cache claims to have, so the cache
+            // starts afresh.
+            if repo.find_commit(oid).is_ok() {
+                if git::complete(&repo, oid) {
+                    return Ok(Sha::from(oid));
+                }
                 warn!(sha = %oid, "the cache holds the commit but not all of its tree; fetching it again into a new cache");
                 drop(repo);
                 git::discard_cache(&cache)?;

@@ -55,11 +55,27 @@ impl std::fmt::Display for HookKind {
 pub enum HookError {
     #[error("hook {hook} could not start: {message}")]
     Start { hook: String, message: String },
-    #[error("hook {hook} failed: {status}")]
-    Failed { hook: String, status: ExitStatus },
+    #[error("hook {hook} (`{command}`) failed: {status}{}", last_words(.output))]
+    Failed {
+        hook: String,
+        command: String,
+        status: ExitStatus,
+        /// Its last line of output: for a migration, usually the exception.
+        output: Option<String>,
+    },
     #[error("hook {hook} did not finish within {}", humantime::format_duration(*.timeout))]
     Timeout { hook: String, timeout: Duration },
 }
+
+fn last_words(output: &Option<String>) -> String {
+    output
+        .as_ref()
+        .map(|line| format!(": {line}"))
+        .unwrap_or_default()
+}
+
+/// The longest last line of output an error carries.
+const LAST_LINE_MAX: usize = 300;
 
 /// One group of hooks to run in order; the first failure stops the rest.
 pub struct Hooks<'a> {
@@ -164,11 +180,16 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
     let hook = name.to_string();
     let logger = tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
+        let mut last = None;
         while let Ok(Some(line)) = lines.next_line().await {
             // Prefixed in the message itself, so the text format shows
             // the hook first (fields come after the message).
             info!(hook = %hook, "{hook}: {line}");
+            if !line.trim().is_empty() {
+                last = Some(line);
+            }
         }
+        last.map(|line| shorten(line.trim()))
     });
     let status = match timeout(limit, &mut exit).await {
         Ok(status) => status.unwrap_or(ExitStatus::Exited(255)),
@@ -184,7 +205,10 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
         }
     };
     // Output left in the pipe by processes that outlived the hook is not waited for.
-    let _ = tokio::time::timeout(Duration::from_secs(1), logger).await;
+    let output = match tokio::time::timeout(Duration::from_secs(1), logger).await {
+        Ok(Ok(last)) => last,
+        _ => None,
+    };
     let ms = forked_at.elapsed().as_millis() as u64;
     if status.success() {
         info!(hook = %name, %status, ms, "{what} {name} finished: {status}");
@@ -193,7 +217,16 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
         warn!(hook = %name, %status, ms, "{what} {name} failed: {status}");
         Err(HookError::Failed {
             hook: name.to_string(),
+            command: command.join(" "),
             status,
+            output,
         })
+    }
+}
+
+fn shorten(line: &str) -> String {
+    match line.char_indices().nth(LAST_LINE_MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
     }
 }

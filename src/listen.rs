@@ -4,12 +4,18 @@
 //! Because cutover keeps them open for its whole life, a connection that
 //! arrives while no instance is accepting (a restart, a crash, the moment of
 //! an overlap) waits in the kernel's backlog instead of being refused.
+//! A per-instance socket is bound here as the first of its SO_REUSEPORT
+//! group; `handoff` binds the others as instances come and go.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Once;
 
 use socket2::{Domain, SockAddr, Socket, Type};
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::steer::{self, Route};
 
 use crate::config::{ListenAddress, ListenConfig};
 
@@ -18,11 +24,21 @@ pub struct HeldSocket {
     pub name: String,
     fd: OwnedFd,
     programs: Option<Vec<String>>,
+    /// Where to bind the next instances' sockets, when they get their own.
+    per_instance: Option<(SocketAddr, u32)>,
 }
 
 impl HeldSocket {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    pub fn per_instance(&self) -> Option<(SocketAddr, u32)> {
+        self.per_instance
     }
 
     /// Whether `program` receives this socket.
@@ -52,37 +68,83 @@ pub fn bind_all(configs: &[ListenConfig]) -> Result<Vec<HeldSocket>, ListenError
                 address: c.address.clone(),
                 source,
             })?;
-            info!(name = %c.name, address = %c.address, "holding listening socket");
+            let per_instance = match &c.address {
+                ListenAddress::Tcp(addr) if c.per_instance && can_steer(&c.name, &fd) => {
+                    Some((*addr, c.backlog))
+                }
+                _ => None,
+            };
+            info!(name = %c.name, address = %c.address, per_instance = per_instance.is_some(), "holding listening socket");
             Ok(HeldSocket {
                 name: c.name.clone(),
                 fd,
                 programs: c.programs.clone(),
+                per_instance,
             })
         })
         .collect()
 }
 
 fn bind(config: &ListenConfig) -> io::Result<OwnedFd> {
-    // socket2 creates sockets close-on-exec; spawn dup2s them into place.
-    let socket = match &config.address {
-        ListenAddress::Tcp(addr) => {
-            let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
-            s.set_reuse_address(true)?;
-            if config.reuse_port {
-                s.set_reuse_port(true)?;
-            }
-            s.bind(&SockAddr::from(*addr))?;
-            s
-        }
+    match &config.address {
+        ListenAddress::Tcp(addr) => bind_tcp(
+            *addr,
+            config.backlog,
+            config.reuse_port || config.per_instance,
+        ),
         ListenAddress::Unix(path) => {
             remove_stale_unix_socket(path)?;
             let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
             s.bind(&SockAddr::unix(path)?)?;
-            s
+            s.listen(backlog(config.backlog))?;
+            Ok(s.into())
         }
+    }
+}
+
+/// A listening TCP socket; with `reuse_port`, one more of its group.
+pub(crate) fn bind_tcp(
+    addr: SocketAddr,
+    backlog_len: u32,
+    reuse_port: bool,
+) -> io::Result<OwnedFd> {
+    // socket2 creates sockets close-on-exec; spawn dup2s them into place.
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(backlog(backlog_len))?;
+    Ok(s.into())
+}
+
+fn backlog(configured: u32) -> i32 {
+    configured.min(i32::MAX as u32) as i32
+}
+
+/// Whether the kernel takes a steering program on this socket's group; if
+/// not, its instances share it as before, and the log says so.
+fn can_steer(name: &str, fd: &OwnedFd) -> bool {
+    let route = Route {
+        users: 0,
+        probe: None,
     };
-    socket.listen(config.backlog.min(i32::MAX as u32) as i32)?;
-    Ok(socket.into())
+    match steer::attach(fd.as_fd(), route) {
+        Ok(()) => {
+            static CHECKED: Once = Once::new();
+            CHECKED.call_once(|| {
+                if !steer::migrates_queued() {
+                    warn!("net.ipv4.tcp_migrate_req is off: cutover waits for an old instance's accept queue to empty before its stop, but a connection that arrives in it meanwhile is reset when it closes (docker run --sysctl net.ipv4.tcp_migrate_req=1)");
+                }
+            });
+            true
+        }
+        Err(e) => {
+            warn!(listen = %name, error = %e, "cannot attach a steering program; instances share one socket, so an old instance may drop connections it accepted when it stops");
+            false
+        }
+    }
 }
 
 /// A socket file left by an earlier run would make bind fail; anything that

@@ -4,6 +4,11 @@
 //! own NOTIFY_SOCKET (when `notify`), surviving `grace`, then the http, tcp
 //! and command checks polled every `interval` until all pass. The caller
 //! races the check against the instance's exit, so a crash fails at once.
+//! An instance that users do not reach yet (the new one of an overlap) is
+//! probed through routes to its own sockets, so the http and tcp checks
+//! speak for it alone. After a reload, a `Watchdog` keeps asking the same
+//! checks for a while, to catch an instance whose main process lives on
+//! while it no longer serves.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -21,11 +26,17 @@ use tokio::time::{Instant, sleep, timeout_at};
 
 use crate::config::{ChildEnv, HttpTarget, ReadyConfig, RunAs};
 use crate::group::signal_group;
+use crate::handoff::ProbeRoute;
 use crate::reaper::Reaper;
 use crate::spawn::{LaunchSpec, fork_exec};
 
 /// Longest a single probe attempt may take before it counts as failed.
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(5);
+
+/// Failed checks in a row after which a watched instance counts as lost:
+/// one failure may be a slow moment, three a second apart are not.
+const LOST_AFTER: u32 = 3;
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
@@ -35,6 +46,8 @@ pub enum NotReady {
     Timeout { timeout: Duration, last: String },
     #[error("readiness check stopped")]
     Aborted,
+    #[error("stopped passing its readiness check: {last}")]
+    Lost { last: String },
 }
 
 /// Everything a readiness check needs about the instance it checks.
@@ -47,6 +60,8 @@ pub struct Probe {
     pub user: Option<RunAs>,
     /// The program's environment (never the secrets cutover reads).
     pub env: ChildEnv,
+    /// How to reach this instance alone, while users reach another.
+    pub routes: Vec<ProbeRoute>,
 }
 
 /// A running readiness check; dropping it stops the check.
@@ -74,7 +89,53 @@ impl Drop for ReadyCheck {
     }
 }
 
+/// A readiness watch after a reload; resolves only when the instance is
+/// lost, and dropping it stops the watch.
+pub struct Watchdog(JoinHandle<NotReady>);
+
+impl Watchdog {
+    pub fn start(probe: Probe, window: Duration) -> Watchdog {
+        Watchdog(tokio::spawn(probe.watch(window)))
+    }
+}
+
+impl Future for Watchdog {
+    type Output = NotReady;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(NotReady::Aborted))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Probe {
+    /// Asks the checks every second for `window`; returns when they failed
+    /// [`LOST_AFTER`] times in a row, never if they did not.
+    async fn watch(self, window: Duration) -> NotReady {
+        let end = Instant::now() + window;
+        let mut failures = 0;
+        while Instant::now() < end {
+            sleep(WATCH_EVERY.max(self.config.interval)).await;
+            match self.check_once(Instant::now() + ATTEMPT_LIMIT).await {
+                Ok(()) => failures = 0,
+                Err(last) => {
+                    failures += 1;
+                    if failures >= LOST_AFTER {
+                        return NotReady::Lost { last };
+                    }
+                }
+            }
+        }
+        std::future::pending().await
+    }
+
     /// Waits until ready; the time it took.
     pub async fn run(mut self) -> Result<Duration, NotReady> {
         let started = Instant::now();
@@ -106,12 +167,12 @@ impl Probe {
     async fn check_once(&self, deadline: Instant) -> Result<(), String> {
         let attempt_deadline = deadline.min(Instant::now() + ATTEMPT_LIMIT);
         if let Some(target) = &self.config.http {
-            timeout_at(attempt_deadline, http_get(target))
+            timeout_at(attempt_deadline, http_get(target, &self.routes))
                 .await
                 .map_err(|_| format!("GET {}: no answer", target.url()))??;
         }
         if let Some(addr) = &self.config.tcp {
-            timeout_at(attempt_deadline, TcpStream::connect(addr))
+            timeout_at(attempt_deadline, connect(addr, &self.routes))
                 .await
                 .map_err(|_| format!("connect {addr}: timed out"))?
                 .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -156,10 +217,27 @@ impl Probe {
     }
 }
 
+/// Connects to `authority` (host:port), through the route that reaches it
+/// when there is one.
+async fn connect(authority: &str, routes: &[ProbeRoute]) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(authority).await? {
+        let attempt = match routes.iter().find(|r| r.serves(addr)) {
+            Some(route) => route.connect(addr).await,
+            None => TcpStream::connect(addr).await,
+        };
+        match attempt {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the name resolves to no address")))
+}
+
 /// One plain HTTP/1.1 GET; Ok for a 2xx status.
-pub async fn http_get(target: &HttpTarget) -> Result<(), String> {
+pub async fn http_get(target: &HttpTarget, routes: &[ProbeRoute]) -> Result<(), String> {
     let url = target.url();
-    let mut stream = TcpStream::connect(&target.authority)
+    let mut stream = connect(&target.authority, routes)
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
     let request = format!(

@@ -98,6 +98,9 @@ pub struct ProgramReload {
     /// `restart`: how long the old instance took to exit gracefully (the app's time).
     #[serde(default)]
     pub old_stop_ms: f64,
+    /// Between taking users off the old instance and its stop signal.
+    #[serde(default)]
+    pub drain_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

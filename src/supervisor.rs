@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
@@ -97,14 +97,19 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         reaper,
         finished: finished_tx,
         foreground_tty: config.programs.len() == 1 && owns_terminal_foreground(),
-        sockets,
         runtime_dir: Arc::new(runtime_dir.0.clone()),
         events: events.clone(),
+        // Only a deploy can be rolled back when its instance stops answering.
+        watch_after_reload: config
+            .source
+            .as_ref()
+            .map_or(Duration::ZERO, |_| config.rollback_window),
     };
     let handles: Vec<ProgramHandle> = config
         .programs
         .iter()
-        .map(|p| program::start(p.clone(), context.clone()))
+        .zip(crate::handoff::distribute(sockets, &config.programs))
+        .map(|(p, sockets)| program::start(p.clone(), context.clone(), sockets))
         .collect();
     coordinator.start(handles.clone());
     let _source = source.map(|s| {
@@ -149,7 +154,7 @@ struct Setup {
     started: Instant,
     reaper: Reaper,
     incoming: mpsc::UnboundedReceiver<Incoming>,
-    sockets: Arc<Vec<listen::HeldSocket>>,
+    sockets: Vec<listen::HeldSocket>,
     runtime_dir: RuntimeDir,
     queue: ReloadQueue,
     coordinator: crate::reload::Unstarted,
@@ -165,7 +170,7 @@ impl Setup {
         let started = Instant::now();
         let reaper = Reaper::start().map_err(SupervisorError::Reaper)?;
         let incoming = signals::listen().map_err(SupervisorError::Signals)?;
-        let sockets = Arc::new(listen::bind_all(&config.listen)?);
+        let sockets = listen::bind_all(&config.listen)?;
         let runtime_dir = RuntimeDir::create()?;
         let (queue, coordinator) = ReloadQueue::new(config.reload.debounce);
         let default_root = config.programs[0]

@@ -256,6 +256,9 @@ pub struct ProgramConfig {
     pub stop_timeout: Duration,
     pub backoff: Backoff,
     pub reload: ReloadStrategy,
+    /// How long an old instance keeps its accepted connections, with no new
+    /// ones reaching it, before its stop signal.
+    pub drain: Duration,
     pub ready: ReadyConfig,
     /// Who receives the signals cutover forwards (USR1, USR2, WINCH, ...).
     pub forward_to: ForwardTo,
@@ -322,6 +325,13 @@ pub struct ReadyConfig {
     pub grace: Duration,
 }
 
+impl ReadyConfig {
+    /// Whether any check can be asked again at any time (notify cannot).
+    pub fn polls(&self) -> bool {
+        self.http.is_some() || self.tcp.is_some() || self.command.is_some()
+    }
+}
+
 impl Default for ReadyConfig {
     fn default() -> Self {
         ReadyConfig {
@@ -386,6 +396,8 @@ pub struct ReloadConfig {
     pub watch: Vec<String>,
     pub watch_root: Option<PathBuf>,
     pub debounce: Duration,
+    /// The default of every program's `drain`.
+    pub drain: Duration,
 }
 
 impl Default for ReloadConfig {
@@ -395,6 +407,7 @@ impl Default for ReloadConfig {
             watch: Vec::new(),
             watch_root: None,
             debounce: Duration::from_millis(200),
+            drain: Duration::from_millis(500),
         }
     }
 }
@@ -410,6 +423,10 @@ pub struct ListenConfig {
     pub reuse_port: bool,
     /// Programs that receive it; every program when `None`.
     pub programs: Option<Vec<String>>,
+    /// Each instance gets a socket of its own in one SO_REUSEPORT group, so
+    /// that traffic can be steered to one instance and drained from another.
+    /// Otherwise every instance shares the one socket.
+    pub per_instance: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

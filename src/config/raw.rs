@@ -160,6 +160,8 @@ pub struct RawProgram {
     pub reload_strategy: Option<String>,
     /// Overrides `[reload] signal` for this program.
     pub reload_signal: Option<String>,
+    /// Overrides `[reload] drain` for this program.
+    pub reload_drain: Option<String>,
     pub ready: Option<RawReady>,
     /// Where forwarded signals go: "group" (default) or "main".
     pub forward_to: Option<String>,
@@ -182,6 +184,8 @@ pub struct RawReload {
     pub debounce: Option<String>,
     pub strategy: Option<String>,
     pub signal: Option<String>,
+    /// Between taking traffic off an old instance and its stop signal.
+    pub drain: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -204,6 +208,8 @@ pub struct RawListen {
     pub backlog: Option<u32>,
     /// SO_REUSEPORT (TCP only).
     pub reuse_port: Option<bool>,
+    /// A socket of its own for each instance (default where possible).
+    pub per_instance: Option<bool>,
     /// Programs that receive this socket; all of them when absent.
     pub programs: Option<Vec<String>>,
 }

@@ -59,6 +59,11 @@ pub(super) fn reload(raw: Option<RawReload>, p: &mut Problems) -> (ReloadConfig,
             .check(&child(&path, "debounce"), parse_duration(&d))
             .unwrap_or(config.debounce);
     }
+    if let Some(d) = raw.drain {
+        config.drain = p
+            .check(&child(&path, "drain"), parse_duration(&d))
+            .unwrap_or(config.drain);
+    }
     let strategy = strategy(&path, raw.strategy, raw.signal, None, p);
     (config, strategy)
 }
@@ -189,15 +194,50 @@ pub(super) fn listen(
                 }
             }
         }
+        let receivers = l.programs.as_ref().map_or(programs.len(), Vec::len);
+        let per_instance = match (
+            l.per_instance,
+            per_instance_obstacle(&address, reuse_port, receivers),
+        ) {
+            (Some(true), Some(why)) => {
+                p.add(&child(&path, "per_instance"), why);
+                false
+            }
+            (Some(wanted), _) => wanted,
+            (None, obstacle) => obstacle.is_none(),
+        };
         out.push(ListenConfig {
             name,
             address,
             backlog: l.backlog.unwrap_or(1024),
             reuse_port,
             programs: l.programs,
+            per_instance,
         });
     }
     out
+}
+
+/// Why a socket cannot be one per instance, if it cannot.
+fn per_instance_obstacle(
+    address: &ListenAddress,
+    reuse_port: bool,
+    receivers: usize,
+) -> Option<String> {
+    if matches!(address, ListenAddress::Unix(_)) {
+        Some("only for TCP addresses (a unix socket path is bound by one socket)".into())
+    } else if reuse_port {
+        Some(
+            "not with `reuse_port`: another process's sockets would join the group cutover steers"
+                .into(),
+        )
+    } else if receivers != 1 {
+        Some(format!(
+            "the socket goes to {receivers} programs; name the one that serves it with `programs = [\"web\"]`"
+        ))
+    } else {
+        None
+    }
 }
 
 fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {

@@ -210,6 +210,7 @@ fn validate(
         let implicit_name = path == [key("app")];
         let inherited = Inherited {
             strategy: default_strategy,
+            drain: reload.drain,
             ready: &default_ready,
         };
         if let Some(p) = program(&path, raw, implicit_name, inherited, problems) {
@@ -265,6 +266,7 @@ fn validate(
 #[derive(Clone, Copy)]
 struct Inherited<'a> {
     strategy: ReloadStrategy,
+    drain: Duration,
     ready: &'a ReadyConfig,
 }
 
@@ -335,6 +337,7 @@ fn program(
         defaults.reset_after,
     );
     let window = duration("restart_window", raw.restart_window, defaults.window);
+    let drain = duration("reload_drain", raw.reload_drain, inherited.drain);
     let limit = raw.restart_limit.unwrap_or(defaults.limit);
     if limit == 0 {
         problems.add(&child(path, "restart_limit"), "must be at least 1");
@@ -381,6 +384,7 @@ fn program(
             window: window?,
         },
         reload,
+        drain: drain?,
         ready,
         forward_to,
     })

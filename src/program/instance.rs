@@ -12,10 +12,11 @@ use tracing::{info, warn};
 use super::{Flow, Program, now};
 use crate::exit::ExitStatus;
 use crate::group::{group_alive, signal_group, wait_group_empty};
+use crate::handoff::Generation;
 use crate::notify::NotifySocket;
-use crate::ready::{NotReady, Probe, ReadyCheck};
+use crate::ready::{NotReady, Probe, ReadyCheck, Watchdog};
 use crate::reaper::ExitWatch;
-use crate::spawn::{LaunchSpec, PassedFd, SpawnError, fork_exec};
+use crate::spawn::{LaunchSpec, SpawnError, fork_exec};
 use crate::status::ProgramState;
 
 /// How long to wait for a group to vanish after SIGKILL before moving on
@@ -71,6 +72,18 @@ pub(super) struct Instance {
     pub notify: Option<NotifySocket>,
     /// The readiness check in progress, if any.
     pub ready: Option<ReadyCheck>,
+    /// After a reload: its readiness, checked again for a while.
+    pub watchdog: Option<Watchdog>,
+    /// Which of the program's per-instance sockets it took.
+    pub generation: Generation,
+}
+
+/// Awaits the watchdog's verdict if there is one; never resolves otherwise.
+pub(super) async fn unready_of(watchdog: &mut Option<Watchdog>) -> NotReady {
+    match watchdog {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Awaits the check if there is one; never resolves otherwise.
@@ -82,7 +95,12 @@ pub(super) async fn ready_of(check: &mut Option<ReadyCheck>) -> Result<Duration,
 }
 
 impl Program {
-    pub(super) async fn launch(&mut self, dir_choice: &Dir) -> Result<Instance, SpawnError> {
+    /// Starts an instance on `generation`'s sockets.
+    pub(super) async fn launch(
+        &mut self,
+        dir_choice: &Dir,
+        generation: Generation,
+    ) -> Result<Instance, SpawnError> {
         self.launched += 1;
         let dir = match dir_choice {
             Dir::Pinned(p) => Some(p.clone()),
@@ -119,16 +137,7 @@ impl Program {
         if let Some(n) = &notify {
             extra_env.push(("NOTIFY_SOCKET".to_string(), n.path().display().to_string()));
         }
-        let passed: Vec<PassedFd> = self
-            .context
-            .sockets
-            .iter()
-            .filter(|s| s.is_for(&self.config.name))
-            .map(|s| PassedFd {
-                name: &s.name,
-                fd: s.fd(),
-            })
-            .collect();
+        let passed = self.sockets.passed(generation);
         let spec = LaunchSpec {
             command: &self.config.command,
             workdir: dir.as_deref(),
@@ -156,6 +165,8 @@ impl Program {
             started_at: now(),
             notify,
             ready: None,
+            watchdog: None,
+            generation,
         };
         self.check_readiness(&mut instance, true);
         Ok(instance)
@@ -163,13 +174,37 @@ impl Program {
 
     /// (Re)starts the readiness check of `instance`. sd_notify only counts
     /// for a fresh instance: a program reloaded by signal does not repeat it.
+    /// An instance that users do not reach yet is probed through its own
+    /// sockets, so that the old instance cannot answer for it.
     pub(super) fn check_readiness(&self, instance: &mut Instance, fresh: bool) {
         let notify = instance
             .notify
             .as_ref()
             .filter(|_| fresh)
             .map(NotifySocket::ready);
-        instance.ready = Some(ReadyCheck::start(Probe {
+        instance.ready = Some(ReadyCheck::start(self.probe(instance, notify)));
+    }
+
+    /// Watches the readiness of an instance a reload brought up, for
+    /// `watch_after_reload`; resolves only if it stops passing.
+    pub(super) fn watch_readiness(&self, instance: &mut Instance) {
+        let window = self.context.watch_after_reload;
+        instance.watchdog = (!window.is_zero() && self.config.ready.polls())
+            .then(|| Watchdog::start(self.probe(instance, None), window));
+    }
+
+    fn probe(
+        &self,
+        instance: &Instance,
+        notify: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Probe {
+        let routes = if instance.generation == self.serving_generation {
+            Vec::new()
+        } else {
+            self.sockets
+                .probe_routes(self.serving_generation, instance.generation)
+        };
+        Probe {
             config: self.config.ready.clone(),
             pid: instance.pid,
             notify,
@@ -177,7 +212,8 @@ impl Program {
             workdir: instance.dir.clone(),
             user: self.config.user.clone(),
             env: self.config.env.clone(),
-        }));
+            routes,
+        }
     }
 
     /// Graceful stop of the whole group: stop_signal, then SIGKILL once
@@ -190,6 +226,7 @@ impl Program {
         let previous_state = self.stats.state;
         self.set_state(ProgramState::Stopping);
         instance.ready = None;
+        instance.watchdog = None;
         let mut status = instance.exit.seen();
         if !kill_now && status.is_none() {
             info!(program = %name, pid = %pgid, signal = %self.config.stop_signal, "stopping");

@@ -23,7 +23,7 @@ use crate::clock::timestamp;
 use crate::config::{ForwardTo, ProgramConfig};
 use crate::exit::ExitStatus;
 use crate::group::signal_group;
-use crate::listen::HeldSocket;
+use crate::handoff::{Generation, ProgramSockets};
 use crate::reaper::Reaper;
 use crate::restart::{Decision, RestartTracker};
 use crate::status::{ProgramReload, ProgramState, ProgramStatus};
@@ -54,6 +54,9 @@ pub struct Finished {
 pub enum ProgramEvent {
     /// An instance ended on its own (a crash, or a clean exit nobody asked for).
     Exited { name: String, status: ExitStatus },
+    /// The instance a reload brought up stopped passing its readiness check
+    /// while its main process lives (workers crash-looping, a deadlock).
+    Unready { name: String, why: String },
 }
 
 /// Shared, read-only things every program actor needs.
@@ -63,10 +66,12 @@ pub struct Context {
     pub finished: mpsc::UnboundedSender<Finished>,
     /// Hand the terminal's foreground to the program (interactive `docker run -it`).
     pub foreground_tty: bool,
-    pub sockets: Arc<Vec<HeldSocket>>,
     /// Where per-instance NOTIFY_SOCKETs are created.
     pub runtime_dir: Arc<PathBuf>,
     pub events: tokio::sync::broadcast::Sender<ProgramEvent>,
+    /// After a reload, how long the new instance's readiness keeps being
+    /// checked (the rollback window); zero for never.
+    pub watch_after_reload: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -113,6 +118,7 @@ impl ProgramHandle {
             ready_ms: 0.0,
             cutover_ms: 0.0,
             old_stop_ms: 0.0,
+            drain_ms: 0.0,
         })
     }
 
@@ -124,7 +130,7 @@ impl ProgramHandle {
 }
 
 /// Starts the actor; the program is launched at once.
-pub fn start(config: ProgramConfig, context: Context) -> ProgramHandle {
+pub fn start(config: ProgramConfig, context: Context, sockets: ProgramSockets) -> ProgramHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Stats::default();
     let (published, status) = watch::channel(stats.snapshot(&config));
@@ -143,6 +149,8 @@ pub fn start(config: ProgramConfig, context: Context) -> ProgramHandle {
         published,
         good_dir: None,
         launched: 0,
+        sockets,
+        serving_generation: ProgramSockets::first(),
     };
     tokio::spawn(program.run());
     handle
@@ -160,6 +168,10 @@ struct Program {
     /// restarts and failed reloads go back to, even if a symlink moved.
     good_dir: Option<PathBuf>,
     launched: u64,
+    /// The listening sockets, and their hand-off between instances.
+    sockets: ProgramSockets,
+    /// The sockets a (re)started instance takes: those traffic goes to.
+    serving_generation: Generation,
 }
 
 #[derive(Default)]
@@ -243,7 +255,7 @@ impl Program {
         loop {
             self.set_state(ProgramState::Starting);
             let started = Instant::now();
-            let status = match self.launch(&dir).await {
+            let status = match self.launch(&dir, self.serving_generation).await {
                 Ok(instance) => {
                     self.update(|s| s.serving = Some(Serving::of(&instance)));
                     let ended = match reload_on_start.take() {
@@ -321,6 +333,15 @@ impl Program {
                 result = instance::ready_of(&mut instance.ready) => {
                     instance.ready = None;
                     self.on_ready(&instance, result);
+                }
+                why = instance::unready_of(&mut instance.watchdog) => {
+                    instance.watchdog = None;
+                    warn!(program = %self.config.name, pid = %instance.pid, error = %why, "the reloaded instance lives but no longer passes its readiness check");
+                    self.set_state(ProgramState::Unready);
+                    let _ = self.context.events.send(ProgramEvent::Unready {
+                        name: self.config.name.clone(),
+                        why: why.to_string(),
+                    });
                 }
                 command = self.commands.recv() => match self.answer(command, &[&instance]) {
                     None => {}

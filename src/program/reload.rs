@@ -5,6 +5,9 @@
 //! A broken release never replaces a working one: with `overlap` the old
 //! instance keeps serving; with `restart` the program is brought back in the
 //! last directory that proved ready, even if `current` now points elsewhere.
+//! With per-instance sockets (`handoff`), an old instance is sent its stop
+//! signal only once no new connection reaches it and its accept queue is
+//! empty (the drain), so it has nothing to drop when it stops.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,9 +21,13 @@ use super::{Ended, Flow, Program};
 use crate::clock::ms;
 use crate::config::{ProgramConfig, ReloadStrategy};
 use crate::exit::ExitStatus;
+use crate::handoff::Generation;
 use crate::ready::NotReady;
 use crate::spawn::SpawnError;
 use crate::status::{ProgramReload, ProgramState};
+
+/// How often the drain looks at the old instance's accept queue.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug)]
 pub(crate) struct ReloadRequest {
@@ -43,6 +50,7 @@ pub(crate) struct Timings {
     cutover: Duration,
     /// `restart`: the old instance's graceful exit (the app's time).
     old_stop: Duration,
+    drain: Duration,
     pid: Option<i32>,
     release: Option<PathBuf>,
 }
@@ -58,6 +66,8 @@ pub(crate) enum ReloadError {
     },
     #[error("cannot start the new code: {0}")]
     Start(#[source] SpawnError),
+    #[error("no socket for the new instance: {0}")]
+    Sockets(#[source] std::io::Error),
     #[error(transparent)]
     NotReady(#[from] NotReady),
     #[error("the new instance {0} before it was ready")]
@@ -103,6 +113,7 @@ impl ReloadRequest {
             ready_ms: ms(t.ready),
             cutover_ms: ms(t.cutover),
             old_stop_ms: ms(t.old_stop),
+            drain_ms: ms(t.drain),
         }
     }
 
@@ -120,13 +131,17 @@ impl Program {
             info!(program = %self.config.name, strategy = %strategy.name(), trigger = %request.trigger, "reloading");
             self.set_state(ProgramState::Reloading);
         }
-        let (after, result) = match strategy {
+        let (mut after, result) = match strategy {
             ReloadStrategy::None => (After::Running(old), Ok(Timings::default())),
             ReloadStrategy::Signal(signal) => self.by_signal(old, signal, &request).await,
             ReloadStrategy::Restart => self.by_restart(old, &request).await,
             ReloadStrategy::Overlap => self.by_overlap(old, &request).await,
         };
+        let reloaded = result.is_ok() && strategy != ReloadStrategy::None;
         self.finish_reload(&after, before, result, request);
+        if let (After::Running(instance), true) = (&mut after, reloaded) {
+            self.watch_readiness(instance);
+        }
         after
     }
 
@@ -213,6 +228,7 @@ impl Program {
             ready: started.elapsed().saturating_sub(cutover),
             cutover,
             old_stop: Duration::ZERO,
+            drain: Duration::ZERO,
             pid: Some(new.pid.as_raw()),
             release: new.dir.clone(),
         }
@@ -266,12 +282,32 @@ impl Program {
     ) -> (After, Result<Timings, ReloadError>) {
         let fallback = self.good_dir.clone().or_else(|| old.dir.clone());
         let stopping = Instant::now();
+        // New connections wait in the next instance's sockets while this one
+        // finishes what it has; if none can be bound, they share the old ones.
+        let retired = old.generation;
+        let next = match self.next_generation() {
+            Ok(next) => next,
+            Err(e) => {
+                warn!(program = %self.config.name, error = %e, "restarting on the old sockets");
+                retired
+            }
+        };
+        let drained = if next == retired {
+            Duration::ZERO
+        } else {
+            self.sockets.steer_to(next);
+            self.serving_generation = next;
+            self.drain(&old).await
+        };
         self.stop(old, false).await;
+        if next != retired {
+            self.sockets.retire(retired);
+        }
         // The old instance's graceful exit is the app's time, not cutover's.
         let stopped_in = stopping.elapsed();
         let action = request.received.elapsed().saturating_sub(stopped_in);
         let started = Instant::now();
-        let mut new = match self.launch(&Dir::Resolve).await {
+        let mut new = match self.launch(&Dir::Resolve, next).await {
             Ok(i) => i,
             Err(e) => {
                 return self.fall_back(fallback, ReloadError::Start(e)).await;
@@ -280,7 +316,8 @@ impl Program {
         match self.wait_ready(&mut new, None).await {
             Wait::Ready => {
                 let mut t = self.accept(&new, action, started, Duration::ZERO);
-                t.old_stop = stopped_in;
+                t.old_stop = stopped_in.saturating_sub(drained);
+                t.drain = drained;
                 (After::Running(new), Ok(t))
             }
             Wait::NotReady(why) => {
@@ -310,7 +347,7 @@ impl Program {
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "its workdir".into());
         warn!(program = %self.config.name, error = %why, dir = %shown, "new code failed; starting the previous code again");
-        match self.launch(&target).await {
+        match self.launch(&target, self.serving_generation).await {
             Ok(instance) => (
                 After::Running(instance),
                 Err(ReloadError::FellBack {
@@ -336,9 +373,14 @@ impl Program {
         request: &ReloadRequest,
     ) -> (After, Result<Timings, ReloadError>) {
         let started = Instant::now();
-        let mut new = match self.launch(&Dir::Resolve).await {
+        let next = match self.next_generation() {
+            Ok(next) => next,
+            Err(e) => return (After::Running(old), Err(ReloadError::Sockets(e))),
+        };
+        let mut new = match self.launch(&Dir::Resolve, next).await {
             Ok(i) => i,
             Err(e) => {
+                self.abandon(next);
                 return (After::Running(old), Err(ReloadError::Start(e)));
             }
         };
@@ -348,34 +390,92 @@ impl Program {
                 let cutover_started = Instant::now();
                 let t = self.accept(&new, action, started, Duration::ZERO);
                 let old_pid = old.pid;
-                // stop() sends stop_signal first thing; cutover's part ends there.
-                let signal_sent = cutover_started.elapsed();
+                let retired = old.generation;
+                self.sockets.steer_to(next);
+                self.serving_generation = next;
+                let steered = cutover_started.elapsed();
+                let drained = self.drain(&old).await;
                 self.stop_previous(old).await;
+                if retired != next {
+                    self.sockets.retire(retired);
+                }
                 info!(program = %self.config.name, old = %old_pid, new = %new.pid, "cut over to the new instance");
                 (
                     After::Running(new),
                     Ok(Timings {
-                        cutover: signal_sent,
+                        // stop() sends stop_signal first thing; cutover's own part
+                        // ends there, less the drain the config asks for.
+                        cutover: steered,
+                        drain: drained,
                         ..t
                     }),
                 )
             }
             Wait::NotReady(why) => {
                 self.stop(new, false).await;
+                self.abandon(next);
                 (After::Running(old), Err(why.into()))
             }
             Wait::Exited(status) => {
                 self.clear_leftovers(new.pid).await;
+                self.abandon(next);
                 (After::Running(old), Err(ReloadError::NewExited(status)))
             }
             Wait::Stop { kill } => {
                 self.stop(new, kill).await;
+                self.abandon(next);
                 (
                     After::Ended(Ended::Stopped(self.stop(old, kill).await)),
                     Err(ReloadError::Refused("cutover is stopping")),
                 )
             }
         }
+    }
+
+    /// Sockets for the instance a reload starts: new ones when they are per
+    /// instance, the serving ones when they are shared.
+    fn next_generation(&mut self) -> std::io::Result<Generation> {
+        if self.sockets.steered() {
+            self.sockets.add_generation()
+        } else {
+            Ok(self.serving_generation)
+        }
+    }
+
+    /// A new instance did not make it: its sockets go, and users (who never
+    /// left the serving instance) no longer share the group with its probes.
+    fn abandon(&mut self, next: Generation) {
+        if next != self.serving_generation {
+            self.sockets.steer_to(self.serving_generation);
+            self.sockets.retire(next);
+        }
+    }
+
+    /// Once users are steered away from `old`: waits until its accept queue
+    /// is empty and at least `drain` has passed, so that what it accepted is
+    /// read and in progress before it is told to stop. Bounded by
+    /// `drain + stop_timeout` for an instance that stopped accepting; what it
+    /// leaves moves to the new sockets when its own close.
+    async fn drain(&mut self, old: &Instance) -> Duration {
+        let started = Instant::now();
+        if !self.sockets.steered() || old.exit.seen().is_some() {
+            return Duration::ZERO;
+        }
+        let least = self.config.drain;
+        let most = least + self.config.stop_timeout;
+        loop {
+            let queued = self.sockets.queued(old.generation);
+            let waited = started.elapsed();
+            if queued == 0 && waited >= least {
+                break;
+            }
+            if waited >= most {
+                warn!(program = %self.config.name, pid = %old.pid, queued, "the old instance stopped taking its queued connections; they move to the new instance's sockets");
+                break;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        started.elapsed()
     }
 
     async fn stop_previous(&mut self, old: Instance) {

@@ -140,7 +140,11 @@ impl Source {
         // With nothing served yet the hook is retried with backoff: the
         // database it needs may just not be up.
         let serving = self.volume.current_sha().is_some();
-        if serving && self.hook_failed.as_ref() == Some(sha) {
+        if serving
+            && let Some((_, hook_error)) = self.hook_failed.as_ref().filter(|(s, _)| s == sha)
+        {
+            // Still the reason nothing new is served.
+            self.last_error = Some(hook_error.clone());
             let why = format!(
                 "the before_cutover hook failed for {sha}; waiting for `{}` to move, or `cutover deploy`",
                 self.config.git_ref
@@ -161,9 +165,12 @@ impl Source {
             .run_hooks(HookKind::BeforeCutover, &sha, current.as_ref())
             .await
         {
-            self.hook_failed = Some(sha.clone());
             let why = format!("{e}; {}", self.serving_note());
-            return self.failed(record, why);
+            let done = self.failed(record, why);
+            // Status shows it until the ref moves on.
+            self.last_error = done.error.clone();
+            self.hook_failed = Some((sha.clone(), done.error.clone().unwrap_or_default()));
+            return done;
         }
         self.publisher.phase(Phase::Switching);
         if let Err(e) = self.volume.switch_to(&sha) {

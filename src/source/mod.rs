@@ -189,10 +189,10 @@ pub struct Source {
     deployed_at: Option<Instant>,
     /// The bad sha last refused, so a poll does not log the refusal every time.
     refused: Option<Sha>,
-    /// The sha whose before_cutover hook failed: automatic triggers leave it
-    /// alone (no hook rerun on every poll) until the ref moves; `cutover
-    /// deploy` tries again.
-    hook_failed: Option<Sha>,
+    /// The sha whose before_cutover hook failed, and the error: automatic
+    /// triggers leave it alone (no hook rerun on every poll) until the ref
+    /// moves; `cutover deploy` tries again.
+    hook_failed: Option<(Sha, String)>,
     reaper: Reaper,
     dependencies: DependencyGate,
     /// False while `current` holds code for other dependencies than the
@@ -342,8 +342,12 @@ impl Source {
                     self.deploy(None, Trigger::Retry).await;
                 }
                 event = next_event(&mut events) => {
-                    if let Some(ProgramEvent::Exited { name, status }) = event {
-                        self.on_crash(&name, &status.to_string()).await;
+                    match event {
+                        Some(ProgramEvent::Exited { name, status }) => {
+                            self.on_crash(&name, &status.to_string()).await;
+                        }
+                        Some(ProgramEvent::Unready { name, why }) => self.on_crash(&name, &why).await,
+                        None => {}
                     }
                 }
             }

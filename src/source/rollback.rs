@@ -169,7 +169,7 @@ impl Source {
         let Some(sha) = self.volume.current_sha() else {
             return;
         };
-        warn!(%program, %status, %sha, after = %humantime::format_duration(Duration::from_secs(at.elapsed().as_secs())), "crashed within the rollback window; rolling back");
+        warn!(%program, %status, %sha, after = %humantime::format_duration(Duration::from_secs(at.elapsed().as_secs())), "failed within the rollback window; rolling back");
         let trigger = Trigger::Crash {
             program: program.to_string(),
             status: status.to_string(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::helpers::*;
 
 /// The virtualenv with gunicorn; set up once per test run (seconds when cached).
-fn venv() -> &'static PathBuf {
+pub(crate) fn venv() -> &'static PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
         if let Ok(v) = std::env::var("CUTOVER_VENV") {

@@ -1,0 +1,238 @@
+//! Steering inside a SO_REUSEPORT group: which of the group's listening
+//! sockets a new connection lands on, and how many connections wait in one
+//! socket's accept queue.
+//!
+//! The kernel hands each new connection (its SYN) to one socket of the group.
+//! A classic BPF program attached to the group chooses it by index, in the
+//! order the sockets joined the group. cutover uses that to send all user
+//! traffic to one instance's socket while its own readiness probes, which
+//! connect from a source port it chose, reach another: the check then speaks
+//! for the new instance alone. Classic BPF needs no privilege, unlike an eBPF
+//! sockarray, so this works as any user and in any container.
+//!
+//! When the program returns an index the group does not have, the kernel
+//! falls back to its hash; callers keep the group at two sockets at most so
+//! that the fallback can only pick the one that remains.
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use libc::sock_filter;
+
+/// Not in the libc crate for glibc targets; the value is the same on every
+/// Linux architecture (asm-generic/socket.h).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Where new connections go: every one to the socket at `users`, except
+/// those from `probe.0` (a local port of cutover's), which go to `probe.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub users: u32,
+    pub probe: Option<(u16, u32)>,
+}
+
+/// Attaches `route` to the group `socket` belongs to, replacing any program
+/// the group had.
+pub(crate) fn attach(socket: BorrowedFd<'_>, route: Route) -> io::Result<()> {
+    let mut filter = program(route);
+    let fprog = libc::sock_fprog {
+        len: filter.len() as libc::c_ushort,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `filter`, which lives until the call returns;
+    // the kernel copies the program and keeps no pointer to it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn stmt(code: u32, k: i64) -> sock_filter {
+    jump(code, 0, 0, k)
+}
+
+fn jump(code: u32, jt: u8, jf: u8, k: i64) -> sock_filter {
+    sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        // Negative offsets (SKF_NET_OFF, SKF_AD_OFF) are meant as u32 bit patterns.
+        k: k as u32,
+    }
+}
+
+/// The program for `route`. The kernel runs it with the packet's data past
+/// the TCP header, so the source port is read relative to the network
+/// header: at 40 for IPv6 (a SYN carries no extension headers in practice),
+/// after the header length IHL says for IPv4 (a v4 SYN may reach a dual-stack
+/// socket too, hence the protocol test).
+fn program(route: Route) -> Vec<sock_filter> {
+    use libc::{
+        BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD,
+        BPF_LSH, BPF_MISC, BPF_RET, BPF_TAX, SKF_AD_OFF, SKF_AD_PROTOCOL, SKF_NET_OFF,
+    };
+    let users = stmt(BPF_RET | BPF_K, route.users.into());
+    let Some((port, probe)) = route.probe else {
+        return vec![users];
+    };
+    let net = i64::from(SKF_NET_OFF);
+    vec![
+        // 0: A = skb->protocol
+        stmt(
+            BPF_LD | BPF_H | BPF_ABS,
+            i64::from(SKF_AD_OFF + SKF_AD_PROTOCOL),
+        ),
+        // 1: IPv6? on to 2, else to 4
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, i64::from(libc::ETH_P_IPV6)),
+        // 2: A = source port after the fixed IPv6 header
+        stmt(BPF_LD | BPF_H | BPF_ABS, net + 40),
+        // 3: to the comparison at 9
+        stmt(BPF_JMP | BPF_JA, 5),
+        // 4-7: X = IPv4 header length (IHL * 4)
+        stmt(BPF_LD | BPF_B | BPF_ABS, net),
+        stmt(BPF_ALU | BPF_AND | BPF_K, 0xf),
+        stmt(BPF_ALU | BPF_LSH | BPF_K, 2),
+        stmt(BPF_MISC | BPF_TAX, 0),
+        // 8: A = source port after the IPv4 header
+        stmt(BPF_LD | BPF_H | BPF_IND, net),
+        // 9: the probe's port? to 10, else to 11
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, port.into()),
+        // 10
+        stmt(BPF_RET | BPF_K, probe.into()),
+        // 11
+        users,
+    ]
+}
+
+/// Connections in `socket`'s accept queue: complete, not yet accepted.
+pub(crate) fn queued(socket: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid for writes of `len` bytes; the
+    // kernel writes at most that much.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // For a listening socket the kernel reports its accept queue here.
+    Ok(info.tcpi_unacked)
+}
+
+/// Whether the kernel moves an old listener's queued connections to another
+/// socket of its group when it closes (net.ipv4.tcp_migrate_req, also for
+/// IPv6). Without it they are reset, so cutover waits for the queue to empty.
+pub(crate) fn migrates_queued() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    use socket2::{Domain, Socket, Type};
+
+    fn member(addr: SocketAddr) -> TcpListener {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s.listen(16).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s.into()
+    }
+
+    fn connect_from(local: Option<SocketAddr>, to: SocketAddr) -> TcpStream {
+        let s = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
+        if let Some(local) = local {
+            s.bind(&local.into()).unwrap();
+        }
+        s.connect(&to.into()).unwrap();
+        s.into()
+    }
+
+    /// Which of `sockets` took the one connection made.
+    fn taker(sockets: &[&TcpListener]) -> usize {
+        for _ in 0..200 {
+            for (i, s) in sockets.iter().enumerate() {
+                if s.accept().is_ok() {
+                    return i;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("no socket accepted the connection");
+    }
+
+    fn steers(host: &str) {
+        let first = member(format!("{host}:0").parse().unwrap());
+        let addr = first.local_addr().unwrap();
+        let second = member(addr);
+        let both = [&first, &second];
+        for users in [1u32, 0] {
+            let probe_socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+            let mut local = addr;
+            local.set_port(0);
+            probe_socket.bind(&local.into()).unwrap();
+            let port = probe_socket
+                .local_addr()
+                .unwrap()
+                .as_socket()
+                .unwrap()
+                .port();
+            let route = Route {
+                users,
+                probe: Some((port, 1 - users)),
+            };
+            attach(first.as_fd(), route).unwrap();
+            for _ in 0..8 {
+                let _c = connect_from(None, addr);
+                assert_eq!(taker(&both), users as usize, "user traffic, {host}");
+            }
+            probe_socket.connect(&addr.into()).unwrap();
+            assert_eq!(taker(&both), 1 - users as usize, "the probe, {host}");
+        }
+    }
+
+    #[test]
+    fn probes_and_users_reach_the_sockets_they_are_steered_to() {
+        steers("127.0.0.1");
+        if TcpListener::bind("[::1]:0").is_ok() {
+            steers("[::1]");
+        }
+    }
+
+    #[test]
+    fn the_accept_queue_is_counted() {
+        let listener = member("127.0.0.1:0".parse().unwrap());
+        let addr = listener.local_addr().unwrap();
+        assert_eq!(queued(listener.as_fd()).unwrap(), 0);
+        let _a = connect_from(None, addr);
+        let _b = connect_from(None, addr);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(queued(listener.as_fd()).unwrap(), 2);
+        let _ = listener.accept().unwrap();
+        assert_eq!(queued(listener.as_fd()).unwrap(), 1);
+    }
+}

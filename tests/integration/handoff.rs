@@ -1,0 +1,269 @@
+//! Per-instance sockets (src/handoff.rs): whatever an old instance does
+//! when it stops, no request fails; readiness probes reach the new instance
+//! alone; an instance that stops passing its check after the cutover is
+//! rolled back. Driven with fdserver.py's misbehaviours (greedy-stop,
+//! unhealthy, unhealthy-after), which stand for uvicorn's and gunicorn +
+//! uvicorn workers' (tests/integration/servers.rs runs the real ones).
+
+use std::time::Duration;
+
+use crate::fixture::cleanup::sleep;
+use crate::gitrepo::Repo;
+use crate::helpers::*;
+
+fn config(port: u16, releases: &Releases, strategy: &str, listen: &str) -> String {
+    format!(
+        r#"[[listen]]
+name = "http"
+address = "127.0.0.1:{port}"
+{listen}
+
+[app]
+command = ["python3", "{server}"]
+workdir = "{current}"
+restart = "on-failure"
+stop_timeout = "5s"
+
+[reload]
+strategy = "{strategy}"
+drain = "200ms"
+
+[ready]
+http = "http://127.0.0.1:{port}/healthz"
+grace = "100ms"
+timeout = "3s"
+"#,
+        server = app("fdserver.py"),
+        current = releases.current().display(),
+    )
+}
+
+/// Requests to fdserver back to back with a pause of 1 ms, so that the
+/// 20,000 the load allows span a test of 20 s or more.
+fn paced_load(port: u16) -> Load {
+    Load::spawn(
+        move || served_version(port),
+        Duration::from_millis(1),
+        20_000,
+        Duration::from_secs(120),
+    )
+}
+
+/// Five reloads into releases whose old instances, once told to stop,
+/// accept for another half second and close what they accepted unanswered.
+fn five_reloads_with_greedy_stops(strategy: &str) {
+    let dir = TestDir::new();
+    let releases = Releases::new(&dir);
+    for v in 1..=6 {
+        releases.add(
+            &format!("r{v}"),
+            &[("version", &format!("v{v}")), ("greedy-stop", "0.5")],
+        );
+    }
+    releases.switch("r1");
+    let port = free_port();
+    let c = Cutover::run_config(
+        Mode::Subreaper,
+        &dir,
+        &config(port, &releases, strategy, ""),
+    );
+    wait_version(port, "v1", &c, SECS_20);
+    wait_for_control(&dir);
+    let load = paced_load(port);
+    for v in 2..=6 {
+        releases.switch(&format!("r{v}"));
+        let (code, out, err) = client(&dir, &["reload", "--wait"]);
+        assert_eq!(code, 0, "reload to v{v}: {out}{err}\n{}", c.stderr());
+        wait_version(port, &format!("v{v}"), &c, SECS_20);
+        // The old instance's greedy half second must overlap the load.
+        sleep(Duration::from_millis(700));
+    }
+    let r = load.finish();
+    eprintln!(
+        "handoff {strategy}: {} requests, {} failed over 5 reloads",
+        r.requests(),
+        r.failed.len()
+    );
+    assert!(
+        r.failed.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        r.failed.len(),
+        r.requests(),
+        &r.failed[..r.failed.len().min(5)],
+        c.stderr()
+    );
+    assert_eq!(r.versions, ["v1", "v2", "v3", "v4", "v5", "v6"]);
+    assert!(r.ok > 100, "the load ran: {} requests", r.ok);
+}
+
+#[test]
+fn an_old_instance_that_drops_what_it_accepts_loses_nothing_under_overlap() {
+    five_reloads_with_greedy_stops("overlap");
+}
+
+#[test]
+fn an_old_instance_that_drops_what_it_accepts_loses_nothing_under_restart() {
+    five_reloads_with_greedy_stops("restart");
+}
+
+/// The new instance lives but its /healthz says 503. Over one shared socket
+/// the old instance would answer the check half the time and the overlap
+/// would cut over to code that does not serve.
+#[test]
+fn http_readiness_is_answered_by_the_new_instance_alone() {
+    let dir = TestDir::new();
+    let releases = Releases::new(&dir);
+    releases.add("a", &[("version", "v1")]);
+    releases.add("b", &[("version", "v2"), ("unhealthy", "")]);
+    releases.switch("a");
+    let port = free_port();
+    let c = Cutover::run_config(
+        Mode::Subreaper,
+        &dir,
+        &config(port, &releases, "overlap", ""),
+    );
+    wait_version(port, "v1", &c, SECS_20);
+    wait_for_control(&dir);
+    let load = Load::start(port);
+    releases.switch("b");
+    let (code, out, err) = client(&dir, &["reload", "--wait"]);
+    assert_ne!(code, 0, "the reload must fail: {out}{err}");
+    assert!(
+        format!("{out}{err}").contains("status 503"),
+        "the check's last answer is the new instance's: {out}{err}"
+    );
+    sleep(Duration::from_millis(500));
+    let r = load.finish();
+    assert!(
+        r.failed.is_empty(),
+        "{:?}",
+        &r.failed[..r.failed.len().min(5)]
+    );
+    assert_eq!(
+        r.versions,
+        ["v1"],
+        "the new instance never got user traffic"
+    );
+    let st = status(&dir);
+    assert_eq!(st["programs"][0]["reload_failures"], 1, "{st}");
+    assert_eq!(st["programs"][0]["state"], "running", "{st}");
+}
+
+/// With the sockets shared (`per_instance = false`), the old behaviour: a
+/// probe may reach either instance. Still serves, and the config says so.
+#[test]
+fn a_shared_socket_still_serves_across_reloads() {
+    let dir = TestDir::new();
+    let releases = Releases::new(&dir);
+    releases.add("a", &[("version", "v1")]);
+    releases.add("b", &[("version", "v2")]);
+    releases.switch("a");
+    let port = free_port();
+    let c = Cutover::run_config(
+        Mode::Subreaper,
+        &dir,
+        &config(port, &releases, "overlap", "per_instance = false"),
+    );
+    wait_version(port, "v1", &c, SECS_20);
+    wait_for_control(&dir);
+    releases.switch("b");
+    let (code, out, err) = client(&dir, &["reload", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_version(port, "v2", &c, SECS_20);
+    assert!(c.stderr().contains("per_instance=false"), "{}", c.stderr());
+}
+
+#[test]
+fn per_instance_sockets_are_refused_where_they_cannot_work() {
+    let dir = TestDir::new();
+    let toml = r#"[[listen]]
+name = "a"
+address = "unix:/tmp/cutover-never.sock"
+per_instance = true
+
+[[listen]]
+name = "b"
+address = "127.0.0.1:1"
+per_instance = true
+
+[[program]]
+name = "web"
+command = ["true"]
+
+[[program]]
+name = "worker"
+command = ["true"]
+
+[reload]
+drain = "soon"
+"#;
+    let cfg = dir.write("cutover.toml", toml);
+    let (code, _out, err) = run_cutover(&dir, &["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("listen[0].per_instance"), "{err}");
+    assert!(err.contains("only for TCP addresses"), "{err}");
+    assert!(err.contains("listen[1].per_instance"), "{err}");
+    assert!(err.contains("goes to 2 programs"), "{err}");
+    assert!(err.contains("reload.drain"), "{err}");
+}
+
+/// After the cutover, v2's /healthz turns to 503 while its process lives:
+/// within the rollback window, cutover goes back to v1 as after a crash.
+#[test]
+fn an_instance_that_stops_passing_readiness_in_the_window_is_rolled_back() {
+    let dir = TestDir::new();
+    let repo = Repo::new(&dir);
+    let v1 = repo.release("v1");
+    let root = dir.join("srv");
+    let port = free_port();
+    let toml = crate::source::config(
+        port,
+        &repo.remote.display().to_string(),
+        &root,
+        "",
+        "[reload]\nstrategy = \"overlap\"\n\n[rollback]\nwindow = \"60s\"\n",
+    );
+    let cfg = dir.write("cutover.toml", &toml);
+    let c = Cutover::start(Mode::Subreaper, &dir, &["run", "-c", cfg.to_str().unwrap()]);
+    wait_version(port, "v1", &c, SECS_20);
+    wait_for_control(&dir);
+    let load = paced_load(port);
+    let v2 = repo.commit("v2", &[("version", "v2"), ("unhealthy-after", "2")]);
+    repo.push();
+    wait_version(port, "v2", &c, SECS_20);
+    // Three failed checks a second apart after two healthy seconds, then
+    // the rollback's own overlap.
+    wait_version(port, "v1", &c, Duration::from_secs(30));
+    sleep(Duration::from_millis(300));
+    let r = load.finish();
+    assert!(
+        r.failed.is_empty(),
+        "{:?}",
+        &r.failed[..r.failed.len().min(5)]
+    );
+    assert_eq!(
+        r.versions,
+        ["v1", "v2", "v1"],
+        "{} requests\n{}",
+        r.requests(),
+        c.stderr()
+    );
+    assert_eq!(current_sha(&root).as_deref(), Some(v1.as_str()));
+    let history = wait_for(SECS_20, || {
+        let st = status(&dir);
+        let h = st["source"]["history"].as_array()?.clone();
+        (h.last()?["outcome"] == "rolled-back").then_some(h)
+    })
+    .unwrap_or_else(|| panic!("no rollback in the history\n{}", c.stderr()));
+    let last = history.last().unwrap();
+    let trigger = last["trigger"].as_str().unwrap();
+    assert!(
+        trigger.contains("stopped passing its readiness check"),
+        "{trigger}"
+    );
+    assert!(
+        c.stderr().contains(&v2[..12]) || c.stderr().contains(&v2),
+        "{}",
+        c.stderr()
+    );
+}

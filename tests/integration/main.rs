@@ -24,6 +24,7 @@ mod redeploy;
 mod reload;
 mod responsive;
 mod restart;
+mod servers;
 mod source;
 mod source_faults;
 mod status_escapes;

@@ -13,8 +13,9 @@
 //! nothing left to drop. Whatever still sits in a retired socket when it
 //! closes moves to the new one (net.ipv4.tcp_migrate_req).
 //!
-//! The group never holds more than two sockets, the serving generation's and
-//! the next one's, so a steering index is always unambiguous.
+//! The group holds at most two sockets, the serving generation's and the
+//! next one's. Indexes follow the kernel's own bookkeeping: a socket joins
+//! at the end, and a leaving one's slot is taken by the last.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::{info, warn};
 
-use crate::config::ProgramConfig;
 use crate::listen::{HeldSocket, bind_tcp};
 use crate::spawn::PassedFd;
 use crate::steer::{self, Route};
@@ -87,11 +87,11 @@ impl Group {
 /// Gives each program the sockets `[[listen]]` names for it: a shared
 /// socket to each of them, a per-instance socket to its one program.
 /// Returned in the order of `programs`.
-pub(crate) fn distribute(held: Vec<HeldSocket>, programs: &[ProgramConfig]) -> Vec<ProgramSockets> {
+pub(crate) fn distribute(held: Vec<HeldSocket>, programs: &[&str]) -> Vec<ProgramSockets> {
     let mut entries: Vec<Vec<Entry>> = programs.iter().map(|_| Vec::new()).collect();
     for socket in held {
         let takers: Vec<usize> = (0..programs.len())
-            .filter(|&i| socket.is_for(&programs[i].name))
+            .filter(|&i| socket.is_for(programs[i]))
             .collect();
         match (socket.per_instance(), takers.as_slice()) {
             (Some((address, backlog)), [only]) => {
@@ -159,7 +159,8 @@ impl ProgramSockets {
     pub fn add_generation(&mut self) -> io::Result<Generation> {
         let next = Generation(self.latest.0 + 1);
         if self.groups().any(|g| g.members.len() > 1) {
-            // Indexes are only known for two sockets at most.
+            // One hand-off at a time: a third socket would mean one was never
+            // retired, and users could be steered to a socket nobody serves.
             return Err(io::Error::other("the previous hand-off has not finished"));
         }
         let mut bound = Vec::new();
@@ -226,9 +227,8 @@ impl ProgramSockets {
             if let Entry::Own(group) = entry
                 && let Some(i) = group.index(generation)
             {
-                // The kernel fills the hole with its last socket; so does remove
-                // at this size (two sockets at most).
-                group.members.remove(i as usize);
+                // The kernel fills the hole with its last socket.
+                group.members.swap_remove(i as usize);
             }
         }
         // Indexes moved: the program must name the users' socket by its new
@@ -294,5 +294,69 @@ impl ProbeRoute {
             },
         )?;
         connected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ListenAddress, ListenConfig};
+    use std::net::{TcpListener, TcpStream};
+
+    fn one_program_socket() -> (ProgramSockets, SocketAddr) {
+        let config = ListenConfig {
+            name: "http".into(),
+            address: ListenAddress::Tcp("127.0.0.1:0".parse().unwrap()),
+            backlog: 16,
+            reuse_port: false,
+            programs: None,
+            per_instance: true,
+        };
+        let held = crate::listen::bind_all(&[config]).unwrap();
+        let (address, _) = held[0].per_instance().expect("steerable here");
+        let sockets = distribute(held, &["web"]).pop().unwrap();
+        (sockets, address)
+    }
+
+    /// Which generation's socket takes a new connection.
+    fn taker(
+        sockets: &ProgramSockets,
+        generations: &[Generation],
+        address: SocketAddr,
+    ) -> Generation {
+        let _client = TcpStream::connect(address).unwrap();
+        for _ in 0..200 {
+            for g in generations {
+                if sockets.queued(*g) > 0 {
+                    let fd = sockets.passed(*g)[0].fd.try_clone_to_owned().unwrap();
+                    let listener = TcpListener::from(fd);
+                    listener.accept().unwrap();
+                    return *g;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("no socket took the connection");
+    }
+
+    #[test]
+    fn users_follow_the_steering_through_generations() {
+        let (mut sockets, address) = one_program_socket();
+        let mut serving = ProgramSockets::first();
+        for _ in 0..4 {
+            let next = sockets.add_generation().unwrap();
+            // A new socket gets nothing until it is steered to.
+            for _ in 0..5 {
+                assert_eq!(taker(&sockets, &[serving, next], address), serving);
+            }
+            assert!(sockets.add_generation().is_err(), "one hand-off at a time");
+            sockets.steer_to(next);
+            for _ in 0..5 {
+                assert_eq!(taker(&sockets, &[serving, next], address), next);
+            }
+            sockets.retire(serving);
+            serving = next;
+        }
+        assert!(sockets.passed(serving).len() == 1);
     }
 }

@@ -69,8 +69,10 @@ pub fn bind_all(configs: &[ListenConfig]) -> Result<Vec<HeldSocket>, ListenError
                 source,
             })?;
             let per_instance = match &c.address {
+                // The address bound, port included: the next sockets must join
+                // this one's group even when the config said port 0.
                 ListenAddress::Tcp(addr) if c.per_instance && can_steer(&c.name, &fd) => {
-                    Some((*addr, c.backlog))
+                    Some((bound_address(&fd).unwrap_or(*addr), c.backlog))
                 }
                 _ => None,
             };
@@ -117,6 +119,10 @@ pub(crate) fn bind_tcp(
     s.bind(&SockAddr::from(addr))?;
     s.listen(backlog(backlog_len))?;
     Ok(s.into())
+}
+
+fn bound_address(fd: &OwnedFd) -> Option<SocketAddr> {
+    socket2::SockRef::from(fd).local_addr().ok()?.as_socket()
 }
 
 fn backlog(configured: u32) -> i32 {

@@ -108,7 +108,14 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
     let handles: Vec<ProgramHandle> = config
         .programs
         .iter()
-        .zip(crate::handoff::distribute(sockets, &config.programs))
+        .zip(crate::handoff::distribute(
+            sockets,
+            &config
+                .programs
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+        ))
         .map(|(p, sockets)| program::start(p.clone(), context.clone(), sockets))
         .collect();
     coordinator.start(handles.clone());

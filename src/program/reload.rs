@@ -292,13 +292,20 @@ impl Program {
                 retired
             }
         };
-        let drained = if next == retired {
-            Duration::ZERO
+        let (drained, stop_asked) = if next == retired {
+            (Duration::ZERO, None)
         } else {
             self.sockets.steer_to(next);
             self.serving_generation = next;
-            self.drain(&old).await
+            self.drain(&old, &[]).await
         };
+        if let Some(kill) = stop_asked {
+            let status = self.stop(old, kill).await;
+            return (
+                After::Ended(Ended::Stopped(status)),
+                Err(ReloadError::Refused("cutover is stopping")),
+            );
+        }
         self.stop(old, false).await;
         if next != retired {
             self.sockets.retire(retired);
@@ -394,7 +401,14 @@ impl Program {
                 self.sockets.steer_to(next);
                 self.serving_generation = next;
                 let steered = cutover_started.elapsed();
-                let drained = self.drain(&old).await;
+                let (drained, stop_asked) = self.drain(&old, &[&new]).await;
+                if let Some(kill) = stop_asked {
+                    self.stop(old, kill).await;
+                    return (
+                        After::Ended(Ended::Stopped(self.stop(new, kill).await)),
+                        Err(ReloadError::Refused("cutover is stopping")),
+                    );
+                }
                 self.stop_previous(old).await;
                 if retired != next {
                     self.sockets.retire(retired);
@@ -455,14 +469,18 @@ impl Program {
     /// is empty and at least `drain` has passed, so that what it accepted is
     /// read and in progress before it is told to stop. Bounded by
     /// `drain + stop_timeout` for an instance that stopped accepting; what it
-    /// leaves moves to the new sockets when its own close.
-    async fn drain(&mut self, old: &Instance) -> Duration {
+    /// leaves moves to the new sockets when its own close. Commands are
+    /// answered meanwhile (`others` are the other live instances); a stop
+    /// asked for ends the drain and is returned (whether to kill).
+    async fn drain(&mut self, old: &Instance, others: &[&Instance]) -> (Duration, Option<bool>) {
         let started = Instant::now();
         if !self.sockets.steered() || old.exit.seen().is_some() {
-            return Duration::ZERO;
+            return (Duration::ZERO, None);
         }
         let least = self.config.drain;
         let most = least + self.config.stop_timeout;
+        let mut live = vec![old];
+        live.extend_from_slice(others);
         loop {
             let queued = self.sockets.queued(old.generation);
             let waited = started.elapsed();
@@ -473,9 +491,18 @@ impl Program {
                 warn!(program = %self.config.name, pid = %old.pid, queued, "the old instance stopped taking its queued connections; they move to the new instance's sockets");
                 break;
             }
-            tokio::time::sleep(DRAIN_POLL).await;
+            tokio::select! {
+                () = tokio::time::sleep(DRAIN_POLL) => {}
+                command = self.commands.recv(), if !self.commands.is_closed() => {
+                    match self.answer(command, &live) {
+                        None => {}
+                        Some(Flow::Stop { kill }) => return (started.elapsed(), Some(kill)),
+                        Some(Flow::Reload(r)) => r.refuse(&self.config, "a reload of this program is already running"),
+                    }
+                }
+            }
         }
-        started.elapsed()
+        (started.elapsed(), None)
     }
 
     async fn stop_previous(&mut self, old: Instance) {

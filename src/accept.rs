@@ -27,12 +27,25 @@ pub struct Slots {
 struct Inner {
     limit: usize,
     next_id: u64,
+    /// Evicted connections stay here until they have closed: the cap is on
+    /// descriptors, not on promises to close.
     open: VecDeque<Entry>,
+    /// Told whenever a slot is given back.
+    released: Arc<Notify>,
 }
 
 struct Entry {
     id: u64,
     state: Arc<SlotState>,
+    evicting: bool,
+}
+
+/// Why `admit` gave no slot.
+pub enum Full {
+    /// Every connection is busy answering a request.
+    Busy,
+    /// An idle connection was told to close; try again once it has.
+    Evicting(Arc<Notify>),
 }
 
 #[derive(Default)]
@@ -55,6 +68,7 @@ impl Slots {
                 limit: limit.max(1),
                 next_id: 0,
                 open: VecDeque::new(),
+                released: Arc::new(Notify::new()),
             })),
         }
     }
@@ -66,18 +80,22 @@ impl Slots {
     }
 
     /// A slot for a new connection. When all are taken, the oldest idle
-    /// connection is told to close and its slot is reused; `None` when every
-    /// connection is busy answering a request.
-    pub fn admit(&self) -> Option<Slot> {
+    /// connection is told to close, and the new one waits until it has
+    /// (`Full::Evicting`); `Full::Busy` when every connection is answering.
+    pub fn admit(&self) -> Result<Slot, Full> {
         let mut inner = self.lock();
         if inner.open.len() >= inner.limit {
-            let idle = inner
-                .open
-                .iter()
-                .position(|e| !e.state.busy.load(Ordering::Acquire))?;
-            let entry = inner.open.remove(idle).expect("position is in range");
-            // notify_one keeps the wakeup if the connection is not waiting yet.
-            entry.state.evicted.notify_one();
+            if !inner.open.iter().any(|e| e.evicting) {
+                let idle = inner
+                    .open
+                    .iter_mut()
+                    .find(|e| !e.state.busy.load(Ordering::Acquire))
+                    .ok_or(Full::Busy)?;
+                idle.evicting = true;
+                // notify_one keeps the wakeup if the connection is not waiting yet.
+                idle.state.evicted.notify_one();
+            }
+            return Err(Full::Evicting(inner.released.clone()));
         }
         let id = inner.next_id;
         inner.next_id += 1;
@@ -85,8 +103,9 @@ impl Slots {
         inner.open.push_back(Entry {
             id,
             state: state.clone(),
+            evicting: false,
         });
-        Some(Slot {
+        Ok(Slot {
             id,
             state,
             slots: self.clone(),
@@ -116,6 +135,7 @@ impl Drop for Slot {
         if let Some(i) = inner.open.iter().position(|e| e.id == self.id) {
             inner.open.remove(i);
         }
+        inner.released.notify_waiters();
     }
 }
 
@@ -213,6 +233,10 @@ impl Refusable for tokio::net::UnixStream {
     }
 }
 
+/// How long a new connection waits for an evicted one to close.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+const EVICTION_POLL: Duration = Duration::from_millis(10);
+
 /// The accept loop both kinds of listener share: the next connection that
 /// gets a slot. Failing `accept`s back off; a connection over the cap is
 /// sent `busy` (best effort: its send buffer is empty) and closed.
@@ -235,14 +259,24 @@ where
             }
         };
         backoff.succeeded();
-        match slots.admit() {
-            Some(slot) => return (stream, slot),
-            None => {
-                debug!(
-                    listener = backoff.listener,
-                    "every connection is busy; refusing one"
-                );
-                let _ = stream.try_write(busy);
+        // Bounded: an evicted connection closes at its next turn on this thread.
+        let waited_until = tokio::time::Instant::now() + EVICTION_WAIT;
+        loop {
+            match slots.admit() {
+                Ok(slot) => return (stream, slot),
+                Err(Full::Evicting(released)) if tokio::time::Instant::now() < waited_until => {
+                    let notified = released.notified();
+                    // A slot given back between admit and here is seen on the next try.
+                    let _ = tokio::time::timeout(EVICTION_POLL, notified).await;
+                }
+                Err(_) => {
+                    debug!(
+                        listener = backoff.listener,
+                        "every connection is busy; refusing one"
+                    );
+                    let _ = stream.try_write(busy);
+                    break;
+                }
             }
         }
     }
@@ -265,20 +299,29 @@ mod tests {
     #[test]
     fn a_full_listener_evicts_the_oldest_idle_connection() {
         let slots = Slots::new(2);
-        let first = slots.admit().unwrap();
-        let second = slots.admit().unwrap();
+        let first = slots.admit().ok().unwrap();
+        let second = slots.admit().ok().unwrap();
         let _busy = second.busy();
-        let third = slots.admit().expect("the first connection was idle");
+        // Full: the idle first one is told to close, and the newcomer waits
+        // for it; the cap holds in descriptors the whole time.
+        assert!(matches!(slots.admit(), Err(Full::Evicting(_))));
+        assert!(
+            matches!(slots.admit(), Err(Full::Evicting(_))),
+            "one eviction at a time"
+        );
         assert_eq!(slots.lock().open.len(), 2);
-        // The first one was told to close; it returns its slot on drop.
         let evicted = futures_util::FutureExt::now_or_never(first.evicted());
         assert!(evicted.is_some());
         drop(first);
+        let third = slots.admit().ok().expect("the first one closed");
         assert_eq!(slots.lock().open.len(), 2);
         let _third_busy = third.busy();
-        assert!(slots.admit().is_none(), "every connection is busy");
+        assert!(
+            matches!(slots.admit(), Err(Full::Busy)),
+            "every connection is busy"
+        );
         drop(third);
-        assert!(slots.admit().is_some());
+        assert!(slots.admit().is_ok());
     }
 
     #[test]

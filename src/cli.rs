@@ -89,8 +89,31 @@ enum Command {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
+        /// Ask the `cutover hold` at PATH instead: what it holds, who took it.
+        #[arg(long, value_name = "PATH")]
+        holder: Option<PathBuf>,
         #[command(flatten)]
         config: ClientConfig,
+    },
+    /// Hold listening sockets for app containers: bind them once and hand
+    /// them to the cutover of any container that asks (socket activation
+    /// across containers). Runs until SIGTERM.
+    Hold {
+        /// A socket to hold, as NAME=ADDRESS (repeatable): http=0.0.0.0:8000.
+        #[arg(short, long = "listen", value_name = "NAME=ADDRESS", required = true)]
+        listen: Vec<String>,
+        /// The unix socket app containers ask at (a shared volume).
+        #[arg(long, value_name = "PATH", default_value = "/run/cutover/sockets")]
+        at: PathBuf,
+        /// A user id that may take the sockets (repeatable); default: the holder's.
+        #[arg(long = "allow-uid", value_name = "UID")]
+        allow_uid: Vec<u32>,
+        /// A group id that may take the sockets (repeatable); the socket file
+        /// becomes 0660 with the first.
+        #[arg(long = "allow-gid", value_name = "GID")]
+        allow_gid: Vec<u32>,
+        #[arg(long, default_value_t = 1024)]
+        backlog: u32,
     },
     /// Print (or write as the image's baseline) the digest of a release's
     /// dependency files and the files that went into it.
@@ -158,10 +181,22 @@ pub fn main() -> ExitCode {
             Ok(socket) => deploy(&socket, &Request::Rollback { to, wait }),
             Err(code) => code,
         },
-        Command::Status { json, config } => match control_socket(socket, config) {
+        Command::Status {
+            json,
+            holder: Some(holder),
+            ..
+        } => holder_status(&holder, json),
+        Command::Status { json, config, .. } => match control_socket(socket, config) {
             Ok(socket) => status(&socket, json),
             Err(code) => code,
         },
+        Command::Hold {
+            listen,
+            at,
+            allow_uid,
+            allow_gid,
+            backlog,
+        } => hold(listen, at, allow_uid, allow_gid, backlog),
         Command::Fingerprint { dir, write, config } => {
             fingerprint(&dir, write.as_deref(), config.as_deref())
         }
@@ -438,6 +473,65 @@ fn run(path: Option<PathBuf>, command: Vec<String>, socket: Option<PathBuf>) -> 
         Err(e) => {
             eprintln!("cutover: {e}");
             ExitCode::from(EXIT_INTERNAL)
+        }
+    }
+}
+
+fn hold(
+    listen: Vec<String>,
+    at: PathBuf,
+    allow_uids: Vec<u32>,
+    allow_gids: Vec<u32>,
+    backlog: u32,
+) -> ExitCode {
+    let listen = match crate::holder::parse_listen(&listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cutover hold: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let config = crate::holder::HoldConfig {
+        listen,
+        socket: at,
+        allow_uids,
+        allow_gids,
+        backlog,
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    crate::memory::drop_startup_code();
+    match runtime.block_on(crate::holder::run(config)) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("cutover hold: {e}");
+            ExitCode::from(EXIT_INTERNAL)
+        }
+    }
+}
+
+fn holder_status(path: &std::path::Path, json: bool) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::holder::status(path)) {
+        Ok(status) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            print!("{}", crate::holder::render(&status));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cutover: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -312,7 +312,13 @@ mod tests {
             programs: None,
             per_instance: true,
         };
-        let held = crate::listen::bind_all(&[config]).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (held, _) = runtime
+            .block_on(crate::listen::bind_all(&[config]))
+            .unwrap();
         let (address, _) = held[0].per_instance().expect("steerable here");
         let sockets = distribute(held, &["web"]).pop().unwrap();
         (sockets, address)

@@ -21,6 +21,7 @@ pub(crate) mod exit;
 pub(crate) mod fingerprint;
 pub(crate) mod group;
 pub(crate) mod handoff;
+pub(crate) mod holder;
 pub(crate) mod hooks;
 pub(crate) mod http;
 pub(crate) mod listen;

@@ -7,14 +7,17 @@
 //! A per-instance socket is bound here as the first of its SO_REUSEPORT
 //! group; `handoff` binds the others as instances come and go.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::sync::Once;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::{info, warn};
 
+use crate::holder::take::{Lease, WAIT_FOR_HOLDER, take};
 use crate::steer::{self, Route};
 
 use crate::config::{ListenAddress, ListenConfig};
@@ -50,41 +53,81 @@ impl HeldSocket {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {address} (listen `{name}`): {source}")]
-pub struct ListenError {
-    name: String,
-    address: ListenAddress,
-    source: io::Error,
+pub enum ListenError {
+    #[error("cannot listen on {address} (listen `{name}`): {source}")]
+    Bind {
+        name: String,
+        address: ListenAddress,
+        source: io::Error,
+    },
+    #[error("listen `{name}`: {source}")]
+    Take {
+        name: String,
+        source: crate::holder::take::TakeError,
+    },
 }
 
-/// Binds every configured socket; the first failure is returned with the
-/// address it concerns.
-pub fn bind_all(configs: &[ListenConfig]) -> Result<Vec<HeldSocket>, ListenError> {
-    configs
-        .iter()
-        .map(|c| {
-            let fd = bind(c).map_err(|source| ListenError {
-                name: c.name.clone(),
-                address: c.address.clone(),
+/// Binds every configured socket, and takes those `from` a holder; the
+/// first failure is returned with the socket it concerns. The leases keep
+/// the holders' connections open for as long as cutover runs.
+pub async fn bind_all(
+    configs: &[ListenConfig],
+) -> Result<(Vec<HeldSocket>, Vec<Lease>), ListenError> {
+    let mut held: Vec<Option<HeldSocket>> = Vec::with_capacity(configs.len());
+    let mut from: BTreeMap<&Path, Vec<usize>> = BTreeMap::new();
+    for (i, c) in configs.iter().enumerate() {
+        match &c.address {
+            ListenAddress::Holder(path) => {
+                from.entry(path.as_path()).or_default().push(i);
+                held.push(None);
+            }
+            _ => held.push(Some(bind_one(c)?)),
+        }
+    }
+    let mut leases = Vec::new();
+    for (path, indexes) in from {
+        let names: Vec<String> = indexes.iter().map(|&i| configs[i].name.clone()).collect();
+        let (lease, taken) = take(path, &names, WAIT_FOR_HOLDER)
+            .await
+            .map_err(|source| ListenError::Take {
+                name: names.join(", "),
                 source,
             })?;
-            let per_instance = match &c.address {
-                // The address bound, port included: the next sockets must join
-                // this one's group even when the config said port 0.
-                ListenAddress::Tcp(addr) if c.per_instance && can_steer(&c.name, &fd) => {
-                    Some((bound_address(&fd).unwrap_or(*addr), c.backlog))
-                }
-                _ => None,
-            };
-            info!(name = %c.name, address = %c.address, per_instance = per_instance.is_some(), "holding listening socket");
-            Ok(HeldSocket {
-                name: c.name.clone(),
+        for (&i, (offered, fd)) in indexes.iter().zip(taken) {
+            info!(name = %offered.name, address = %offered.address, holder = %path.display(), "holding listening socket");
+            held[i] = Some(HeldSocket {
+                name: configs[i].name.clone(),
                 fd,
-                programs: c.programs.clone(),
-                per_instance,
-            })
-        })
-        .collect()
+                programs: configs[i].programs.clone(),
+                per_instance: None,
+            });
+        }
+        leases.push(lease);
+    }
+    Ok((held.into_iter().flatten().collect(), leases))
+}
+
+fn bind_one(c: &ListenConfig) -> Result<HeldSocket, ListenError> {
+    let fd = bind(c).map_err(|source| ListenError::Bind {
+        name: c.name.clone(),
+        address: c.address.clone(),
+        source,
+    })?;
+    let per_instance = match &c.address {
+        // The address bound, port included: the next sockets must join
+        // this one's group even when the config said port 0.
+        ListenAddress::Tcp(addr) if c.per_instance && can_steer(&c.name, &fd) => {
+            Some((bound_address(&fd).unwrap_or(*addr), c.backlog))
+        }
+        _ => None,
+    };
+    info!(name = %c.name, address = %c.address, per_instance = per_instance.is_some(), "holding listening socket");
+    Ok(HeldSocket {
+        name: c.name.clone(),
+        fd,
+        programs: c.programs.clone(),
+        per_instance,
+    })
 }
 
 fn bind(config: &ListenConfig) -> io::Result<OwnedFd> {
@@ -94,6 +137,7 @@ fn bind(config: &ListenConfig) -> io::Result<OwnedFd> {
             config.backlog,
             config.reuse_port || config.per_instance,
         ),
+        ListenAddress::Holder(_) => Err(io::Error::other("taken from the holder, not bound")),
         ListenAddress::Unix(path) => {
             remove_stale_unix_socket(path)?;
             let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;

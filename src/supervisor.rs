@@ -82,6 +82,7 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         reaper,
         incoming,
         sockets,
+        leases: _leases,
         runtime_dir,
         queue,
         coordinator,
@@ -162,6 +163,8 @@ struct Setup {
     reaper: Reaper,
     incoming: mpsc::UnboundedReceiver<Incoming>,
     sockets: Vec<listen::HeldSocket>,
+    /// Open for as long as cutover runs: the holders list it as a taker.
+    leases: Vec<crate::holder::take::Lease>,
     runtime_dir: RuntimeDir,
     queue: ReloadQueue,
     coordinator: crate::reload::Unstarted,
@@ -177,7 +180,7 @@ impl Setup {
         let started = Instant::now();
         let reaper = Reaper::start().map_err(SupervisorError::Reaper)?;
         let incoming = signals::listen().map_err(SupervisorError::Signals)?;
-        let sockets = listen::bind_all(&config.listen)?;
+        let (sockets, leases) = listen::bind_all(&config.listen).await?;
         let runtime_dir = RuntimeDir::create()?;
         let (queue, coordinator) = ReloadQueue::new(config.reload.debounce);
         let default_root = config.programs[0]
@@ -199,6 +202,7 @@ impl Setup {
             reaper,
             incoming,
             sockets,
+            leases,
             runtime_dir,
             queue,
             coordinator,

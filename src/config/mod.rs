@@ -433,6 +433,8 @@ pub struct ListenConfig {
 pub enum ListenAddress {
     Tcp(SocketAddr),
     Unix(PathBuf),
+    /// Taken from the `cutover hold` listening on this unix socket.
+    Holder(PathBuf),
 }
 
 impl std::fmt::Display for ListenAddress {
@@ -440,6 +442,7 @@ impl std::fmt::Display for ListenAddress {
         match self {
             ListenAddress::Tcp(a) => write!(f, "{a}"),
             ListenAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenAddress::Holder(p) => write!(f, "from the holder at {}", p.display()),
         }
     }
 }

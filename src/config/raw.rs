@@ -210,6 +210,8 @@ pub struct RawListen {
     pub reuse_port: Option<bool>,
     /// A socket of its own for each instance (default where possible).
     pub per_instance: Option<bool>,
+    /// Take the socket named `name` from a `cutover hold` ("unix:/path").
+    pub from: Option<String>,
     /// Programs that receive this socket; all of them when absent.
     pub programs: Option<Vec<String>>,
 }

@@ -154,6 +154,7 @@ pub(super) fn listen(
     let mut out: Vec<ListenConfig> = Vec::new();
     for (i, l) in raw.into_iter().enumerate() {
         let path = [Segment::Key("listen".into()), Segment::Index(i)];
+        let named = l.name.is_some();
         let name = l.name.unwrap_or_else(|| format!("listen{i}"));
         if name.is_empty() || name.contains(':') || name.len() > 255 {
             p.add(
@@ -166,12 +167,33 @@ pub(super) fn listen(
                 format!("another socket is already named `{name}`"),
             );
         }
-        let address = match l.address {
-            None => {
-                p.add(&path, "missing key `address` (\"127.0.0.1:8000\", \"[::1]:8000\" or \"unix:/run/app.sock\")");
+        let address = match (l.address, l.from) {
+            (Some(_), Some(_)) => {
+                p.add(
+                    &child(&path, "from"),
+                    "either `address` (cutover binds it) or `from` (a holder's socket), not both",
+                );
                 continue;
             }
-            Some(a) => match parse_listen_address(&a) {
+            (None, Some(from)) => {
+                let holder = from.strip_prefix("unix:").unwrap_or(&from);
+                if !holder.starts_with('/') {
+                    p.add(&child(&path, "from"), format!("`{from}` is not the holder's socket; write \"unix:/run/cutover/sockets\""));
+                    continue;
+                }
+                if !named {
+                    p.add(
+                        &path,
+                        "missing key `name`: the name of the holder's socket to take",
+                    );
+                }
+                ListenAddress::Holder(PathBuf::from(holder))
+            }
+            (None, None) => {
+                p.add(&path, "missing key `address` (\"127.0.0.1:8000\", \"[::1]:8000\" or \"unix:/run/app.sock\") or `from` (\"unix:/run/cutover/sockets\", a holder's)");
+                continue;
+            }
+            (Some(a), None) => match parse_listen_address(&a) {
                 Ok(addr) => addr,
                 Err(e) => {
                     p.add(&child(&path, "address"), e);
@@ -180,7 +202,7 @@ pub(super) fn listen(
             },
         };
         let reuse_port = l.reuse_port.unwrap_or(false);
-        if reuse_port && matches!(address, ListenAddress::Unix(_)) {
+        if reuse_port && !matches!(address, ListenAddress::Tcp(_)) {
             p.add(
                 &child(&path, "reuse_port"),
                 "only for TCP addresses (a unix socket path is bound by one process)",
@@ -226,6 +248,8 @@ fn per_instance_obstacle(
 ) -> Option<String> {
     if matches!(address, ListenAddress::Unix(_)) {
         Some("only for TCP addresses (a unix socket path is bound by one socket)".into())
+    } else if matches!(address, ListenAddress::Holder(_)) {
+        Some("not yet for a socket taken `from` a holder: its instances share it".into())
     } else if reuse_port {
         Some(
             "not with `reuse_port`: another process's sockets would join the group cutover steers"

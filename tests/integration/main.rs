@@ -16,6 +16,7 @@ mod exit_codes;
 mod fingerprint;
 mod gunicorn;
 mod handoff;
+mod holder;
 mod hostile;
 mod idle_flood;
 mod process_tree;

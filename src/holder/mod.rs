@@ -1,0 +1,150 @@
+//! `cutover hold`: systemd socket activation across containers.
+//!
+//! A tiny long-lived cutover binds the published ports once and hands the
+//! listening sockets to the cutover of any app container that asks, over a
+//! unix socket on a shared volume (SCM_RIGHTS). The ports then outlive every
+//! app container: while none is there (a `docker compose up -d` recreating
+//! it, a crash), connections wait in the holder's backlog instead of being
+//! refused, and two app containers can serve the same port side by side.
+//!
+//! Who may take the sockets is checked twice: the socket file's mode (0600,
+//! or 0660 with `--allow-gid`) and the peer's credentials (SO_PEERCRED),
+//! with a clear refusal on both sides. Each taker keeps its connection open:
+//! the holder lists who holds what, and sees a container go away.
+//!
+//! `wire` carries the messages, `server` is the holder, `take` the app side.
+
+mod server;
+pub(crate) mod take;
+mod wire;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) use server::{HoldConfig, run};
+pub(crate) use take::status;
+
+/// `--listen NAME=ADDRESS` values of `cutover hold`.
+pub(crate) fn parse_listen(values: &[String]) -> Result<Vec<(String, SocketAddr)>, String> {
+    let mut out: Vec<(String, SocketAddr)> = Vec::new();
+    for value in values {
+        let (name, address) = value.split_once('=').ok_or_else(|| {
+            format!("--listen {value}: write NAME=ADDRESS, e.g. http=0.0.0.0:8000")
+        })?;
+        if name.is_empty() || out.iter().any(|(n, _)| n == name) {
+            return Err(format!(
+                "--listen {value}: each socket needs a name of its own"
+            ));
+        }
+        let address = address
+            .parse()
+            .map_err(|_| format!("--listen {value}: `{address}` is not an IP:PORT address"))?;
+        out.push((name.to_string(), address));
+    }
+    Ok(out)
+}
+
+/// The text of `cutover status --holder`.
+pub(crate) fn render(status: &HolderStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if let Some(h) = &status.holder {
+        let _ = writeln!(
+            out,
+            "holder pid {} since {} (instance {})",
+            h.pid, h.started_at, h.instance
+        );
+    }
+    for s in &status.sockets {
+        let _ = writeln!(out, "  {} {} ({} queued)", s.name, s.address, s.queued);
+    }
+    if status.takers.is_empty() {
+        let _ = writeln!(out, "no taker now");
+    }
+    for t in &status.takers {
+        let who = crate::report::escape_controls(&t.who);
+        let _ = writeln!(
+            out,
+            "taken by {who} (pid {} uid {} gid {}) since {}: {}",
+            t.pid,
+            t.uid,
+            t.gid,
+            t.since,
+            t.names.join(", ")
+        );
+    }
+    let _ = writeln!(out, "refused peers: {}", status.refused);
+    out
+}
+
+/// What a cutover asks the holder.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) enum Request {
+    /// The listening sockets named, attached in that order. The connection
+    /// stays open for as long as the sockets are used.
+    Take {
+        names: Vec<String>,
+        /// Shown in the holder's status: the taker's hostname.
+        who: String,
+    },
+    Status,
+}
+
+/// The holder's answer; `sockets` describe the descriptors attached.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Reply {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub sockets: Vec<Offered>,
+    #[serde(default)]
+    pub holder: Option<HolderInfo>,
+    #[serde(default)]
+    pub status: Option<HolderStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Offered {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+/// Which holder answered: a restarted holder (a new network namespace, new
+/// sockets) has another `instance`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HolderInfo {
+    pub pid: u32,
+    pub instance: String,
+    pub started_at: String,
+}
+
+/// `cutover status --holder`: what the holder holds and who took it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HolderStatus {
+    pub holder: Option<HolderInfo>,
+    pub sockets: Vec<HeldStatus>,
+    pub takers: Vec<Taker>,
+    /// Peers refused since the holder started.
+    pub refused: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldStatus {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Connections waiting in its accept queue now.
+    pub queued: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Taker {
+    pub who: String,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub names: Vec<String>,
+    pub since: String,
+}

@@ -1,0 +1,320 @@
+//! The holder: binds the listening sockets once, admits the peers it is told
+//! to trust, hands the sockets over and keeps the list of who took them.
+//!
+//! Every connection is a task; the list of takers is owned by one registry
+//! task that publishes it on a `watch` channel, so a status request never
+//! waits for another connection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use nix::sys::socket::UnixCredentials;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::wire::{Conn, Listener};
+use super::{HeldStatus, HolderInfo, HolderStatus, Offered, Reply, Request, Taker};
+use crate::clock::timestamp;
+use crate::listen::bind_tcp;
+use crate::steer;
+
+/// `cutover hold`'s settings (from its command line).
+#[derive(Debug, Clone)]
+pub struct HoldConfig {
+    /// Name and address of each socket to hold.
+    pub listen: Vec<(String, SocketAddr)>,
+    /// Where takers connect.
+    pub socket: PathBuf,
+    /// Peers allowed by user id; the holder's own user when both lists are empty.
+    pub allow_uids: Vec<u32>,
+    /// Peers allowed by group id; the socket file is then 0660 with the first.
+    pub allow_gids: Vec<u32>,
+    pub backlog: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("cannot listen on {address} (`{name}`): {source}")]
+    Listen {
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the takers' socket {}: {source}", .path.display())]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot handle signals: {0}")]
+    Signals(std::io::Error),
+}
+
+struct Held {
+    name: String,
+    address: SocketAddr,
+    fd: OwnedFd,
+}
+
+enum Event {
+    Took(u64, Taker),
+    Gone(u64),
+    Refused,
+}
+
+/// Runs until SIGTERM or SIGINT; the exit code.
+pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
+    let mut held = Vec::new();
+    for (name, address) in &config.listen {
+        // SO_REUSEPORT: the app containers' own sockets join the same group.
+        let fd = bind_tcp(*address, config.backlog, true).map_err(|source| HoldError::Listen {
+            name: name.clone(),
+            address: *address,
+            source,
+        })?;
+        let address = socket2::SockRef::from(&fd)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(*address);
+        info!(%name, %address, "holding listening socket");
+        held.push(Held {
+            name: name.clone(),
+            address,
+            fd,
+        });
+    }
+    let held = Arc::new(held);
+    let mode = if config.allow_gids.is_empty() {
+        0o600
+    } else {
+        0o660
+    };
+    let listener = Listener::bind(&config.socket, mode, config.allow_gids.first().copied())
+        .map_err(|source| HoldError::Socket {
+            path: config.socket.clone(),
+            source,
+        })?;
+    let mut allowed_uids = config.allow_uids.clone();
+    if allowed_uids.is_empty() && config.allow_gids.is_empty() {
+        allowed_uids.push(nix::unistd::geteuid().as_raw());
+    }
+    let policy = Arc::new(Policy {
+        uids: allowed_uids,
+        gids: config.allow_gids.clone(),
+    });
+    let info = HolderInfo {
+        pid: std::process::id(),
+        instance: instance_id(),
+        started_at: timestamp(SystemTime::now()),
+    };
+    if !steer::migrates_queued() {
+        warn!(
+            "net.ipv4.tcp_migrate_req is off in this network namespace: run the holder with --sysctl net.ipv4.tcp_migrate_req=1"
+        );
+    }
+    info!(socket = %config.socket.display(), uids = ?policy.uids, gids = ?policy.gids, "waiting for takers");
+    let (events, published) = registry(info.clone());
+    let mut terminate = signal(SignalKind::terminate()).map_err(HoldError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(HoldError::Signals)?;
+    let mut next_id = 0u64;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => {
+                    next_id += 1;
+                    tokio::spawn(serve(conn, next_id, held.clone(), policy.clone(), events.clone(), published.clone(), info.clone()));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    info!("stopping; the sockets close with the holder");
+    let _ = std::fs::remove_file(&config.socket);
+    drop(listener);
+    Ok(0)
+}
+
+/// A per-start id, so that a taker can tell a restarted holder from the
+/// one it took its sockets from.
+fn instance_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}-{:x}", std::process::id(), now.as_nanos())
+}
+
+struct Policy {
+    uids: Vec<u32>,
+    gids: Vec<u32>,
+}
+
+impl Policy {
+    fn admits(&self, peer: &UnixCredentials) -> bool {
+        self.uids.contains(&peer.uid()) || self.gids.contains(&peer.gid())
+    }
+
+    fn refusal(&self, peer: &UnixCredentials) -> String {
+        format!(
+            "refused by the holder: uid {} gid {} may not take its sockets (allowed: uids {:?}, gids {:?}; see `cutover hold --allow-uid/--allow-gid`)",
+            peer.uid(),
+            peer.gid(),
+            self.uids,
+            self.gids
+        )
+    }
+}
+
+/// The one owner of the takers' list.
+fn registry(info: HolderInfo) -> (mpsc::UnboundedSender<Event>, watch::Receiver<HolderStatus>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (publish, published) = watch::channel(HolderStatus {
+        holder: Some(info),
+        ..HolderStatus::default()
+    });
+    tokio::spawn(async move {
+        let mut takers: BTreeMap<u64, Taker> = BTreeMap::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Took(id, taker) => {
+                    takers.insert(id, taker);
+                }
+                Event::Gone(id) => {
+                    if let Some(t) = takers.remove(&id) {
+                        info!(who = %t.who, pid = t.pid, "a taker is gone");
+                    }
+                }
+                Event::Refused => publish.send_modify(|s| s.refused += 1),
+            }
+            publish.send_modify(|s| s.takers = takers.values().cloned().collect());
+        }
+    });
+    (tx, published)
+}
+
+async fn serve(
+    conn: Conn,
+    id: u64,
+    held: Arc<Vec<Held>>,
+    policy: Arc<Policy>,
+    events: mpsc::UnboundedSender<Event>,
+    published: watch::Receiver<HolderStatus>,
+    info: HolderInfo,
+) {
+    let peer = match conn.peer() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "cannot read a peer's credentials; closing");
+            return;
+        }
+    };
+    if !policy.admits(&peer) {
+        let why = policy.refusal(&peer);
+        warn!(
+            pid = peer.pid(),
+            uid = peer.uid(),
+            gid = peer.gid(),
+            "{why}"
+        );
+        let _ = events.send(Event::Refused);
+        let _ = conn.send(&failure(why), &[]).await;
+        return;
+    }
+    loop {
+        let request = match conn.recv::<Request>().await {
+            Ok(Some((request, _))) => request,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = conn.send(&failure(format!("bad request: {e}")), &[]).await;
+                break;
+            }
+        };
+        let sent = match request {
+            Request::Take { names, who } => match pick(&held, &names) {
+                Ok(picked) => {
+                    let reply = Reply {
+                        ok: true,
+                        sockets: picked
+                            .iter()
+                            .map(|h| Offered {
+                                name: h.name.clone(),
+                                address: h.address,
+                            })
+                            .collect(),
+                        holder: Some(info.clone()),
+                        ..Reply::default()
+                    };
+                    let fds: Vec<_> = picked.iter().map(|h| h.fd.as_fd()).collect();
+                    let sent = conn.send(&reply, &fds).await;
+                    if sent.is_ok() {
+                        info!(%who, pid = peer.pid(), uid = peer.uid(), sockets = ?names, "handed over");
+                        let _ = events.send(Event::Took(
+                            id,
+                            Taker {
+                                who,
+                                pid: peer.pid(),
+                                uid: peer.uid(),
+                                gid: peer.gid(),
+                                names,
+                                since: timestamp(SystemTime::now()),
+                            },
+                        ));
+                    }
+                    sent
+                }
+                Err(why) => conn.send(&failure(why), &[]).await,
+            },
+            Request::Status => {
+                let mut status = published.borrow().clone();
+                status.sockets = held
+                    .iter()
+                    .map(|h| HeldStatus {
+                        name: h.name.clone(),
+                        address: h.address,
+                        queued: steer::queued(h.fd.as_fd()).unwrap_or(0),
+                    })
+                    .collect();
+                let reply = Reply {
+                    ok: true,
+                    holder: Some(info.clone()),
+                    status: Some(status),
+                    ..Reply::default()
+                };
+                conn.send(&reply, &[]).await
+            }
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = events.send(Event::Gone(id));
+}
+
+fn pick<'a>(held: &'a [Held], names: &[String]) -> Result<Vec<&'a Held>, String> {
+    names
+        .iter()
+        .map(|n| {
+            held.iter().find(|h| &h.name == n).ok_or_else(|| {
+                let have: Vec<&str> = held.iter().map(|h| h.name.as_str()).collect();
+                format!("the holder has no socket named `{n}` (it holds {have:?})")
+            })
+        })
+        .collect()
+}
+
+fn failure(why: String) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(why),
+        ..Reply::default()
+    }
+}

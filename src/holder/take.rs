@@ -1,0 +1,162 @@
+//! The app side: `[[listen]] from = "unix:/run/cutover/sockets"` takes the
+//! named sockets from a holder at start, and `cutover status --holder` asks
+//! one what it holds.
+//!
+//! The connection a cutover took its sockets over stays open (the lease):
+//! the holder lists it as a taker while it lives, and sees it go with the
+//! container.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::wire::Conn;
+use super::{HolderStatus, Offered, Reply, Request};
+
+/// How long a starting cutover waits for the holder (compose may start the
+/// app container first).
+pub(crate) const WAIT_FOR_HOLDER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    #[error("no holder answers at {}: {source}", .path.display())]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("permission denied on the holder's socket {}: it is 0600 for the holder's own user, or 0660 for the first group of `cutover hold --allow-gid`", .path.display())]
+    Denied { path: PathBuf },
+    #[error("the holder at {} refused: {why}", .path.display())]
+    Refused { path: PathBuf, why: String },
+    #[error("the holder at {} answered badly: {why}", .path.display())]
+    Protocol { path: PathBuf, why: String },
+}
+
+/// The open connection sockets were taken over.
+pub(crate) struct Lease {
+    _conn: Conn,
+}
+
+/// Takes `names` from the holder at `path`, in that order; waits up to
+/// `wait` for the holder to appear.
+pub(crate) async fn take(
+    path: &Path,
+    names: &[String],
+    wait: Duration,
+) -> Result<(Lease, Vec<(Offered, OwnedFd)>), TakeError> {
+    let conn = connect_waiting(path, wait).await?;
+    let protocol = |why: String| TakeError::Protocol {
+        path: path.to_path_buf(),
+        why,
+    };
+    let who = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let request = Request::Take {
+        names: names.to_vec(),
+        who,
+    };
+    let (reply, fds) = exchange(&conn, &request).await.map_err(protocol)?;
+    if !reply.ok {
+        return Err(TakeError::Refused {
+            path: path.to_path_buf(),
+            why: reply.error.unwrap_or_default(),
+        });
+    }
+    if fds.len() != names.len() || reply.sockets.len() != names.len() {
+        return Err(protocol(format!(
+            "asked for {} sockets, got {} descriptors",
+            names.len(),
+            fds.len()
+        )));
+    }
+    let holder = reply
+        .holder
+        .ok_or_else(|| protocol("it did not say who it is".into()))?;
+    info!(holder = %path.display(), instance = %holder.instance, sockets = ?names, "took listening sockets from the holder");
+    Ok((
+        Lease { _conn: conn },
+        reply.sockets.into_iter().zip(fds).collect(),
+    ))
+}
+
+/// Sends `request` and reads the answer. A holder that refuses a peer says
+/// why first thing and closes, so the sending may fail while the answer
+/// waits to be read: the answer wins.
+async fn exchange(conn: &Conn, request: &Request) -> Result<(Reply, Vec<OwnedFd>), String> {
+    let sent = conn.send(request, &[]).await;
+    match conn.recv::<Reply>().await {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(match sent {
+            Err(e) => e.to_string(),
+            Ok(()) => "it closed the connection".into(),
+        }),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn connect_waiting(path: &Path, wait: Duration) -> Result<Conn, TakeError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        match Conn::connect(path) {
+            Ok(conn) => return Ok(conn),
+            Err(e)
+                if tokio::time::Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::WouldBlock
+                    ) =>
+            {
+                if !said {
+                    warn!(holder = %path.display(), error = %e, "waiting for the socket holder");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(TakeError::Denied {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(TakeError::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct HolderStatusError(#[from] TakeError);
+
+/// What the holder at `path` holds and who took it.
+pub(crate) async fn status(path: &Path) -> Result<HolderStatus, HolderStatusError> {
+    let conn = Conn::connect(path).map_err(|source| TakeError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let protocol = |why: String| TakeError::Protocol {
+        path: path.to_path_buf(),
+        why,
+    };
+    let (reply, _) = exchange(&conn, &Request::Status).await.map_err(protocol)?;
+    if !reply.ok {
+        return Err(TakeError::Refused {
+            path: path.to_path_buf(),
+            why: reply.error.unwrap_or_default(),
+        }
+        .into());
+    }
+    reply
+        .status
+        .ok_or_else(|| protocol("no status in the answer".into()).into())
+}

@@ -1,0 +1,191 @@
+//! The wire between `cutover hold` and the cutovers that take its sockets: a
+//! unix SOCK_SEQPACKET socket, one JSON object per message, listening
+//! sockets attached with SCM_RIGHTS.
+//!
+//! SEQPACKET keeps message boundaries, so a message and the descriptors sent
+//! with it always arrive together, and a peer that goes away is seen as the
+//! end of the stream: the holder knows when a container that took sockets
+//! is gone.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+    SockType, UnixAddr, UnixCredentials, sockopt,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// Longest message either side sends (a status with many sockets fits).
+const MAX_MESSAGE: usize = 64 * 1024;
+/// Most descriptors one message carries.
+const MAX_FDS: usize = 32;
+
+fn new_socket() -> io::Result<OwnedFd> {
+    Ok(socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?)
+}
+
+/// Registers `fd` with the runtime's reactor.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is a valid open descriptor that it alone closes, and
+    // its as_raw_fd() never changes: it stays the same open file for the
+    // AsyncFd's whole life, as `register` requires.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// One side of a conversation.
+pub(crate) struct Conn {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Conn {
+    /// Connects to the holder at `path` (a unix connect is immediate).
+    pub fn connect(path: &Path) -> io::Result<Conn> {
+        let fd = new_socket()?;
+        let addr = UnixAddr::new(path)?;
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {}
+            // Non-blocking: a full backlog says so; wait like a blocking connect.
+            Err(nix::errno::Errno::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the holder's backlog is full",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Conn { fd: register(fd)? })
+    }
+
+    fn accepted(fd: OwnedFd) -> io::Result<Conn> {
+        Ok(Conn { fd: register(fd)? })
+    }
+
+    /// Who is at the other end, as the kernel saw it at connect.
+    pub fn peer(&self) -> io::Result<UnixCredentials> {
+        Ok(socket::getsockopt(
+            self.fd.get_ref(),
+            sockopt::PeerCredentials,
+        )?)
+    }
+
+    pub async fn send<T: Serialize>(&self, message: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let body = serde_json::to_vec(message).map_err(io::Error::other)?;
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        self.fd
+            .async_io(Interest::WRITABLE, |fd| {
+                let rights = [ControlMessage::ScmRights(&raw)];
+                let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+                socket::sendmsg::<()>(
+                    fd.as_raw_fd(),
+                    &[IoSlice::new(&body)],
+                    cmsgs,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The next message and the descriptors that came with it; None when
+    /// the other side is gone.
+    pub async fn recv<T: DeserializeOwned>(&self) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+        let mut body = vec![0u8; MAX_MESSAGE];
+        let (len, fds) = self
+            .fd
+            .async_io(Interest::READABLE, |fd| {
+                let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+                let mut iov = [IoSliceMut::new(&mut body)];
+                let msg = socket::recvmsg::<()>(
+                    fd.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )?;
+                let mut fds = Vec::new();
+                for cmsg in msg.cmsgs()? {
+                    if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                        // SAFETY: the kernel just installed these descriptors in
+                        // this process for us; nothing else owns them.
+                        fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+                    }
+                }
+                if msg.flags.contains(MsgFlags::MSG_CTRUNC)
+                    || msg.flags.contains(MsgFlags::MSG_TRUNC)
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a message or its descriptors were cut off",
+                    ));
+                }
+                Ok((msg.bytes, fds))
+            })
+            .await?;
+        if len == 0 {
+            return Ok(None);
+        }
+        let message = serde_json::from_slice(&body[..len])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(Some((message, fds)))
+    }
+}
+
+/// The holder's end: where containers connect.
+pub(crate) struct Listener {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Listener {
+    /// Binds `path` (replacing a stale socket file), with `mode` and, when
+    /// given, group `gid`, before it accepts anyone.
+    pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<Listener> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.file_type().is_socket()
+        {
+            std::fs::remove_file(path)?;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let fd = new_socket()?;
+        // Bound under a temporary name and renamed into place once its mode
+        // is right: nobody can connect while it is wider open.
+        let staging = path.with_extension(format!("tmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&staging);
+        socket::bind(fd.as_raw_fd(), &UnixAddr::new(&staging)?)?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&staging, None, Some(gid))?;
+        }
+        std::fs::rename(&staging, path)?;
+        socket::listen(&fd, Backlog::new(64).map_err(io::Error::from)?)?;
+        Ok(Listener { fd: register(fd)? })
+    }
+
+    pub async fn accept(&self) -> io::Result<Conn> {
+        let fd = self
+            .fd
+            .async_io(Interest::READABLE, |fd| {
+                let raw = socket::accept4(
+                    fd.as_raw_fd(),
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                )?;
+                // SAFETY: accept4 returned a new descriptor that only we own.
+                Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+            })
+            .await?;
+        Conn::accepted(fd)
+    }
+}

@@ -1,0 +1,226 @@
+//! `cutover hold` and `[[listen]] from`, with real processes on this host:
+//! the app's cutover takes its socket from the holder over SCM_RIGHTS; an app
+//! cutover replaced by another (what `docker compose up -d` does to a
+//! container) refuses no connection, because the holder keeps the socket
+//! and its backlog; peers are checked; status says who holds what. The
+//! container tests run the same on a bridge network with published ports.
+
+use std::time::Duration;
+
+use crate::fixture::cleanup::sleep;
+use crate::helpers::*;
+
+struct Scene {
+    dir: TestDir,
+    port: u16,
+    holder_socket: std::path::PathBuf,
+    holder: Cutover,
+}
+
+impl Scene {
+    fn new(extra_holder_args: &[&str]) -> Scene {
+        let dir = TestDir::new();
+        let port = free_port();
+        let holder_socket = dir.join("run/sockets");
+        let listen = format!("http=127.0.0.1:{port}");
+        let mut args = vec![
+            "hold",
+            "--listen",
+            &listen,
+            "--at",
+            holder_socket.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra_holder_args);
+        let holder = Cutover::start(Mode::Subreaper, &dir, &args);
+        holder.wait_for_log("waiting for takers", SECS_20);
+        std::fs::write(dir.join("version"), "v1").unwrap();
+        Scene {
+            dir,
+            port,
+            holder_socket,
+            holder,
+        }
+    }
+
+    fn app_config(&self, control: &str) -> String {
+        format!(
+            r#"[[listen]]
+name = "http"
+from = "unix:{holder}"
+
+[app]
+command = ["python3", "{server}"]
+workdir = "{dir}"
+stop_timeout = "5s"
+
+[control]
+socket = "{control}"
+"#,
+            holder = self.holder_socket.display(),
+            server = app("fdserver.py"),
+            dir = self.dir.path().display(),
+            control = self.dir.join(control).display(),
+        )
+    }
+
+    /// An app cutover taking its socket from the holder, serving.
+    fn app(&self, n: usize) -> Cutover {
+        let cfg = self.dir.write(
+            &format!("app{n}.toml"),
+            &self.app_config(&format!("app{n}.sock")),
+        );
+        let c = Cutover::start(
+            Mode::Subreaper,
+            &self.dir,
+            &["run", "-c", cfg.to_str().unwrap()],
+        );
+        wait_version(self.port, "v1", &c, SECS_20);
+        c
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (code, out, err) = run_cutover(
+            &self.dir,
+            &[
+                "status",
+                "--json",
+                "--holder",
+                self.holder_socket.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+/// What compose does to an app container: stop the old one, start a new
+/// one. The holder keeps the socket, so connections made in between wait
+/// in its backlog and are served by the new app.
+#[test]
+fn an_app_replaced_by_a_new_one_refuses_no_connection() {
+    let s = Scene::new(&[]);
+    let mut first = s.app(1);
+    let load = Load::spawn(
+        {
+            let port = s.port;
+            move || served_version(port)
+        },
+        Duration::from_millis(2),
+        10_000,
+        Duration::from_secs(60),
+    );
+    sleep(Duration::from_millis(500));
+    first.signal(libc::SIGTERM);
+    first.wait(SECS_20);
+    let gone = std::time::Instant::now();
+    sleep(Duration::from_millis(300));
+    let second = s.app(2);
+    let gap = gone.elapsed();
+    sleep(Duration::from_millis(500));
+    let r = load.finish();
+    eprintln!(
+        "holder: app replaced, {} requests, {} failed, no app for {} ms",
+        r.requests(),
+        r.failed.len(),
+        gap.as_millis()
+    );
+    assert!(
+        r.failed.is_empty(),
+        "{:?}\n{}",
+        &r.failed[..r.failed.len().min(5)],
+        second.stderr()
+    );
+    assert!(r.ok > 100, "the load ran: {}", r.ok);
+    let st = s.status();
+    let takers = st["takers"].as_array().unwrap();
+    assert_eq!(takers.len(), 1, "the first app's lease ended: {st}");
+    assert_eq!(takers[0]["pid"], second.pid(), "{st}");
+    assert_eq!(st["sockets"][0]["name"], "http");
+}
+
+/// Only the users and groups the holder is told to trust get the sockets;
+/// both sides say why.
+#[test]
+fn a_peer_the_holder_does_not_trust_is_refused_on_both_sides() {
+    // 0660 with group 4242: the peer gets through the file's mode by a
+    // supplementary group, but its own gid is not one the holder allows.
+    let s = Scene::new(&["--allow-gid", "4242", "--allow-uid", "0"]);
+    let cfg = s.dir.write("app.toml", &s.app_config("app.sock"));
+    std::fs::set_permissions(
+        s.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--groups=4242", "--"])
+        .arg(env!("CARGO_BIN_EXE_cutover"))
+        .args(["check", "-c", cfg.to_str().unwrap()])
+        .output()
+        .expect("setpriv");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--groups=4242", "--"])
+        .arg(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env("CUTOVER_LOG", "warn")
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("refused by the holder: uid 65534 gid 65534"),
+        "{err}"
+    );
+    s.holder
+        .wait_for_log("refused by the holder: uid 65534 gid 65534", SECS_20);
+    assert_eq!(s.status()["refused"], 1);
+    // Root is allowed here, and takes them.
+    let _app = s.app(1);
+}
+
+#[test]
+fn sockets_the_holder_does_not_have_are_named() {
+    let s = Scene::new(&[]);
+    let toml = s
+        .app_config("app.sock")
+        .replace("name = \"http\"", "name = \"https\"");
+    let cfg = s.dir.write("app.toml", &toml);
+    let (code, _out, err) = run_cutover(&s.dir, &["run", "-c", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("the holder has no socket named `https` (it holds [\"http\"])"),
+        "{err}"
+    );
+}
+
+#[test]
+fn from_and_address_exclude_each_other() {
+    let dir = TestDir::new();
+    let cfg = dir.write(
+        "cutover.toml",
+        r#"[[listen]]
+name = "http"
+address = "127.0.0.1:1"
+from = "unix:/run/cutover/sockets"
+
+[[listen]]
+from = "unix:/run/cutover/sockets"
+
+[[listen]]
+name = "b"
+from = "relative/path"
+
+[app]
+command = ["true"]
+"#,
+    );
+    let (code, _out, err) = run_cutover(&dir, &["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("listen[0].from"), "{err}");
+    assert!(err.contains("missing key `name`"), "{err}");
+    assert!(err.contains("listen[2].from"), "{err}");
+}

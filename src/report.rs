@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::source::ImageState;
 use crate::status::{ProgramState, ProgramStatus, Status};
 
 /// `writeln!` for the text of `cutover status`, with control characters
@@ -134,19 +135,27 @@ impl Status {
                     r.changed_files.join(", ")
                 );
                 let i = &src.redeploy;
-                emit!(
-                    out,
-                    "  redeploy: {} after {} attempt(s){}{}",
-                    i.state,
-                    i.attempts,
-                    i.last_result
-                        .as_ref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default(),
-                    i.retry_in_seconds
-                        .map(|s| format!("; retrying in {s:.0} s"))
-                        .unwrap_or_default()
-                );
+                if let Some(note) = i
+                    .last_result
+                    .as_ref()
+                    .filter(|_| i.state == ImageState::WaitingForImage)
+                {
+                    emit!(out, "  redeploy: {note}");
+                } else {
+                    emit!(
+                        out,
+                        "  redeploy: {} after {} attempt(s){}{}",
+                        i.state,
+                        i.attempts,
+                        i.last_result
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default(),
+                        i.retry_in_seconds
+                            .map(|s| format!("; retrying in {s:.0} s"))
+                            .unwrap_or_default()
+                    );
+                }
             }
             if let Some(d) = &src.deploying {
                 emit!(out, "  in progress: {}", d.describe());

@@ -147,6 +147,14 @@ impl Redeployer {
         RetryBackoff::new(self.config.retry_max)
     }
 
+    /// The code of an `exit = N` action, None for the others.
+    pub fn exit_code(&self) -> Option<u8> {
+        match self.config.action {
+            RedeployAction::Exit(code) => Some(code),
+            _ => None,
+        }
+    }
+
     /// Runs the action once for `request`.
     pub async fn run(&self, request: &Redeploy) -> Result<RedeployOutcome, RedeployError> {
         tracing::info!(

@@ -127,6 +127,14 @@ impl DependencyGate {
         Ok(tokio::task::spawn_blocking(move || Fingerprint::compute(&dir, &patterns)).await??)
     }
 
+    /// The image as cutover can tell images apart: the digest of its baked
+    /// baseline, or without one of the release adopted as the baseline (the
+    /// same on every start of any image with the same `current`, so only a
+    /// baked baseline lets a new image be recognised).
+    pub fn image(&self) -> Option<String> {
+        self.baseline.as_ref().map(|b| b.digest.clone())
+    }
+
     /// `current` now holds the release with this digest.
     pub fn switched(&mut self, digest: Option<String>) {
         self.current = digest;

@@ -346,7 +346,9 @@ impl Source {
             git_ref: self.config.git_ref.clone(),
             changed_files: required.changed_files.clone(),
         };
-        self.images.request(required, redeploy);
+        // A release only differs from a baseline, so there is one.
+        let image = self.dependencies.image().unwrap_or_default();
+        self.images.request(required, redeploy, image);
     }
 }
 

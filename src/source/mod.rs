@@ -43,7 +43,7 @@ use git::{GitError, RemoteSpec, open_cache};
 pub use git::{UrlRedactor, redact_url};
 pub use history::{DeployRecord, Outcome};
 use image::ImageRequests;
-pub use image::ImageStatus;
+pub use image::{ImageState, ImageStatus};
 pub use progress::InProgress;
 use progress::Publisher;
 use release::{ReleaseError, State, Volume};
@@ -233,7 +233,7 @@ impl Source {
         let remote = RemoteSpec::new(&config);
         let (publisher, status) = Publisher::new(SourceStatus::default());
         let (commands, receiver) = mpsc::unbounded_channel();
-        let images = ImageRequests::start(redeployer, exit);
+        let images = ImageRequests::start(redeployer, exit, volume.clone(), opened.exited_for);
         let image = images.watch();
         let source = Source {
             config,
@@ -431,6 +431,9 @@ struct Opened {
     history: VecDeque<DeployRecord>,
     dependencies: DependencyGate,
     current_fits_image: bool,
+    /// The last `[redeploy] exit`, so a restart of the same image does not
+    /// exit again for the same commit.
+    exited_for: Option<image::ExitedFor>,
 }
 
 impl Opened {
@@ -451,6 +454,7 @@ impl Opened {
             history: volume.read_history(HISTORY_SHOWN).into(),
             dependencies,
             current_fits_image,
+            exited_for: volume.load_exited_for(),
         })
     }
 }

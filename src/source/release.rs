@@ -1,6 +1,6 @@
 //! The code volume: `releases/<sha>/` directories, the `current` symlink
-//! programs run in, cutover's cache and state under `.cutover/`, and the
-//! deploy history in `history.jsonl`.
+//! programs run in, cutover's cache and state under `.cutover/` (the last
+//! exit for a redeploy among it), and the deploy history in `history.jsonl`.
 //!
 //! A release is written under a temporary name and renamed into place, and
 //! `current` is switched by renaming a new symlink over it, so a cutover
@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use git2::{ObjectType, Oid, Repository};
 use serde::{Deserialize, Serialize};
 
+use super::image::ExitedFor;
 use crate::config::ReleaseLimits;
 use crate::sha::Sha;
 
@@ -120,6 +121,10 @@ impl Volume {
         self.root.join(".cutover").join("state.json")
     }
 
+    fn exited_for_file(&self) -> PathBuf {
+        self.root.join(".cutover").join("exited-for.json")
+    }
+
     pub fn release(&self, sha: &Sha) -> PathBuf {
         self.releases().join(sha)
     }
@@ -201,11 +206,29 @@ impl Volume {
     }
 
     pub fn save_state(&self, state: &State) -> Result<(), ReleaseError> {
-        let path = self.state_file();
-        let tmp = path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(state).expect("state serializes");
-        fs::write(&tmp, body).map_err(io_err("cannot write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("cannot replace", &path))
+        write_json(&self.state_file(), state)
+    }
+
+    /// The record of the last `[redeploy] exit`; none when there is none
+    /// or it cannot be read (then a restart may exit once more, which is
+    /// what it did before the record existed: said in the log).
+    pub fn load_exited_for(&self) -> Option<ExitedFor> {
+        let path = self.exited_for_file();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the record of the last exit for a redeploy; ignoring it");
+                return None;
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "the record of the last exit for a redeploy is corrupt; ignoring it"))
+            .ok()
+    }
+
+    pub fn save_exited_for(&self, record: &ExitedFor) -> Result<(), ReleaseError> {
+        write_json(&self.exited_for_file(), record)
     }
 
     pub fn append_history(&self, line: &impl Serialize) -> Result<(), ReleaseError> {
@@ -261,6 +284,15 @@ struct TreePlan {
     dirs: Vec<PathBuf>,
     links: Vec<(PathBuf, Oid)>,
     files: Vec<FileEntry>,
+}
+
+/// Writes `value` to `path` under a temporary name renamed into place, so a
+/// crash leaves the old file or the new one, never half of one.
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), ReleaseError> {
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(value).expect("volume records serialize");
+    fs::write(&tmp, body).map_err(io_err("cannot write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))
 }
 
 /// Writes the tree of `commit` from the bare cache to `releases/<sha>`,

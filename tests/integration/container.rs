@@ -7,7 +7,10 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::dockercli::{docker as run, text};
+use serde_json::Value;
+
+use crate::dockercli::{docker as run, inspect, text};
+use crate::gitrepo::Repo;
 use crate::helpers::*;
 
 const IMAGE: &str = "cutover-test:latest";
@@ -18,7 +21,15 @@ struct Container {
 }
 
 impl Container {
+    /// `cutover run -- COMMAND` (no config) with `extra` docker arguments.
     fn start(extra: &[&str], command: &[&str]) -> Container {
+        let mut tail = vec!["--"];
+        tail.extend_from_slice(command);
+        Container::run(extra, &tail)
+    }
+
+    /// `cutover run ARGS` with `extra` docker arguments.
+    fn run(extra: &[&str], cutover_args: &[&str]) -> Container {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let name = format!(
             "cutover-test-{}-{}",
@@ -28,8 +39,7 @@ impl Container {
         let mut args = vec!["run", "-d", "--network", "host", "--name", &name];
         args.extend_from_slice(extra);
         args.push(IMAGE);
-        args.push("--");
-        args.extend_from_slice(command);
+        args.extend_from_slice(cutover_args);
         let out = run(&args);
         assert!(out.status.success(), "docker run failed: {}", text(&out));
         Container { name }
@@ -121,4 +131,139 @@ fn orphans_are_reaped_in_the_container() {
         "only {reaped} orphans reaped by cutover\n{}",
         c.logs()
     );
+}
+
+/// `[redeploy] exit = 75` under `docker run --restart unless-stopped`: docker
+/// restarts the same image, which must not exit again for the same commit
+/// (before, it did so in a loop, serving nothing). One exit, one restart;
+/// the release that fits (v1) is served before and after; status says a
+/// redeploy is required and that it waits for a new image.
+#[test]
+fn exit_75_under_restart_unless_stopped_restarts_once_and_keeps_serving() {
+    let dir = TestDir::new();
+    let repo = Repo::new(&dir);
+    repo.commit(
+        "v1",
+        &[("version", "v1"), ("requirements.txt", "flask==3.0\n")],
+    );
+    repo.push();
+    // The image's baked baseline (made from v1), mounted where cutover
+    // looks for it: the same file on every restart, as in the same image.
+    std::fs::create_dir_all(dir.join("baked")).unwrap();
+    let (code, _, err) = run_cutover(
+        &dir,
+        &[
+            "fingerprint",
+            repo.work.to_str().unwrap(),
+            "--write",
+            dir.join("baked/dependencies").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::create_dir_all(dir.join("cfg")).unwrap();
+    std::fs::create_dir_all(dir.join("srv")).unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.join("cfg/cutover.toml"),
+        format!(
+            "[[listen]]\naddress = \"127.0.0.1:{port}\"\n\n\
+             [app]\ncommand = [\"python3\", \"/apps/fdserver.py\"]\nstop_timeout = \"5s\"\n\n\
+             [ready]\nhttp = \"http://127.0.0.1:{port}/healthz\"\ngrace = \"100ms\"\n\n\
+             [control]\nsocket = \"/run/cutover.sock\"\n\n\
+             [source]\nrepo = \"/repo.git\"\nroot = \"/srv/app\"\npoll = \"1s\"\n\n\
+             [dependencies]\nfiles = [\"requirements.txt\"]\n\n\
+             [redeploy]\nexit = 75\n"
+        ),
+    )
+    .unwrap();
+    let mounts = [
+        format!("{}:/repo.git", repo.remote.display()),
+        format!("{}:/srv/app", dir.join("srv").display()),
+        format!("{}:/cfg:ro", dir.join("cfg").display()),
+        format!("{}:/etc/cutover:ro", dir.join("baked").display()),
+        format!("{}:/apps/fdserver.py:ro", app("fdserver.py")),
+    ];
+    let mut extra = vec![
+        "--restart",
+        "unless-stopped",
+        "-e",
+        "CUTOVER_CONFIG=/cfg/cutover.toml",
+    ];
+    for m in &mounts {
+        extra.extend(["-v", m.as_str()]);
+    }
+    let c = Container::run(&extra, &[]);
+    wait_for(Duration::from_secs(60), || {
+        (served_version(port).ok()? == "v1").then_some(())
+    })
+    .unwrap_or_else(|| panic!("v1 never served\n{}", c.logs()));
+
+    let load = Load::spawn(
+        move || served_version(port),
+        Duration::from_millis(20),
+        10_000,
+        Duration::from_secs(60),
+    );
+    let x = repo.commit(
+        "v2 with new requirements",
+        &[("version", "v2"), ("requirements.txt", "flask==3.1\n")],
+    );
+    repo.push();
+    let restarts = || {
+        inspect(&c.name, "{{.RestartCount}}")
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    // The exit for v2, and docker's restart of the same image.
+    wait_for(SECS_20, || (restarts() >= 1).then_some(()))
+        .unwrap_or_else(|| panic!("cutover never exited for v2\n{}", c.logs()));
+    let watched = Instant::now();
+    let mut most = 0;
+    while watched.elapsed() < Duration::from_secs(15) {
+        most = most.max(restarts());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let result = load.finish();
+    assert!(most <= 1, "restarted {most} times in 15 s\n{}", c.logs());
+    assert_eq!(
+        result.versions,
+        ["v1"],
+        "only v1 was ever served: {result:?}"
+    );
+    assert_eq!(served_version(port).as_deref(), Ok("v1"));
+    // Unanswered probes: only while the one restart ran.
+    let probes = result.ok + result.failed.len();
+    eprintln!(
+        "exit 75 under --restart: {most} restart(s) in 15 s, {} of {probes} probes unanswered",
+        result.failed.len()
+    );
+    assert!(
+        result.failed.len() * 10 < probes,
+        "{} of {probes} probes failed: {:?}",
+        result.failed.len(),
+        result.failed.first()
+    );
+
+    let out = c.exec(&["cutover", "status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let src = &status["source"];
+    assert_eq!(
+        src["dependencies"]["redeploy_required"]["sha"],
+        x.as_str(),
+        "{src}"
+    );
+    assert_eq!(src["redeploy"]["state"], "waiting-for-image", "{src}");
+    assert_eq!(src["redeploy"]["exited_for"]["sha"], x.as_str(), "{src}");
+    let out = c.exec(&["cutover", "status"]);
+    let shown = text(&out);
+    assert!(shown.contains(&format!("redeploy-required {x}")), "{shown}");
+    assert!(shown.contains("waiting for a new image"), "{shown}");
+    let logs = c.logs();
+    assert_eq!(
+        logs.matches("cutover exiting for a redeploy").count(),
+        1,
+        "{logs}"
+    );
+    assert!(logs.contains("not exiting again"), "{logs}");
 }

@@ -308,3 +308,96 @@ fn a_failing_redeploy_is_retried_with_backoff() {
     );
     assert_eq!(served_version(port).unwrap(), "v1");
 }
+
+/// After `exit = 75` for a commit that needs a new image, an orchestrator
+/// that merely restarts the container (`--restart`, compose's `restart:`)
+/// starts the same image again. cutover then serves the release that fits
+/// (v1), says that it already exited for the commit with this image, and
+/// does not exit again, whatever triggers arrive; a newer commit that needs
+/// an image is allowed one exit; a new image (another baked baseline)
+/// deploys the commit.
+#[test]
+fn a_restart_with_the_same_image_does_not_exit_again_for_the_same_commit() {
+    let s = Scene::new("requirements.txt", "flask==3.0\n");
+    let (dir, repo, port) = (&s.dir, &s.repo, s.port);
+    let baseline = dir.join("baseline.json");
+    s.bake_baseline(&baseline);
+    // `poll` goes to [source], which the scene's config ends with.
+    let extra = format!(
+        "poll = \"500ms\"\n\n[dependencies]\nbaseline = \"{}\"\n\n[redeploy]\nexit = 75\n",
+        baseline.display()
+    );
+    let mut first = s.run(Mode::Subreaper, &extra);
+    let x = repo.commit(
+        "v2",
+        &[("version", "v2"), ("requirements.txt", "flask==3.1\n")],
+    );
+    repo.push();
+    assert_eq!(first.wait(SECS_20), 75, "{}", first.stderr());
+    drop(first);
+
+    // The orchestrator restarts the same image on the same volume.
+    let mut second = Cutover::run_config(Mode::Subreaper, dir, &s.config(&extra));
+    wait_for(SECS_20, || {
+        (served_version(port).ok()? == "v1").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the restart never served v1\n{}", second.stderr()));
+    wait_for_control(dir);
+    let src = wait_for(SECS_20, || {
+        let src = source(dir);
+        (src["redeploy"]["state"] == "waiting-for-image").then_some(src)
+    })
+    .unwrap_or_else(|| panic!("not waiting for an image: {}", source(dir)));
+    assert_eq!(src["dependencies"]["redeploy_required"]["sha"], x.as_str());
+    assert_eq!(src["redeploy"]["exited_for"]["sha"], x.as_str(), "{src}");
+    assert_eq!(src["redeploy"]["exited_for"]["code"], 75, "{src}");
+    assert_eq!(
+        src["redeploy"]["exited_for"]["image"], src["dependencies"]["baseline"],
+        "the image is known by its baseline: {src}"
+    );
+    // Polls (every 500 ms) and a deploy by hand change nothing.
+    client(dir, &["deploy", "--wait"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, text, err) = client(dir, &["status"]);
+    assert_eq!(code, 0, "cutover is gone: {err}\n{}", second.stderr());
+    assert!(text.contains(&format!("redeploy-required {x}")), "{text}");
+    assert!(
+        text.contains(&format!("already exited with 75 for {x}")),
+        "{text}"
+    );
+    assert!(text.contains("waiting for a new image"), "{text}");
+    assert_eq!(served_version(port).unwrap(), "v1");
+    let log = second.stderr();
+    assert_eq!(
+        log.matches("not exiting again").count(),
+        1,
+        "one line says why, once: {log}"
+    );
+    assert!(!log.contains("stopping for a redeploy"), "{log}");
+
+    // A newer commit that needs an image too: one exit for it.
+    let y = repo.commit(
+        "v3",
+        &[("version", "v3"), ("requirements.txt", "flask==3.2\n")],
+    );
+    repo.push();
+    assert_eq!(second.wait(SECS_20), 75, "{}", second.stderr());
+    drop(second);
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(s.root.join(".cutover/exited-for.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["sha"], y.as_str(), "{record}");
+
+    // A new image, built (and fingerprinted) for the newest commit: it is
+    // deployed, nothing waits and nothing exits.
+    s.bake_baseline(&baseline);
+    let third = Cutover::run_config(Mode::Subreaper, dir, &s.config(&extra));
+    serves(port, "v3");
+    wait_for_control(dir);
+    std::thread::sleep(Duration::from_secs(1));
+    let src = source(dir);
+    assert_eq!(src["current"], y.as_str(), "{}", third.stderr());
+    assert!(src["dependencies"]["redeploy_required"].is_null(), "{src}");
+    assert_eq!(src["redeploy"]["state"], "none", "{src}");
+}

@@ -149,6 +149,19 @@ enum Command {
         #[arg(long = "changed", value_name = "FILE")]
         changed: Vec<String>,
     },
+    /// The health-gated replace's one-shot replacer container (internal):
+    /// stop OLD, start NEW, roll back unless it becomes healthy.
+    #[command(hide = true)]
+    Replace {
+        #[arg(long, default_value = "/var/run/docker.sock")]
+        engine: PathBuf,
+        #[arg(long)]
+        old: String,
+        #[arg(long)]
+        new: String,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+        health_timeout: std::time::Duration,
+    },
 }
 
 /// Entry point used by `main.rs`.
@@ -207,6 +220,27 @@ pub fn main() -> ExitCode {
             git_ref,
             changed,
         } => redeploy(&config, dir, sha, git_ref, changed),
+        Command::Replace {
+            engine,
+            old,
+            new,
+            health_timeout,
+        } => {
+            let args = crate::redeploy::ReplacerArgs {
+                engine,
+                old,
+                new,
+                health_timeout,
+            };
+            match runtime() {
+                Ok(rt) => {
+                    let (code, result) = rt.block_on(crate::redeploy::run_replacer(&args));
+                    println!("{result}");
+                    ExitCode::from(code)
+                }
+                Err(code) => code,
+            }
+        }
     }
 }
 

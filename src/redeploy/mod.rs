@@ -14,6 +14,8 @@ mod command;
 mod docker;
 mod webhook;
 
+pub use docker::{ReplacerArgs, run_replacer};
+
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,7 +64,15 @@ pub enum RedeployOutcome {
         container_id: String,
         name: String,
         image: String,
+        /// With a health-gated replace: from the old container's stop to
+        /// the new one's health.
+        gap: Option<Duration>,
     },
+    /// `docker`, health-gated replace of the container cutover runs in: the
+    /// replacer container is about to stop it (cutover's SIGTERM), start
+    /// the new one and roll back if that is not healthy. Its log and exit
+    /// code have the result.
+    DockerReplacing { replacer: String, image: String },
     /// `exit`: stop the programs gracefully and exit with this code.
     Exit(u8),
 }
@@ -78,10 +88,22 @@ impl fmt::Display for RedeployOutcome {
                 container_id,
                 name,
                 image,
-            } => write!(
+                gap,
+            } => {
+                write!(
+                    f,
+                    "replaced by container {name} ({}) running {image}",
+                    &container_id[..container_id.len().min(12)]
+                )?;
+                match gap {
+                    Some(gap) => write!(f, " after a gap of {} ms", gap.as_millis()),
+                    None => Ok(()),
+                }
+            }
+            RedeployOutcome::DockerReplacing { replacer, image } => write!(
                 f,
-                "replaced by container {name} ({}) running {image}",
-                &container_id[..container_id.len().min(12)]
+                "replacing: container stopping for a health-gated replace to {image} \
+                 (`docker logs {replacer}` has the result)"
             ),
             RedeployOutcome::Exit(code) => write!(f, "exiting with {code} for a redeploy"),
         }
@@ -116,6 +138,15 @@ pub enum RedeployError {
         "docker: the new container {name} {reason}; it was removed and the old one keeps serving"
     )]
     NewContainer { name: String, reason: String },
+    #[error(
+        "docker: health-gated replace rolled back: the new container {name} {reason}; it was \
+         removed and the old one serves again after a gap of {gap_ms} ms"
+    )]
+    RolledBack {
+        name: String,
+        reason: String,
+        gap_ms: u128,
+    },
 }
 
 fn body_excerpt(body: &str) -> String {

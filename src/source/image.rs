@@ -34,6 +34,9 @@ pub enum ImageState {
     #[default]
     None,
     Running,
+    /// `docker` health-gated replace: the replacer is stopping this
+    /// container; its log has the result.
+    Replacing,
     Done,
     /// Failed; retried with backoff.
     Failed,
@@ -47,6 +50,7 @@ impl std::fmt::Display for ImageState {
         f.write_str(match self {
             ImageState::None => "none",
             ImageState::Running => "running",
+            ImageState::Replacing => "replacing",
             ImageState::Done => "done",
             ImageState::Failed => "failed",
             ImageState::WaitingForImage => "waiting-for-image",
@@ -266,6 +270,15 @@ impl Task {
                             s.last_result = Some(format!("exiting with {code}"));
                         });
                         let _ = exit.send(code);
+                        return;
+                    }
+                    Ok(outcome @ RedeployOutcome::DockerReplacing { .. }) => {
+                        // The replacer stops this container next: nothing more to do.
+                        info!(sha = %request.sha, %outcome, "redeploy handed to the replacer");
+                        status.send_modify(|s| {
+                            s.state = ImageState::Replacing;
+                            s.last_result = Some(outcome.to_string());
+                        });
                         return;
                     }
                     Ok(outcome) => {

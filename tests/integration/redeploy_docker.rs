@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use crate::dockercli::{docker, inspect, text};
 use crate::helpers::*;
 
+/// Health-gated replace, for a container that publishes host ports.
+mod replace;
+
 const SHA: &str = "feedc0de0123456789abcdef0123456789abcdef";
 const SHORT: &str = "feedc0de0123";
 
@@ -43,6 +46,10 @@ struct Scene {
     repository: String,
     /// Other containers the test made.
     others: Vec<String>,
+    /// `docker run --network`.
+    network: String,
+    /// The app: a `sh -c` script.
+    app: String,
 }
 
 impl Scene {
@@ -53,6 +60,9 @@ impl Scene {
             name: format!("cutover-redeploy-{id}"),
             repository: format!("cutover-redeploy-test-{id}"),
             others: Vec::new(),
+            network: "host".to_string(),
+            app: "trap 'echo graceful stop; exit 0' TERM; echo app ready; sleep 1000 & wait"
+                .to_string(),
         }
     }
 
@@ -64,7 +74,7 @@ impl Scene {
 
     /// Also `options` in `docker = { ... }` and `run_args` for `docker run`.
     fn start_with(&self, dockerfile: &str, options: &str, run_args: &[&str]) {
-        let app = "trap 'echo graceful stop; exit 0' TERM; echo app ready; sleep 1000 & wait";
+        let app = &self.app;
         let options = if options.is_empty() {
             String::new()
         } else {
@@ -89,7 +99,7 @@ impl Scene {
             "run",
             "-d",
             "--network",
-            "host",
+            &self.network,
             "--name",
             &self.name,
             "--restart",

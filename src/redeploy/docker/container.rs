@@ -2,7 +2,7 @@
 //! derived from the old one (with `pin` and `keep_docker_socket` applied),
 //! starting it and waiting for health, and the hand-over (rename, restart
 //! policy, stop) while the old one still serves; earlier predecessors are
-//! found by exact name.
+//! found by exact name. The health-gated replace (`replace`) reuses them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -195,12 +195,11 @@ pub(super) fn is_docker_socket(path: &str, socket: &Path) -> bool {
     path == socket || path.file_name().is_some_and(|n| n == "docker.sock")
 }
 
-/// Starts the new container and waits until it counts as up; the reason if not.
-pub(super) async fn start_and_wait(
+/// Joins the networks beyond the one the container was created on.
+pub(super) async fn connect_networks(
     docker: &Docker,
     id: &str,
     extra_networks: &[(String, EndpointSettings)],
-    timeout: Duration,
 ) -> Result<(), String> {
     for (network, endpoint) in extra_networks {
         docker
@@ -214,6 +213,18 @@ pub(super) async fn start_and_wait(
             .await
             .map_err(|e| format!("could not join network {network}: {}", api_message(&e)))?;
     }
+    Ok(())
+}
+
+/// Starts a container (the new one; the old one in a rollback) and waits
+/// until it counts as up; the reason if not.
+pub(super) async fn start_and_wait(
+    docker: &Docker,
+    id: &str,
+    extra_networks: &[(String, EndpointSettings)],
+    timeout: Duration,
+) -> Result<(), String> {
+    connect_networks(docker, id, extra_networks).await?;
     docker
         .start_container(id, None::<StartContainerOptions>)
         .await

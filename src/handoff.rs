@@ -133,6 +133,21 @@ impl ProgramSockets {
         })
     }
 
+    /// Puts `new` in place of the shared sockets of the same names; whether
+    /// any was this program's.
+    pub fn replace_shared(&mut self, new: &[Arc<HeldSocket>]) -> bool {
+        let mut replaced = false;
+        for entry in &mut self.entries {
+            if let Entry::Shared(old) = entry
+                && let Some(socket) = new.iter().find(|n| n.name == old.name)
+            {
+                *old = socket.clone();
+                replaced = true;
+            }
+        }
+        replaced
+    }
+
     /// The fds an instance of `generation` receives, in config order.
     pub fn passed(&self, generation: Generation) -> Vec<PassedFd<'_>> {
         self.entries

@@ -36,6 +36,16 @@ impl HeldSocket {
         self.fd.as_fd()
     }
 
+    /// A socket taken from a holder: always shared by the instances.
+    pub fn taken(name: String, fd: OwnedFd, programs: Option<Vec<String>>) -> HeldSocket {
+        HeldSocket {
+            name,
+            fd,
+            programs,
+            per_instance: None,
+        }
+    }
+
     pub fn into_fd(self) -> OwnedFd {
         self.fd
     }
@@ -95,12 +105,11 @@ pub async fn bind_all(
             })?;
         for (&i, (offered, fd)) in indexes.iter().zip(taken) {
             info!(name = %offered.name, address = %offered.address, holder = %path.display(), "holding listening socket");
-            held[i] = Some(HeldSocket {
-                name: configs[i].name.clone(),
+            held[i] = Some(HeldSocket::taken(
+                configs[i].name.clone(),
                 fd,
-                programs: configs[i].programs.clone(),
-                per_instance: None,
-            });
+                configs[i].programs.clone(),
+            ));
         }
         leases.push(lease);
     }

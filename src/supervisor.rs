@@ -82,7 +82,7 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         reaper,
         incoming,
         sockets,
-        leases: _leases,
+        leases,
         runtime_dir,
         queue,
         coordinator,
@@ -120,6 +120,12 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         .map(|(p, sockets)| program::start(p.clone(), context.clone(), sockets))
         .collect();
     coordinator.start(handles.clone());
+    let _holders = crate::holder::take::keep_taking(
+        leases,
+        config.listen.clone(),
+        handles.clone(),
+        queue.clone(),
+    );
     let _source = source.map(|s| {
         s.spawn(Wiring {
             queue: queue.clone(),

@@ -51,6 +51,8 @@ pub enum Trigger {
     Deployed(Sha),
     /// The programs go back to a release that was rolled back to.
     RolledBack(Sha),
+    /// A restarted socket holder's new sockets.
+    HolderReplaced,
 }
 
 impl Trigger {
@@ -96,6 +98,7 @@ impl fmt::Display for Trigger {
             Trigger::ControlSocket => f.write_str("control socket"),
             Trigger::Deployed(sha) => write!(f, "deploy {}", sha.short()),
             Trigger::RolledBack(sha) => write!(f, "rollback {}", sha.short()),
+            Trigger::HolderReplaced => f.write_str("new sockets from a restarted holder"),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::wire::Conn;
-use super::{HolderStatus, Offered, Reply, Request};
+use super::{HolderInfo, HolderStatus, Offered, Reply, Request};
 
 /// How long a starting cutover waits for the holder (compose may start the
 /// app container first).
@@ -36,7 +36,19 @@ pub enum TakeError {
 
 /// The open connection sockets were taken over.
 pub(crate) struct Lease {
-    _conn: Conn,
+    conn: Conn,
+    pub path: PathBuf,
+    pub names: Vec<String>,
+    pub holder: HolderInfo,
+}
+
+impl Lease {
+    /// Resolves when the holder is gone (stopped, restarted, its container
+    /// recreated): its sockets then no longer receive anything.
+    pub async fn closed(&self) {
+        // The holder sends nothing unasked: anything here is the end.
+        let _ = self.conn.recv::<Reply>().await;
+    }
 }
 
 /// Takes `names` from the holder at `path`, in that order; waits up to
@@ -78,7 +90,12 @@ pub(crate) async fn take(
         .ok_or_else(|| protocol("it did not say who it is".into()))?;
     info!(holder = %path.display(), instance = %holder.instance, sockets = ?names, "took listening sockets from the holder");
     Ok((
-        Lease { _conn: conn },
+        Lease {
+            conn,
+            path: path.to_path_buf(),
+            names: names.to_vec(),
+            holder,
+        },
         reply.sockets.into_iter().zip(fds).collect(),
     ))
 }
@@ -132,6 +149,62 @@ async fn connect_waiting(path: &Path, wait: Duration) -> Result<Conn, TakeError>
             }
         }
     }
+}
+
+/// Watches the holders sockets were taken from. When one goes away, waits
+/// for it to come back, takes its new sockets, gives them to the programs
+/// and has them reloaded onto them: cutover itself never restarts.
+pub(crate) fn keep_taking(
+    leases: Vec<Lease>,
+    configs: Vec<crate::config::ListenConfig>,
+    programs: Vec<crate::program::ProgramHandle>,
+    queue: crate::reload::ReloadQueue,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    leases
+        .into_iter()
+        .map(|lease| {
+            let configs = configs.clone();
+            let programs = programs.clone();
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut lease = lease;
+                loop {
+                    lease.closed().await;
+                    let lost = tokio::time::Instant::now();
+                    warn!(holder = %lease.path.display(), instance = %lease.holder.instance, "the socket holder went away: its sockets receive nothing now; waiting for it");
+                    let (next, taken) = loop {
+                        match take(&lease.path, &lease.names, WAIT_FOR_HOLDER).await {
+                            Ok(taken) => break taken,
+                            Err(e) => {
+                                warn!(error = %e, "still no socket holder");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    };
+                    let sockets: Vec<std::sync::Arc<crate::listen::HeldSocket>> = taken
+                        .into_iter()
+                        .map(|(offered, fd)| {
+                            let programs = configs
+                                .iter()
+                                .find(|c| c.name == offered.name)
+                                .and_then(|c| c.programs.clone());
+                            std::sync::Arc::new(crate::listen::HeldSocket::taken(
+                                offered.name,
+                                fd,
+                                programs,
+                            ))
+                        })
+                        .collect();
+                    info!(holder = %next.path.display(), instance = %next.holder.instance, after_ms = lost.elapsed().as_millis() as u64, "took the new holder's sockets; reloading onto them");
+                    for program in &programs {
+                        program.replace_sockets(sockets.clone());
+                    }
+                    queue.trigger(crate::trigger::Trigger::HolderReplaced);
+                    lease = next;
+                }
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]

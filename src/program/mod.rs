@@ -24,6 +24,7 @@ use crate::config::{ForwardTo, ProgramConfig};
 use crate::exit::ExitStatus;
 use crate::group::signal_group;
 use crate::handoff::{Generation, ProgramSockets};
+use crate::listen::HeldSocket;
 use crate::reaper::Reaper;
 use crate::restart::{Decision, RestartTracker};
 use crate::status::{ProgramReload, ProgramState, ProgramStatus};
@@ -40,6 +41,9 @@ enum Command {
     /// Skip the grace period.
     Kill,
     Reload(ReloadRequest),
+    /// New shared sockets (a restarted holder's) for the instances started
+    /// from now on; a reload follows.
+    ReplaceSockets(Vec<Arc<HeldSocket>>),
 }
 
 /// A program that is done for good, with the status cutover passes on.
@@ -98,6 +102,12 @@ impl ProgramHandle {
         let _ = self.commands.send(Command::Kill);
     }
 
+    /// Instances started from now on take these sockets instead of the
+    /// shared ones of the same names.
+    pub fn replace_sockets(&self, sockets: Vec<Arc<HeldSocket>>) {
+        let _ = self.commands.send(Command::ReplaceSockets(sockets));
+    }
+
     /// Reloads the program with its strategy; resolves when it is done.
     pub async fn reload(&self, trigger: &str) -> ProgramReload {
         let (reply, rx) = oneshot::channel();
@@ -151,6 +161,7 @@ pub fn start(config: ProgramConfig, context: Context, sockets: ProgramSockets) -
         launched: 0,
         sockets,
         serving_generation: ProgramSockets::first(),
+        sockets_replaced: false,
     };
     tokio::spawn(program.run());
     handle
@@ -172,6 +183,9 @@ struct Program {
     sockets: ProgramSockets,
     /// The sockets a (re)started instance takes: those traffic goes to.
     serving_generation: Generation,
+    /// The shared sockets were replaced and the running instance still has
+    /// the old ones: the next reload must start a new instance.
+    sockets_replaced: bool,
 }
 
 #[derive(Default)]
@@ -399,6 +413,13 @@ impl Program {
             Some(Command::Stop) | None => Some(Flow::Stop { kill: false }),
             Some(Command::Kill) => Some(Flow::Stop { kill: true }),
             Some(Command::Reload(request)) => Some(Flow::Reload(request)),
+            Some(Command::ReplaceSockets(sockets)) => {
+                if self.sockets.replace_shared(&sockets) {
+                    info!(program = %self.config.name, "new listening sockets; the next reload starts an instance on them");
+                    self.sockets_replaced = true;
+                }
+                None
+            }
         }
     }
 

@@ -125,7 +125,7 @@ impl ReloadRequest {
 
 impl Program {
     pub(super) async fn reload(&mut self, old: Instance, request: ReloadRequest) -> After {
-        let strategy = self.config.reload;
+        let strategy = self.strategy_now();
         let before = self.stats.state;
         if strategy != ReloadStrategy::None {
             info!(program = %self.config.name, strategy = %strategy.name(), trigger = %request.trigger, "reloading");
@@ -187,13 +187,17 @@ impl Program {
         result: Result<Timings, ReloadError>,
         request: ReloadRequest,
     ) {
-        if self.config.reload != ReloadStrategy::None {
+        let reloads = self.strategy_now() != ReloadStrategy::None;
+        if reloads {
             self.update(|s| s.reloads += 1);
+        }
+        if matches!(after, After::Running(_)) && result.is_ok() {
+            self.sockets_replaced = false;
         }
         match (&result, after) {
             (Ok(t), _) => {
                 info!(program = %self.config.name, pid = t.pid.unwrap_or_default(), total_ms = ms(request.received.elapsed()) as u64, "reload done");
-                if self.config.reload != ReloadStrategy::None {
+                if reloads {
                     self.set_state(ProgramState::Running);
                 }
             }
@@ -443,6 +447,18 @@ impl Program {
                     Err(ReloadError::Refused("cutover is stopping")),
                 )
             }
+        }
+    }
+
+    /// The configured strategy, except after the listening sockets were
+    /// replaced (a restarted holder): a program reloaded by signal, or not
+    /// at all, would keep serving on the old ones, so it restarts once.
+    fn strategy_now(&self) -> ReloadStrategy {
+        match self.config.reload {
+            ReloadStrategy::Signal(_) | ReloadStrategy::None if self.sockets_replaced => {
+                ReloadStrategy::Restart
+            }
+            configured => configured,
         }
     }
 

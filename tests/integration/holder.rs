@@ -17,22 +17,21 @@ struct Scene {
     holder: Cutover,
 }
 
+fn start_holder(dir: &TestDir, port: u16, at: &std::path::Path, extra: &[&str]) -> Cutover {
+    let listen = format!("http=127.0.0.1:{port}");
+    let mut args = vec!["hold", "--listen", &listen, "--at", at.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let holder = Cutover::start(Mode::Subreaper, dir, &args);
+    holder.wait_for_log("waiting for takers", SECS_20);
+    holder
+}
+
 impl Scene {
     fn new(extra_holder_args: &[&str]) -> Scene {
         let dir = TestDir::new();
         let port = free_port();
         let holder_socket = dir.join("run/sockets");
-        let listen = format!("http=127.0.0.1:{port}");
-        let mut args = vec![
-            "hold",
-            "--listen",
-            &listen,
-            "--at",
-            holder_socket.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra_holder_args);
-        let holder = Cutover::start(Mode::Subreaper, &dir, &args);
-        holder.wait_for_log("waiting for takers", SECS_20);
+        let holder = start_holder(&dir, port, &holder_socket, extra_holder_args);
         std::fs::write(dir.join("version"), "v1").unwrap();
         Scene {
             dir,
@@ -52,6 +51,7 @@ from = "unix:{holder}"
 command = ["python3", "{server}"]
 workdir = "{dir}"
 stop_timeout = "5s"
+reload_strategy = "overlap"
 
 [control]
 socket = "{control}"
@@ -136,6 +136,56 @@ fn an_app_replaced_by_a_new_one_refuses_no_connection() {
     assert_eq!(takers.len(), 1, "the first app's lease ended: {st}");
     assert_eq!(takers[0]["pid"], second.pid(), "{st}");
     assert_eq!(st["sockets"][0]["name"], "http");
+}
+
+/// A restarted holder has new sockets (in a container, in a new network
+/// namespace: the old ones get nothing). The app's cutover notices, takes
+/// the new ones and reloads its program onto them, without a restart.
+#[test]
+fn a_restarted_holder_is_noticed_and_its_new_sockets_taken() {
+    let mut s = Scene::new(&[]);
+    let app = s.app(1);
+    let before = status(&s.dir)["programs"][0]["pid"].clone();
+    let load = Load::spawn(
+        {
+            let port = s.port;
+            move || served_version(port)
+        },
+        Duration::from_millis(2),
+        10_000,
+        Duration::from_secs(60),
+    );
+    s.holder.signal(libc::SIGTERM);
+    assert_eq!(s.holder.wait(SECS_20), 0, "{}", s.holder.stderr());
+    sleep(Duration::from_millis(300));
+    s.holder = start_holder(&s.dir, s.port, &s.holder_socket, &[]);
+    app.wait_for_log("took the new holder's sockets", SECS_20);
+    app.wait_for_log("reload done", SECS_20);
+    sleep(Duration::from_millis(300));
+    let r = load.finish();
+    eprintln!(
+        "holder restarted: {} requests, {} failed",
+        r.requests(),
+        r.failed.len()
+    );
+    assert!(
+        r.failed.is_empty(),
+        "{:?}\n{}",
+        &r.failed[..r.failed.len().min(5)],
+        app.stderr()
+    );
+    let st = status(&s.dir);
+    assert_ne!(
+        st["programs"][0]["pid"], before,
+        "the program was reloaded: {st}"
+    );
+    assert_eq!(
+        st["reload"]["last"]["trigger"], "new sockets from a restarted holder",
+        "{st}"
+    );
+    let holder = s.status();
+    assert_eq!(holder["takers"][0]["pid"], app.pid(), "{holder}");
+    assert!(app.stderr().contains("the socket holder went away"));
 }
 
 /// Only the users and groups the holder is told to trust get the sockets;

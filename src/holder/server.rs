@@ -227,6 +227,10 @@ async fn serve(
         );
         let _ = events.send(Event::Refused);
         let _ = conn.send(&failure(why), &[]).await;
+        // Read its request before closing: closing on unread data would reset
+        // the connection before the peer has read why.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), conn.recv::<Request>()).await;
         return;
     }
     loop {

@@ -38,4 +38,6 @@ mod dockercli;
 #[cfg(feature = "container-tests")]
 mod e2e;
 #[cfg(feature = "container-tests")]
+mod holder_docker;
+#[cfg(feature = "container-tests")]
 mod redeploy_docker;

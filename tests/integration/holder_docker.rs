@@ -103,7 +103,7 @@ impl Stage {
             "{}:/apps/fdserver.py:ro",
             crate::helpers::app("fdserver.py")
         );
-        let name = self.run(
+        self.run(
             &format!("app{n}"),
             &[
                 "--network",
@@ -120,8 +120,7 @@ impl Stage {
                 "CUTOVER_CONFIG=/cfg/cutover.toml",
                 IMAGE,
             ],
-        );
-        name
+        )
     }
 
     fn serves(&self, version: &str, timeout: Duration) {

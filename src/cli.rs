@@ -114,6 +114,9 @@ enum Command {
         allow_gid: Vec<u32>,
         #[arg(long, default_value_t = 1024)]
         backlog: u32,
+        /// Serve /healthz and /status on this address (e.g. 0.0.0.0:9091).
+        #[arg(long, value_name = "ADDRESS")]
+        http: Option<std::net::SocketAddr>,
     },
     /// Print (or write as the image's baseline) the digest of a release's
     /// dependency files and the files that went into it.
@@ -209,7 +212,8 @@ pub fn main() -> ExitCode {
             allow_uid,
             allow_gid,
             backlog,
-        } => hold(listen, at, allow_uid, allow_gid, backlog),
+            http,
+        } => hold(listen, at, allow_uid, allow_gid, backlog, http),
         Command::Fingerprint { dir, write, config } => {
             fingerprint(&dir, write.as_deref(), config.as_deref())
         }
@@ -517,6 +521,7 @@ fn hold(
     allow_uids: Vec<u32>,
     allow_gids: Vec<u32>,
     backlog: u32,
+    http: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     let listen = match crate::holder::parse_listen(&listen) {
         Ok(l) => l,
@@ -531,6 +536,7 @@ fn hold(
         allow_uids,
         allow_gids,
         backlog,
+        http,
     };
     let runtime = match runtime() {
         Ok(rt) => rt,

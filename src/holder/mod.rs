@@ -14,6 +14,7 @@
 //!
 //! `wire` carries the messages, `server` is the holder, `take` the app side.
 
+mod http;
 mod server;
 pub(crate) mod take;
 mod wire;

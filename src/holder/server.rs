@@ -35,6 +35,8 @@ pub struct HoldConfig {
     /// Peers allowed by group id; the socket file is then 0660 with the first.
     pub allow_gids: Vec<u32>,
     pub backlog: u32,
+    /// `/healthz` and `/status` over HTTP.
+    pub http: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,11 @@ pub enum HoldError {
     },
     #[error("cannot handle signals: {0}")]
     Signals(std::io::Error),
+    #[error("cannot listen for HTTP on {address}: {source}")]
+    Http {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 struct Held {
@@ -117,8 +124,26 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
             "net.ipv4.tcp_migrate_req is off in this network namespace: run the holder with --sysctl net.ipv4.tcp_migrate_req=1"
         );
     }
-    info!(socket = %config.socket.display(), uids = ?policy.uids, gids = ?policy.gids, "waiting for takers");
     let (events, published) = registry(info.clone());
+    let _http = match config.http {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| HoldError::Http { address, source })?;
+            info!(%address, "serving /healthz and /status");
+            let held = held.clone();
+            let queued: Arc<dyn Fn() -> Vec<HeldStatus> + Send + Sync> =
+                Arc::new(move || queued_now(&held));
+            Some(AbortOnDrop(tokio::spawn(super::http::serve(
+                listener,
+                published.clone(),
+                queued,
+            ))))
+        }
+        None => None,
+    };
+    info!(socket = %config.socket.display(), uids = ?policy.uids, gids = ?policy.gids, "waiting for takers");
+
     let mut terminate = signal(SignalKind::terminate()).map_err(HoldError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(HoldError::Signals)?;
     let mut next_id = 0u64;
@@ -279,14 +304,7 @@ async fn serve(
             },
             Request::Status => {
                 let mut status = published.borrow().clone();
-                status.sockets = held
-                    .iter()
-                    .map(|h| HeldStatus {
-                        name: h.name.clone(),
-                        address: h.address,
-                        queued: steer::queued(h.fd.as_fd()).unwrap_or(0),
-                    })
-                    .collect();
+                status.sockets = queued_now(&held);
                 let reply = Reply {
                     ok: true,
                     holder: Some(info.clone()),
@@ -301,6 +319,26 @@ async fn serve(
         }
     }
     let _ = events.send(Event::Gone(id));
+}
+
+/// The sockets held, with their accept queues now.
+fn queued_now(held: &[Held]) -> Vec<HeldStatus> {
+    held.iter()
+        .map(|h| HeldStatus {
+            name: h.name.clone(),
+            address: h.address,
+            queued: steer::queued(h.fd.as_fd()).unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Stops the task it holds when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn pick<'a>(held: &'a [Held], names: &[String]) -> Result<Vec<&'a Held>, String> {

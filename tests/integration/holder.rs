@@ -274,3 +274,30 @@ command = ["true"]
     assert!(err.contains("missing key `name`"), "{err}");
     assert!(err.contains("listen[2].from"), "{err}");
 }
+
+#[test]
+fn the_holder_answers_probes_and_says_who_took_what() {
+    let http = free_port();
+    let address = format!("127.0.0.1:{http}");
+    let s = Scene::new(&["--http", &address]);
+    assert_eq!(
+        http_get(http, "/healthz").as_deref(),
+        Ok("holding 1 socket(s) for 0 taker(s)\n")
+    );
+    let app = s.app(1);
+    let st: serde_json::Value = serde_json::from_str(&http_get(http, "/status").unwrap()).unwrap();
+    assert_eq!(st["takers"][0]["pid"], app.pid(), "{st}");
+    assert_eq!(st["takers"][0]["names"][0], "http", "{st}");
+    assert_eq!(st["sockets"][0]["address"], format!("127.0.0.1:{}", s.port));
+    assert_eq!(
+        http_get(http, "/healthz").as_deref(),
+        Ok("holding 1 socket(s) for 1 taker(s)\n")
+    );
+    let (code, text, _) = run_cutover(
+        &s.dir,
+        &["status", "--holder", s.holder_socket.to_str().unwrap()],
+    );
+    assert_eq!(code, 0);
+    assert!(text.contains("taken by "), "{text}");
+    assert!(text.contains(&format!("pid {}", app.pid())), "{text}");
+}

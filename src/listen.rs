@@ -17,7 +17,8 @@ use std::sync::Once;
 use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::{info, warn};
 
-use crate::holder::take::{Lease, WAIT_FOR_HOLDER, take};
+use crate::holder::link::HolderLink;
+use crate::holder::take::{WAIT_FOR_HOLDER, fresh, take};
 use crate::steer::{self, Route};
 
 use crate::config::{ListenAddress, ListenConfig};
@@ -29,6 +30,9 @@ pub struct HeldSocket {
     programs: Option<Vec<String>>,
     /// Where to bind the next instances' sockets, when they get their own.
     per_instance: Option<(SocketAddr, u32)>,
+    /// A per-instance socket bound by a holder: the link to ask it for the
+    /// next ones, and this one's member id there.
+    pub holder: Option<(HolderLink, u64)>,
 }
 
 impl HeldSocket {
@@ -43,6 +47,7 @@ impl HeldSocket {
             fd,
             programs,
             per_instance: None,
+            holder: None,
         }
     }
 
@@ -82,7 +87,7 @@ pub enum ListenError {
 /// the holders' connections open for as long as cutover runs.
 pub async fn bind_all(
     configs: &[ListenConfig],
-) -> Result<(Vec<HeldSocket>, Vec<Lease>), ListenError> {
+) -> Result<(Vec<HeldSocket>, Vec<(HolderLink, Vec<String>)>), ListenError> {
     let mut held: Vec<Option<HeldSocket>> = Vec::with_capacity(configs.len());
     let mut from: BTreeMap<&Path, Vec<usize>> = BTreeMap::new();
     for (i, c) in configs.iter().enumerate() {
@@ -96,14 +101,24 @@ pub async fn bind_all(
     }
     let mut leases = Vec::new();
     for (path, indexes) in from {
-        let names: Vec<String> = indexes.iter().map(|&i| configs[i].name.clone()).collect();
-        let (lease, taken) = take(path, &names, WAIT_FOR_HOLDER)
+        // Shared sockets are the holder's own; per-instance ones are bound
+        // for this cutover in the holder's network namespace.
+        let (own, shared): (Vec<usize>, Vec<usize>) =
+            indexes.iter().partition(|&&i| configs[i].per_instance);
+        let names: Vec<String> = shared.iter().map(|&i| configs[i].name.clone()).collect();
+        let taken_err = |source| ListenError::Take {
+            name: indexes
+                .iter()
+                .map(|&i| configs[i].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            source,
+        };
+        let fresh_names: Vec<String> = own.iter().map(|&i| configs[i].name.clone()).collect();
+        let (link, taken) = take(path, &names, &fresh_names, WAIT_FOR_HOLDER)
             .await
-            .map_err(|source| ListenError::Take {
-                name: names.join(", "),
-                source,
-            })?;
-        for (&i, (offered, fd)) in indexes.iter().zip(taken) {
+            .map_err(taken_err)?;
+        for (&i, (offered, fd)) in shared.iter().zip(taken) {
             info!(name = %offered.name, address = %offered.address, holder = %path.display(), "holding listening socket");
             held[i] = Some(HeldSocket::taken(
                 configs[i].name.clone(),
@@ -111,7 +126,28 @@ pub async fn bind_all(
                 configs[i].programs.clone(),
             ));
         }
-        leases.push(lease);
+        for &i in &own {
+            let c = &configs[i];
+            let (offered, fd, member) =
+                fresh(&link, &c.name)
+                    .await
+                    .map_err(|why| ListenError::Take {
+                        name: c.name.clone(),
+                        source: crate::holder::take::TakeError::Refused {
+                            path: path.to_path_buf(),
+                            why,
+                        },
+                    })?;
+            info!(name = %offered.name, address = %offered.address, holder = %path.display(), per_instance = true, "holding listening socket");
+            held[i] = Some(HeldSocket {
+                name: c.name.clone(),
+                fd,
+                programs: c.programs.clone(),
+                per_instance: Some((offered.address, c.backlog)),
+                holder: Some((link.clone(), member)),
+            });
+        }
+        leases.push((link, names));
     }
     Ok((held.into_iter().flatten().collect(), leases))
 }
@@ -136,6 +172,7 @@ fn bind_one(c: &ListenConfig) -> Result<HeldSocket, ListenError> {
         fd,
         programs: c.programs.clone(),
         per_instance,
+        holder: None,
     })
 }
 

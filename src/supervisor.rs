@@ -170,7 +170,7 @@ struct Setup {
     incoming: mpsc::UnboundedReceiver<Incoming>,
     sockets: Vec<listen::HeldSocket>,
     /// Open for as long as cutover runs: the holders list it as a taker.
-    leases: Vec<crate::holder::take::Lease>,
+    leases: Vec<(crate::holder::link::HolderLink, Vec<String>)>,
     runtime_dir: RuntimeDir,
     queue: ReloadQueue,
     coordinator: crate::reload::Unstarted,

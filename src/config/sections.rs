@@ -248,8 +248,6 @@ fn per_instance_obstacle(
 ) -> Option<String> {
     if matches!(address, ListenAddress::Unix(_)) {
         Some("only for TCP addresses (a unix socket path is bound by one socket)".into())
-    } else if matches!(address, ListenAddress::Holder(_)) {
-        Some("not yet for a socket taken `from` a holder: its instances share it".into())
     } else if reuse_port {
         Some(
             "not with `reuse_port`: another process's sockets would join the group cutover steers"

@@ -14,7 +14,9 @@
 //!
 //! `wire` carries the messages, `server` is the holder, `take` the app side.
 
+mod groups;
 mod http;
+pub(crate) mod link;
 mod server;
 pub(crate) mod take;
 mod wire;
@@ -89,8 +91,29 @@ pub(crate) enum Request {
         names: Vec<String>,
         /// Shown in the holder's status: the taker's hostname.
         who: String,
+        /// Sockets it will ask `Fresh` ones of (per instance), for the status.
+        #[serde(default)]
+        fresh: Vec<String>,
     },
     Status,
+    /// A new listening socket in the group of `name`, bound for this taker
+    /// in the holder's network namespace; retired when the taker goes.
+    Fresh {
+        name: String,
+    },
+    /// New connections of `name`'s group to member `users` (None: where
+    /// they go now), and those from local port `probe.0` to member `probe.1`.
+    Steer {
+        name: String,
+        users: Option<u64>,
+        probe: Option<(u16, u64)>,
+    },
+    /// Member `member` of `name`'s group leaves it; what it had queued moves
+    /// to the others.
+    Retire {
+        name: String,
+        member: u64,
+    },
 }
 
 /// The holder's answer; `sockets` describe the descriptors attached.
@@ -105,6 +128,9 @@ pub(crate) struct Reply {
     pub holder: Option<HolderInfo>,
     #[serde(default)]
     pub status: Option<HolderStatus>,
+    /// The member id of a `Fresh` socket.
+    #[serde(default)]
+    pub member: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,9 +14,10 @@ use std::time::SystemTime;
 
 use nix::sys::socket::UnixCredentials;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use super::groups::Op;
 use super::wire::{Conn, Listener};
 use super::{HeldStatus, HolderInfo, HolderStatus, Offered, Reply, Request, Taker};
 use crate::clock::timestamp;
@@ -67,6 +68,16 @@ struct Held {
     fd: OwnedFd,
 }
 
+/// What a connection task needs besides its connection.
+struct Shared {
+    held: Arc<Vec<Held>>,
+    policy: Policy,
+    events: mpsc::UnboundedSender<Event>,
+    groups: mpsc::UnboundedSender<Op>,
+    published: watch::Receiver<HolderStatus>,
+    info: HolderInfo,
+}
+
 enum Event {
     Took(u64, Taker),
     Gone(u64),
@@ -95,6 +106,18 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
             fd,
         });
     }
+    let group_sockets = held
+        .iter()
+        .map(|h| {
+            let fd = h.fd.try_clone().map_err(|source| HoldError::Listen {
+                name: h.name.clone(),
+                address: h.address,
+                source,
+            })?;
+            Ok((h.name.clone(), h.address, config.backlog, fd))
+        })
+        .collect::<Result<Vec<_>, HoldError>>()?;
+    let groups = super::groups::start(group_sockets);
     let held = Arc::new(held);
     let mode = if config.allow_gids.is_empty() {
         0o600
@@ -110,10 +133,10 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
     if allowed_uids.is_empty() && config.allow_gids.is_empty() {
         allowed_uids.push(nix::unistd::geteuid().as_raw());
     }
-    let policy = Arc::new(Policy {
+    let policy = Policy {
         uids: allowed_uids,
         gids: config.allow_gids.clone(),
-    });
+    };
     let info = HolderInfo {
         pid: std::process::id(),
         instance: instance_id(),
@@ -144,6 +167,14 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
     };
     info!(socket = %config.socket.display(), uids = ?policy.uids, gids = ?policy.gids, "waiting for takers");
 
+    let shared = Arc::new(Shared {
+        held: held.clone(),
+        policy,
+        events,
+        groups,
+        published: published.clone(),
+        info: info.clone(),
+    });
     let mut terminate = signal(SignalKind::terminate()).map_err(HoldError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(HoldError::Signals)?;
     let mut next_id = 0u64;
@@ -152,7 +183,7 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => {
                     next_id += 1;
-                    tokio::spawn(serve(conn, next_id, held.clone(), policy.clone(), events.clone(), published.clone(), info.clone()));
+                    tokio::spawn(serve(conn, next_id, shared.clone()));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -226,15 +257,7 @@ fn registry(info: HolderInfo) -> (mpsc::UnboundedSender<Event>, watch::Receiver<
     (tx, published)
 }
 
-async fn serve(
-    conn: Conn,
-    id: u64,
-    held: Arc<Vec<Held>>,
-    policy: Arc<Policy>,
-    events: mpsc::UnboundedSender<Event>,
-    published: watch::Receiver<HolderStatus>,
-    info: HolderInfo,
-) {
+async fn serve(conn: Conn, id: u64, shared: Arc<Shared>) {
     let peer = match conn.peer() {
         Ok(p) => p,
         Err(e) => {
@@ -242,15 +265,15 @@ async fn serve(
             return;
         }
     };
-    if !policy.admits(&peer) {
-        let why = policy.refusal(&peer);
+    if !shared.policy.admits(&peer) {
+        let why = shared.policy.refusal(&peer);
         warn!(
             pid = peer.pid(),
             uid = peer.uid(),
             gid = peer.gid(),
             "{why}"
         );
-        let _ = events.send(Event::Refused);
+        let _ = shared.events.send(Event::Refused);
         let _ = conn.send(&failure(why), &[]).await;
         // Read its request before closing: closing on unread data would reset
         // the connection before the peer has read why.
@@ -268,57 +291,127 @@ async fn serve(
             }
         };
         let sent = match request {
-            Request::Take { names, who } => match pick(&held, &names) {
-                Ok(picked) => {
-                    let reply = Reply {
-                        ok: true,
-                        sockets: picked
-                            .iter()
-                            .map(|h| Offered {
-                                name: h.name.clone(),
-                                address: h.address,
-                            })
-                            .collect(),
-                        holder: Some(info.clone()),
-                        ..Reply::default()
-                    };
-                    let fds: Vec<_> = picked.iter().map(|h| h.fd.as_fd()).collect();
-                    let sent = conn.send(&reply, &fds).await;
-                    if sent.is_ok() {
-                        info!(%who, pid = peer.pid(), uid = peer.uid(), sockets = ?names, "handed over");
-                        let _ = events.send(Event::Took(
-                            id,
-                            Taker {
-                                who,
-                                pid: peer.pid(),
-                                uid: peer.uid(),
-                                gid: peer.gid(),
-                                names,
-                                since: timestamp(SystemTime::now()),
-                            },
-                        ));
-                    }
-                    sent
-                }
-                Err(why) => conn.send(&failure(why), &[]).await,
-            },
+            Request::Take { names, who, fresh } => {
+                take(&conn, id, &peer, &shared, names, who, fresh).await
+            }
             Request::Status => {
-                let mut status = published.borrow().clone();
-                status.sockets = queued_now(&held);
+                let mut status = shared.published.borrow().clone();
+                status.sockets = queued_now(&shared.held);
                 let reply = Reply {
                     ok: true,
-                    holder: Some(info.clone()),
+                    holder: Some(shared.info.clone()),
                     status: Some(status),
                     ..Reply::default()
                 };
                 conn.send(&reply, &[]).await
+            }
+            Request::Fresh { name } => {
+                let (reply, answer) = oneshot::channel();
+                let _ = shared.groups.send(Op::Fresh {
+                    lease: id,
+                    name,
+                    reply,
+                });
+                match answer
+                    .await
+                    .unwrap_or_else(|_| Err("the holder is stopping".into()))
+                {
+                    Ok((offered, fd, member)) => {
+                        let reply = Reply {
+                            ok: true,
+                            sockets: vec![offered],
+                            member: Some(member),
+                            ..Reply::default()
+                        };
+                        conn.send(&reply, &[fd.as_fd()]).await
+                    }
+                    Err(why) => conn.send(&failure(why), &[]).await,
+                }
+            }
+            Request::Steer { name, users, probe } => {
+                let (reply, answer) = oneshot::channel();
+                let _ = shared.groups.send(Op::Steer {
+                    name,
+                    users,
+                    probe,
+                    reply,
+                });
+                conn.send(&done(answer.await), &[]).await
+            }
+            Request::Retire { name, member } => {
+                let (reply, answer) = oneshot::channel();
+                let _ = shared.groups.send(Op::Retire {
+                    lease: id,
+                    name,
+                    member,
+                    reply,
+                });
+                conn.send(&done(answer.await), &[]).await
             }
         };
         if sent.is_err() {
             break;
         }
     }
-    let _ = events.send(Event::Gone(id));
+    let _ = shared.groups.send(Op::Gone(id));
+    let _ = shared.events.send(Event::Gone(id));
+}
+
+async fn take(
+    conn: &Conn,
+    id: u64,
+    peer: &UnixCredentials,
+    shared: &Shared,
+    names: Vec<String>,
+    who: String,
+    fresh: Vec<String>,
+) -> std::io::Result<()> {
+    let picked = match pick(
+        &shared.held,
+        &names.iter().chain(&fresh).cloned().collect::<Vec<_>>(),
+    ) {
+        Ok(p) => p.into_iter().take(names.len()).collect::<Vec<_>>(),
+        Err(why) => return conn.send(&failure(why), &[]).await,
+    };
+    let shown: Vec<String> = names.iter().chain(&fresh).cloned().collect();
+    let reply = Reply {
+        ok: true,
+        sockets: picked
+            .iter()
+            .map(|h| Offered {
+                name: h.name.clone(),
+                address: h.address,
+            })
+            .collect(),
+        holder: Some(shared.info.clone()),
+        ..Reply::default()
+    };
+    let fds: Vec<_> = picked.iter().map(|h| h.fd.as_fd()).collect();
+    conn.send(&reply, &fds).await?;
+    info!(%who, pid = peer.pid(), uid = peer.uid(), sockets = ?shown, "handed over");
+    let _ = shared.events.send(Event::Took(
+        id,
+        Taker {
+            who,
+            pid: peer.pid(),
+            uid: peer.uid(),
+            gid: peer.gid(),
+            names: shown,
+            since: timestamp(SystemTime::now()),
+        },
+    ));
+    Ok(())
+}
+
+fn done(answer: Result<Result<(), String>, oneshot::error::RecvError>) -> Reply {
+    match answer {
+        Ok(Ok(())) => Reply {
+            ok: true,
+            ..Reply::default()
+        },
+        Ok(Err(why)) => failure(why),
+        Err(_) => failure("the holder is stopping".into()),
+    }
 }
 
 /// The sockets held, with their accept queues now.

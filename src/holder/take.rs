@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::link::{HolderLink, exchange};
 use super::wire::Conn;
-use super::{HolderInfo, HolderStatus, Offered, Reply, Request};
+use super::{HolderStatus, Offered, Request};
 
 /// How long a starting cutover waits for the holder (compose may start the
 /// app container first).
@@ -34,30 +35,14 @@ pub enum TakeError {
     Protocol { path: PathBuf, why: String },
 }
 
-/// The open connection sockets were taken over.
-pub(crate) struct Lease {
-    conn: Conn,
-    pub path: PathBuf,
-    pub names: Vec<String>,
-    pub holder: HolderInfo,
-}
-
-impl Lease {
-    /// Resolves when the holder is gone (stopped, restarted, its container
-    /// recreated): its sockets then no longer receive anything.
-    pub async fn closed(&self) {
-        // The holder sends nothing unasked: anything here is the end.
-        let _ = self.conn.recv::<Reply>().await;
-    }
-}
-
 /// Takes `names` from the holder at `path`, in that order; waits up to
 /// `wait` for the holder to appear.
 pub(crate) async fn take(
     path: &Path,
     names: &[String],
+    fresh: &[String],
     wait: Duration,
-) -> Result<(Lease, Vec<(Offered, OwnedFd)>), TakeError> {
+) -> Result<(HolderLink, Vec<(Offered, OwnedFd)>), TakeError> {
     let conn = connect_waiting(path, wait).await?;
     let protocol = |why: String| TakeError::Protocol {
         path: path.to_path_buf(),
@@ -70,6 +55,7 @@ pub(crate) async fn take(
     let request = Request::Take {
         names: names.to_vec(),
         who,
+        fresh: fresh.to_vec(),
     };
     let (reply, fds) = exchange(&conn, &request).await.map_err(protocol)?;
     if !reply.ok {
@@ -90,29 +76,9 @@ pub(crate) async fn take(
         .ok_or_else(|| protocol("it did not say who it is".into()))?;
     info!(holder = %path.display(), instance = %holder.instance, sockets = ?names, "took listening sockets from the holder");
     Ok((
-        Lease {
-            conn,
-            path: path.to_path_buf(),
-            names: names.to_vec(),
-            holder,
-        },
+        HolderLink::start(conn, path, holder),
         reply.sockets.into_iter().zip(fds).collect(),
     ))
-}
-
-/// Sends `request` and reads the answer. A holder that refuses a peer says
-/// why first thing and closes, so the sending may fail while the answer
-/// waits to be read: the answer wins.
-async fn exchange(conn: &Conn, request: &Request) -> Result<(Reply, Vec<OwnedFd>), String> {
-    let sent = conn.send(request, &[]).await;
-    match conn.recv::<Reply>().await {
-        Ok(Some(answer)) => Ok(answer),
-        Ok(None) => Err(match sent {
-            Err(e) => e.to_string(),
-            Ok(()) => "it closed the connection".into(),
-        }),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 async fn connect_waiting(path: &Path, wait: Duration) -> Result<Conn, TakeError> {
@@ -151,29 +117,46 @@ async fn connect_waiting(path: &Path, wait: Duration) -> Result<Conn, TakeError>
     }
 }
 
+/// A fresh per-instance socket of `name` from the holder: what it is, the
+/// descriptor, and its member id there.
+pub(crate) async fn fresh(
+    link: &HolderLink,
+    name: &str,
+) -> Result<(Offered, OwnedFd, u64), String> {
+    let (reply, mut fds) = link
+        .request(Request::Fresh {
+            name: name.to_string(),
+        })
+        .await?;
+    match (reply.sockets.into_iter().next(), fds.pop(), reply.member) {
+        (Some(offered), Some(fd), Some(member)) => Ok((offered, fd, member)),
+        _ => Err("the holder's answer lacks the socket".into()),
+    }
+}
+
 /// Watches the holders sockets were taken from. When one goes away, waits
 /// for it to come back, takes its new sockets, gives them to the programs
 /// and has them reloaded onto them: cutover itself never restarts.
 pub(crate) fn keep_taking(
-    leases: Vec<Lease>,
+    leases: Vec<(HolderLink, Vec<String>)>,
     configs: Vec<crate::config::ListenConfig>,
     programs: Vec<crate::program::ProgramHandle>,
     queue: crate::reload::ReloadQueue,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     leases
         .into_iter()
-        .map(|lease| {
+        .map(|(link, names)| {
             let configs = configs.clone();
             let programs = programs.clone();
             let queue = queue.clone();
             tokio::spawn(async move {
-                let mut lease = lease;
+                let mut lease = link;
                 loop {
                     lease.closed().await;
                     let lost = tokio::time::Instant::now();
                     warn!(holder = %lease.path.display(), instance = %lease.holder.instance, "the socket holder went away: its sockets receive nothing now; waiting for it");
                     let (next, taken) = loop {
-                        match take(&lease.path, &lease.names, WAIT_FOR_HOLDER).await {
+                        match take(&lease.path, &names, &[], WAIT_FOR_HOLDER).await {
                             Ok(taken) => break taken,
                             Err(e) => {
                                 warn!(error = %e, "still no socket holder");
@@ -197,7 +180,7 @@ pub(crate) fn keep_taking(
                         .collect();
                     info!(holder = %next.path.display(), instance = %next.holder.instance, after_ms = lost.elapsed().as_millis() as u64, "took the new holder's sockets; reloading onto them");
                     for program in &programs {
-                        program.replace_sockets(sockets.clone());
+                        program.replace_sockets(sockets.clone(), next.clone());
                     }
                     queue.trigger(crate::trigger::Trigger::HolderReplaced);
                     lease = next;

@@ -198,12 +198,15 @@ impl Program {
         instance: &Instance,
         notify: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Probe {
-        let routes = if instance.generation == self.serving_generation {
-            Vec::new()
-        } else {
-            self.sockets
-                .probe_routes(self.serving_generation, instance.generation)
-        };
+        // Users reach another instance: this one's own, or (a holder's
+        // group before the first steer) another container's or nobody.
+        let routes =
+            if instance.generation == self.serving_generation && !self.sockets.users_elsewhere() {
+                Vec::new()
+            } else {
+                self.sockets
+                    .probe_routes(self.serving_generation, instance.generation)
+            };
         Probe {
             config: self.config.ready.clone(),
             pid: instance.pid,

@@ -24,6 +24,7 @@ use crate::config::{ForwardTo, ProgramConfig};
 use crate::exit::ExitStatus;
 use crate::group::signal_group;
 use crate::handoff::{Generation, ProgramSockets};
+use crate::holder::link::HolderLink;
 use crate::listen::HeldSocket;
 use crate::reaper::Reaper;
 use crate::restart::{Decision, RestartTracker};
@@ -41,9 +42,9 @@ enum Command {
     /// Skip the grace period.
     Kill,
     Reload(ReloadRequest),
-    /// New shared sockets (a restarted holder's) for the instances started
-    /// from now on; a reload follows.
-    ReplaceSockets(Vec<Arc<HeldSocket>>),
+    /// New shared sockets and the link to a restarted holder, for the
+    /// instances started from now on; a reload follows.
+    ReplaceSockets(Vec<Arc<HeldSocket>>, HolderLink),
 }
 
 /// A program that is done for good, with the status cutover passes on.
@@ -104,8 +105,8 @@ impl ProgramHandle {
 
     /// Instances started from now on take these sockets instead of the
     /// shared ones of the same names.
-    pub fn replace_sockets(&self, sockets: Vec<Arc<HeldSocket>>) {
-        let _ = self.commands.send(Command::ReplaceSockets(sockets));
+    pub fn replace_sockets(&self, sockets: Vec<Arc<HeldSocket>>, holder: HolderLink) {
+        let _ = self.commands.send(Command::ReplaceSockets(sockets, holder));
     }
 
     /// Reloads the program with its strategy; resolves when it is done.
@@ -346,7 +347,13 @@ impl Program {
                 status = instance.exit.wait() => return self.exited(instance, status).await,
                 result = instance::ready_of(&mut instance.ready) => {
                     instance.ready = None;
+                    let ready = result.is_ok();
                     self.on_ready(&instance, result);
+                    // A holder's group: users come once the first instance serves.
+                    if ready && self.sockets.users_elsewhere() {
+                        self.sockets.steer_to(instance.generation).await;
+                        info!(program = %self.config.name, "users steered to this container");
+                    }
                 }
                 why = instance::unready_of(&mut instance.watchdog) => {
                     instance.watchdog = None;
@@ -413,8 +420,9 @@ impl Program {
             Some(Command::Stop) | None => Some(Flow::Stop { kill: false }),
             Some(Command::Kill) => Some(Flow::Stop { kill: true }),
             Some(Command::Reload(request)) => Some(Flow::Reload(request)),
-            Some(Command::ReplaceSockets(sockets)) => {
-                if self.sockets.replace_shared(&sockets) {
+            Some(Command::ReplaceSockets(sockets, holder)) => {
+                let shared = self.sockets.replace_shared(&sockets);
+                if self.sockets.replace_holder(&holder) | shared {
                     info!(program = %self.config.name, "new listening sockets; the next reload starts an instance on them");
                     self.sockets_replaced = true;
                 }

@@ -141,6 +141,9 @@ impl Program {
         self.finish_reload(&after, before, result, request);
         if let (After::Running(instance), true) = (&mut after, reloaded) {
             self.watch_readiness(instance);
+            if self.sockets.users_elsewhere() {
+                self.sockets.steer_to(instance.generation).await;
+            }
         }
         after
     }
@@ -172,6 +175,9 @@ impl Program {
                 return Ended::Stopped(status);
             }
         };
+        if result.is_ok() && self.sockets.users_elsewhere() {
+            self.sockets.steer_to(new.generation).await;
+        }
         let after = After::Running(new);
         self.finish_reload(&after, None, result, request);
         match after {
@@ -289,7 +295,7 @@ impl Program {
         // New connections wait in the next instance's sockets while this one
         // finishes what it has; if none can be bound, they share the old ones.
         let retired = old.generation;
-        let next = match self.next_generation() {
+        let next = match self.next_generation().await {
             Ok(next) => next,
             Err(e) => {
                 warn!(program = %self.config.name, error = %e, "restarting on the old sockets");
@@ -299,7 +305,7 @@ impl Program {
         let (drained, stop_asked) = if next == retired {
             (Duration::ZERO, None)
         } else {
-            self.sockets.steer_to(next);
+            self.sockets.steer_to(next).await;
             self.serving_generation = next;
             self.drain(&old, &[]).await
         };
@@ -312,7 +318,7 @@ impl Program {
         }
         self.stop(old, false).await;
         if next != retired {
-            self.sockets.retire(retired);
+            self.sockets.retire(retired).await;
         }
         // The old instance's graceful exit is the app's time, not cutover's.
         let stopped_in = stopping.elapsed();
@@ -384,14 +390,14 @@ impl Program {
         request: &ReloadRequest,
     ) -> (After, Result<Timings, ReloadError>) {
         let started = Instant::now();
-        let next = match self.next_generation() {
+        let next = match self.next_generation().await {
             Ok(next) => next,
             Err(e) => return (After::Running(old), Err(ReloadError::Sockets(e))),
         };
         let mut new = match self.launch(&Dir::Resolve, next).await {
             Ok(i) => i,
             Err(e) => {
-                self.abandon(next);
+                self.abandon(next).await;
                 return (After::Running(old), Err(ReloadError::Start(e)));
             }
         };
@@ -402,7 +408,7 @@ impl Program {
                 let t = self.accept(&new, action, started, Duration::ZERO);
                 let old_pid = old.pid;
                 let retired = old.generation;
-                self.sockets.steer_to(next);
+                self.sockets.steer_to(next).await;
                 self.serving_generation = next;
                 let steered = cutover_started.elapsed();
                 let (drained, stop_asked) = self.drain(&old, &[&new]).await;
@@ -415,7 +421,7 @@ impl Program {
                 }
                 self.stop_previous(old).await;
                 if retired != next {
-                    self.sockets.retire(retired);
+                    self.sockets.retire(retired).await;
                 }
                 info!(program = %self.config.name, old = %old_pid, new = %new.pid, "cut over to the new instance");
                 (
@@ -431,17 +437,17 @@ impl Program {
             }
             Wait::NotReady(why) => {
                 self.stop(new, false).await;
-                self.abandon(next);
+                self.abandon(next).await;
                 (After::Running(old), Err(why.into()))
             }
             Wait::Exited(status) => {
                 self.clear_leftovers(new.pid).await;
-                self.abandon(next);
+                self.abandon(next).await;
                 (After::Running(old), Err(ReloadError::NewExited(status)))
             }
             Wait::Stop { kill } => {
                 self.stop(new, kill).await;
-                self.abandon(next);
+                self.abandon(next).await;
                 (
                     After::Ended(Ended::Stopped(self.stop(old, kill).await)),
                     Err(ReloadError::Refused("cutover is stopping")),
@@ -464,9 +470,9 @@ impl Program {
 
     /// Sockets for the instance a reload starts: new ones when they are per
     /// instance, the serving ones when they are shared.
-    fn next_generation(&mut self) -> std::io::Result<Generation> {
+    async fn next_generation(&mut self) -> std::io::Result<Generation> {
         if self.sockets.steered() {
-            self.sockets.add_generation()
+            self.sockets.add_generation().await
         } else {
             Ok(self.serving_generation)
         }
@@ -474,10 +480,12 @@ impl Program {
 
     /// A new instance did not make it: its sockets go, and users (who never
     /// left the serving instance) no longer share the group with its probes.
-    fn abandon(&mut self, next: Generation) {
+    async fn abandon(&mut self, next: Generation) {
         if next != self.serving_generation {
-            self.sockets.steer_to(self.serving_generation);
-            self.sockets.retire(next);
+            if !self.sockets.users_elsewhere() {
+                self.sockets.steer_to(self.serving_generation).await;
+            }
+            self.sockets.retire(next).await;
         }
     }
 

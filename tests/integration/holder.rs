@@ -42,10 +42,15 @@ impl Scene {
     }
 
     fn app_config(&self, control: &str) -> String {
+        self.app_config_with(control, "")
+    }
+
+    fn app_config_with(&self, control: &str, listen: &str) -> String {
         format!(
             r#"[[listen]]
 name = "http"
 from = "unix:{holder}"
+{listen}
 
 [app]
 command = ["python3", "{server}"]
@@ -65,9 +70,13 @@ socket = "{control}"
 
     /// An app cutover taking its socket from the holder, serving.
     fn app(&self, n: usize) -> Cutover {
+        self.app_with(n, "")
+    }
+
+    fn app_with(&self, n: usize, listen: &str) -> Cutover {
         let cfg = self.dir.write(
             &format!("app{n}.toml"),
-            &self.app_config(&format!("app{n}.sock")),
+            &self.app_config_with(&format!("app{n}.sock"), listen),
         );
         let c = Cutover::start(
             Mode::Subreaper,
@@ -141,10 +150,13 @@ fn an_app_replaced_by_a_new_one_refuses_no_connection() {
 /// A restarted holder has new sockets (in a container, in a new network
 /// namespace: the old ones get nothing). The app's cutover notices, takes
 /// the new ones and reloads its program onto them, without a restart.
+/// Shared sockets here: on one host the old per-instance sockets would stay
+/// in the new holder's group (holder_docker tests the per-instance case,
+/// each holder in its own network namespace).
 #[test]
 fn a_restarted_holder_is_noticed_and_its_new_sockets_taken() {
     let mut s = Scene::new(&[]);
-    let app = s.app(1);
+    let app = s.app_with(1, "per_instance = false");
     let before = status(&s.dir)["programs"][0]["pid"].clone();
     let load = Load::spawn(
         {
@@ -300,4 +312,85 @@ fn the_holder_answers_probes_and_says_who_took_what() {
     assert_eq!(code, 0);
     assert!(text.contains("taken by "), "{text}");
     assert!(text.contains(&format!("pid {}", app.pid())), "{text}");
+}
+
+/// Per-instance sockets through the holder: five reloads whose old
+/// instances, once told to stop, accept for another half second and close
+/// what they accepted unanswered. The holder steers and drains in its own
+/// group, so not one request fails.
+#[test]
+fn reloads_through_the_holder_lose_nothing_to_a_greedy_old_instance() {
+    let s = Scene::new(&[]);
+    std::fs::write(s.dir.join("greedy-stop"), "0.5").unwrap();
+    let app = s.app(1);
+    let load = paced(s.port);
+    for v in 2..=6 {
+        std::fs::write(s.dir.join("version"), format!("v{v}")).unwrap();
+        let (code, out, err) = client(&s.dir, &["reload", "--wait"]);
+        assert_eq!(code, 0, "{out}{err}\n{}", app.stderr());
+        wait_version(s.port, &format!("v{v}"), &app, SECS_20);
+        sleep(Duration::from_millis(700));
+    }
+    let r = load.finish();
+    eprintln!(
+        "holder per-instance: {} requests, {} failed over 5 reloads",
+        r.requests(),
+        r.failed.len()
+    );
+    assert!(
+        r.failed.is_empty(),
+        "{:?}\n{}",
+        &r.failed[..r.failed.len().min(5)],
+        app.stderr()
+    );
+    assert_eq!(r.versions, ["v1", "v2", "v3", "v4", "v5", "v6"]);
+}
+
+/// A second app (a new container beside the old one, as `[redeploy] docker`
+/// starts it) takes users once it is ready; the first one, greedy when it
+/// stops, then has nothing left to drop.
+#[test]
+fn a_second_app_beside_the_first_takes_over_without_a_failure() {
+    let s = Scene::new(&[]);
+    std::fs::write(s.dir.join("greedy-stop"), "0.5").unwrap();
+    let mut first = s.app(1);
+    let load = paced(s.port);
+    sleep(Duration::from_millis(300));
+    std::fs::write(s.dir.join("version"), "v2").unwrap();
+    let cfg = s.dir.write("app2.toml", &s.app_config("app2.sock"));
+    let control = s.dir.join("app2.sock");
+    let second = Cutover::start_with(
+        Mode::Subreaper,
+        &s.dir,
+        &["run", "-c", cfg.to_str().unwrap()],
+        &[("CUTOVER_SOCKET", control.to_str().unwrap())],
+    );
+    wait_version(s.port, "v2", &second, SECS_20);
+    second.wait_for_log("users steered to this container", SECS_20);
+    sleep(Duration::from_millis(300));
+    first.signal(libc::SIGTERM);
+    first.wait(SECS_20);
+    sleep(Duration::from_millis(500));
+    let r = load.finish();
+    eprintln!(
+        "holder side by side: {} requests, {} failed",
+        r.requests(),
+        r.failed.len()
+    );
+    assert!(
+        r.failed.is_empty(),
+        "{:?}\n{}",
+        &r.failed[..r.failed.len().min(5)],
+        second.stderr()
+    );
+    assert_eq!(r.versions, ["v1", "v2"], "no v1 after the second took over");
+}
+
+fn paced(port: u16) -> Load {
+    Load::spawn(
+        move || served_version(port),
+        Duration::from_millis(1),
+        20_000,
+        Duration::from_secs(120),
+    )
 }

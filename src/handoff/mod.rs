@@ -10,24 +10,26 @@
 //! its probes to the one starting; at the cutover it sends users to the new
 //! socket, waits until the old socket's accept queue is empty and the drain
 //! period is over, and only then sends the stop signal. The old instance has
-//! nothing left to drop. Whatever still sits in a retired socket when it
-//! closes moves to the new one (net.ipv4.tcp_migrate_req).
+//! nothing left to drop. Whatever still sits in a retired socket moves to
+//! the new one (net.ipv4.tcp_migrate_req).
 //!
-//! The group holds at most two sockets, the serving generation's and the
-//! next one's. Indexes follow the kernel's own bookkeeping: a socket joins
-//! at the end, and a leaving one's slot is taken by the last.
+//! This cutover's groups hold at most two of its sockets, the serving
+//! generation's and the next one's (`group`). A socket taken `from` a
+//! holder is in the holder's group, steered by the holder; until the first
+//! instance is ready there, users stay where they were.
+
+mod group;
+mod probe;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use tokio::net::{TcpSocket, TcpStream};
 use tracing::{info, warn};
 
-use crate::listen::{HeldSocket, bind_tcp};
+use crate::listen::HeldSocket;
 use crate::spawn::PassedFd;
-use crate::steer::{self, Route};
+use group::Group;
+pub(crate) use probe::ProbeRoute;
 
 /// The instances started on the same per-instance sockets: the first, and
 /// one more for each reload that starts a new instance.
@@ -40,48 +42,13 @@ pub(crate) struct ProgramSockets {
     latest: Generation,
     /// Where user traffic goes.
     users: Generation,
+    /// A holder's group has not been steered to this program yet.
+    users_elsewhere: bool,
 }
 
 enum Entry {
     Shared(Arc<HeldSocket>),
     Own(Group),
-}
-
-/// A per-instance socket's group.
-struct Group {
-    name: String,
-    address: SocketAddr,
-    backlog: u32,
-    /// In the order the sockets joined the kernel's group: an index here is
-    /// an index for the steering program.
-    members: Vec<(Generation, OwnedFd)>,
-}
-
-impl Group {
-    /// A group that starts with the socket bound at start.
-    fn new(held: HeldSocket, address: SocketAddr, backlog: u32) -> Group {
-        Group {
-            name: held.name.clone(),
-            address,
-            backlog,
-            members: vec![(Generation(0), held.into_fd())],
-        }
-    }
-
-    fn index(&self, generation: Generation) -> Option<u32> {
-        self.members
-            .iter()
-            .position(|(g, _)| *g == generation)
-            .map(|i| i as u32)
-    }
-
-    fn steer(&self, route: Route) {
-        if let Some((_, fd)) = self.members.first()
-            && let Err(e) = steer::attach(fd.as_fd(), route)
-        {
-            warn!(listen = %self.name, error = %e, "cannot steer new connections");
-        }
-    }
 }
 
 /// Gives each program the sockets `[[listen]]` names for it: a shared
@@ -95,7 +62,10 @@ pub(crate) fn distribute(held: Vec<HeldSocket>, programs: &[&str]) -> Vec<Progra
             .collect();
         match (socket.per_instance(), takers.as_slice()) {
             (Some((address, backlog)), [only]) => {
-                entries[*only].push(Entry::Own(Group::new(socket, address, backlog)));
+                let name = socket.name.clone();
+                let holder = socket.holder.clone();
+                let group = Group::new(name, socket.into_fd(), address, backlog, holder);
+                entries[*only].push(Entry::Own(group));
             }
             _ => {
                 let shared = Arc::new(socket);
@@ -107,10 +77,16 @@ pub(crate) fn distribute(held: Vec<HeldSocket>, programs: &[&str]) -> Vec<Progra
     }
     entries
         .into_iter()
-        .map(|entries| ProgramSockets {
-            entries,
-            latest: Generation(0),
-            users: Generation(0),
+        .map(|entries| {
+            let users_elsewhere = entries
+                .iter()
+                .any(|e| matches!(e, Entry::Own(g) if g.held()));
+            ProgramSockets {
+                entries,
+                latest: Generation(0),
+                users: Generation(0),
+                users_elsewhere,
+            }
         })
         .collect()
 }
@@ -126,8 +102,21 @@ impl ProgramSockets {
         self.groups().next().is_some()
     }
 
+    /// Whether users are not steered to this program yet (a holder's group,
+    /// before its first instance is ready).
+    pub fn users_elsewhere(&self) -> bool {
+        self.users_elsewhere
+    }
+
     fn groups(&self) -> impl Iterator<Item = &Group> {
         self.entries.iter().filter_map(|e| match e {
+            Entry::Own(g) => Some(g),
+            Entry::Shared(_) => None,
+        })
+    }
+
+    fn groups_mut(&mut self) -> impl Iterator<Item = &mut Group> {
+        self.entries.iter_mut().filter_map(|e| match e {
             Entry::Own(g) => Some(g),
             Entry::Shared(_) => None,
         })
@@ -148,6 +137,19 @@ impl ProgramSockets {
         replaced
     }
 
+    /// A restarted holder: its groups are new ones, users wait in its
+    /// backlog until an instance of this program is ready there.
+    pub fn replace_holder(&mut self, link: &crate::holder::link::HolderLink) -> bool {
+        let mut replaced = false;
+        for group in self.groups_mut() {
+            replaced |= group.replace_holder(link);
+        }
+        if replaced {
+            self.users_elsewhere = true;
+        }
+        replaced
+    }
+
     /// The fds an instance of `generation` receives, in config order.
     pub fn passed(&self, generation: Generation) -> Vec<PassedFd<'_>> {
         self.entries
@@ -160,97 +162,86 @@ impl ProgramSockets {
                 Entry::Own(g) => g
                     .members
                     .iter()
-                    .find(|(m, _)| *m == generation)
-                    .map(|(_, fd)| PassedFd {
+                    .find(|m| m.generation == generation)
+                    .map(|m| PassedFd {
                         name: &g.name,
-                        fd: fd.as_fd(),
+                        fd: std::os::fd::AsFd::as_fd(&m.fd),
                     }),
             })
             .collect()
     }
 
     /// Binds a socket of a new generation in every group. Nothing reaches it
-    /// until it is steered to: the group's program still names the old index.
-    pub fn add_generation(&mut self) -> io::Result<Generation> {
+    /// until it is steered to.
+    pub async fn add_generation(&mut self) -> io::Result<Generation> {
         let next = Generation(self.latest.0 + 1);
         if self.groups().any(|g| g.members.len() > 1) {
             // One hand-off at a time: a third socket would mean one was never
             // retired, and users could be steered to a socket nobody serves.
             return Err(io::Error::other("the previous hand-off has not finished"));
         }
-        let mut bound = Vec::new();
-        for group in self.groups() {
-            match bind_tcp(group.address, group.backlog, true) {
-                Ok(fd) => bound.push(fd),
+        let mut added = Vec::new();
+        let mut failed = None;
+        for group in self.groups_mut() {
+            match group.add(next).await {
+                Ok(()) => added.push(group.name.clone()),
                 Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot bind a new socket on {}: {e}", group.address),
-                    ));
+                    failed = Some(e);
+                    break;
                 }
             }
         }
-        let mut bound = bound.into_iter();
-        for entry in &mut self.entries {
-            if let Entry::Own(group) = entry {
-                let fd = bound.next().expect("one socket per group");
-                group.members.push((next, fd));
+        if let Some(e) = failed {
+            // None of the new generation's sockets may stay behind.
+            for group in self.groups_mut() {
+                group.retire(next).await;
             }
+            return Err(e);
         }
         self.latest = next;
         Ok(next)
     }
 
     /// Sends every new connection to `generation`'s sockets.
-    pub fn steer_to(&mut self, generation: Generation) {
+    pub async fn steer_to(&mut self, generation: Generation) {
         self.users = generation;
+        self.users_elsewhere = false;
         for group in self.groups() {
-            if let Some(users) = group.index(generation) {
-                group.steer(Route { users, probe: None });
-            }
+            group.steer_to(generation).await;
         }
     }
 
-    /// For readiness probes of `probe` while users stay on `users`.
+    /// For readiness probes of `probe` while users stay on `users` (or,
+    /// for a holder's group, wherever the holder sends them).
     pub fn probe_routes(&self, users: Generation, probe: Generation) -> Vec<ProbeRoute> {
         self.groups()
-            .filter_map(|g| {
-                Some(ProbeRoute {
-                    address: g.address,
-                    users: g.index(users)?,
-                    probe: g.index(probe)?,
-                    group: g.members.first()?.1.try_clone().ok()?,
-                })
-            })
+            .filter_map(|g| g.probe_route(users, probe))
             .collect()
     }
 
     /// Connections waiting in `generation`'s accept queues.
     pub fn queued(&self, generation: Generation) -> u32 {
         self.groups()
-            .flat_map(|g| g.members.iter().filter(|(m, _)| *m == generation))
-            .map(|(_, fd)| steer::queued(fd.as_fd()).unwrap_or(0))
+            .flat_map(|g| g.members.iter().filter(|m| m.generation == generation))
+            .map(|m| crate::steer::queued(std::os::fd::AsFd::as_fd(&m.fd)).unwrap_or(0))
             .sum()
     }
 
-    /// Closes `generation`'s sockets once no instance of it runs. Their
-    /// queued connections move to the socket that remains, when the kernel
-    /// migrates them; they are reset otherwise.
-    pub fn retire(&mut self, generation: Generation) {
-        let queued = self.queued(generation);
-        for entry in &mut self.entries {
-            if let Entry::Own(group) = entry
-                && let Some(i) = group.index(generation)
-            {
-                // The kernel fills the hole with its last socket.
-                group.members.swap_remove(i as usize);
-            }
+    /// Takes `generation`'s sockets out of their groups once no instance of
+    /// it runs. Their queued connections move to the sockets that remain,
+    /// when the kernel migrates them; they are reset otherwise.
+    pub async fn retire(&mut self, generation: Generation) {
+        let mut queued = 0;
+        for group in self.groups_mut() {
+            queued += group.retire(generation).await;
         }
         // Indexes moved: the program must name the users' socket by its new
         // index before another socket joins, or that one would get them.
-        self.steer_to(self.users);
+        if !self.users_elsewhere {
+            self.steer_to(self.users).await;
+        }
         if queued > 0 {
-            if steer::migrates_queued() {
+            if crate::steer::migrates_queued() {
                 info!(
                     queued,
                     "moved connections left in a retired socket to the serving one"
@@ -265,60 +256,20 @@ impl ProgramSockets {
     }
 }
 
-/// How a readiness probe reaches the instance it checks, and only it.
-pub(crate) struct ProbeRoute {
-    address: SocketAddr,
-    users: u32,
-    probe: u32,
-    /// A socket of the group, to attach the steering program through.
-    group: OwnedFd,
-}
-
-impl ProbeRoute {
-    /// Whether a probe of `target` reaches this group.
-    pub fn serves(&self, target: SocketAddr) -> bool {
-        target.port() == self.address.port()
-            && (self.address.ip().is_unspecified() || self.address.ip() == target.ip())
-    }
-
-    /// Connects to `target` from a port this route steers to the instance
-    /// under probe; user traffic stays where it was.
-    pub async fn connect(&self, target: SocketAddr) -> io::Result<TcpStream> {
-        let (socket, any) = match target {
-            SocketAddr::V4(_) => (TcpSocket::new_v4()?, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            SocketAddr::V6(_) => (TcpSocket::new_v6()?, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-        };
-        // Port 0: the kernel picks the port at bind, before any SYN leaves.
-        socket.bind(SocketAddr::new(any, 0))?;
-        let port = socket.local_addr()?.port();
-        steer::attach(
-            self.group.as_fd(),
-            Route {
-                users: self.users,
-                probe: Some((port, self.probe)),
-            },
-        )?;
-        let connected = socket.connect(target).await;
-        // The SYN has been steered; once the probe's socket closes its port may
-        // be any client's, which must not follow it to the probed instance.
-        steer::attach(
-            self.group.as_fd(),
-            Route {
-                users: self.users,
-                probe: None,
-            },
-        )?;
-        connected
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{ListenAddress, ListenConfig};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
 
-    fn one_program_socket() -> (ProgramSockets, SocketAddr) {
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn one_program_socket(runtime: &tokio::runtime::Runtime) -> (ProgramSockets, SocketAddr) {
         let config = ListenConfig {
             name: "http".into(),
             address: ListenAddress::Tcp("127.0.0.1:0".parse().unwrap()),
@@ -327,10 +278,6 @@ mod tests {
             programs: None,
             per_instance: true,
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let (held, _) = runtime
             .block_on(crate::listen::bind_all(&[config]))
             .unwrap();
@@ -362,20 +309,24 @@ mod tests {
 
     #[test]
     fn users_follow_the_steering_through_generations() {
-        let (mut sockets, address) = one_program_socket();
+        let rt = runtime();
+        let (mut sockets, address) = one_program_socket(&rt);
         let mut serving = ProgramSockets::first();
         for _ in 0..4 {
-            let next = sockets.add_generation().unwrap();
+            let next = rt.block_on(sockets.add_generation()).unwrap();
             // A new socket gets nothing until it is steered to.
             for _ in 0..5 {
                 assert_eq!(taker(&sockets, &[serving, next], address), serving);
             }
-            assert!(sockets.add_generation().is_err(), "one hand-off at a time");
-            sockets.steer_to(next);
+            assert!(
+                rt.block_on(sockets.add_generation()).is_err(),
+                "one hand-off at a time"
+            );
+            rt.block_on(sockets.steer_to(next));
             for _ in 0..5 {
                 assert_eq!(taker(&sockets, &[serving, next], address), next);
             }
-            sockets.retire(serving);
+            rt.block_on(sockets.retire(serving));
             serving = next;
         }
         assert!(sockets.passed(serving).len() == 1);

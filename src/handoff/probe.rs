@@ -1,0 +1,90 @@
+//! How a readiness probe reaches the instance it checks, and only it: the
+//! probe connects from a local port it chose, and the group's steering
+//! program sends that port to the probed instance's socket while users stay
+//! where they are. Set here for this cutover's own groups, by the holder
+//! for a holder's.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::holder::Request;
+use crate::holder::link::HolderLink;
+use crate::steer::{self, Route};
+
+pub(crate) struct ProbeRoute {
+    address: SocketAddr,
+    way: Way,
+}
+
+pub(super) enum Way {
+    /// Indexes in this cutover's group, and a socket of it to attach through.
+    Local {
+        users: u32,
+        probe: u32,
+        group: OwnedFd,
+    },
+    /// The holder's group `name`, its member `member`.
+    Holder {
+        link: HolderLink,
+        name: String,
+        member: u64,
+    },
+}
+
+impl ProbeRoute {
+    pub(super) fn new(address: SocketAddr, way: Way) -> ProbeRoute {
+        ProbeRoute { address, way }
+    }
+
+    /// Whether a probe of `target` reaches this group.
+    pub fn serves(&self, target: SocketAddr) -> bool {
+        target.port() == self.address.port()
+            && (self.address.ip().is_unspecified() || self.address.ip() == target.ip())
+    }
+
+    /// Connects to `target` from a port this route steers to the instance
+    /// under probe; user traffic stays where it was.
+    pub async fn connect(&self, target: SocketAddr) -> io::Result<TcpStream> {
+        let (socket, any) = match target {
+            SocketAddr::V4(_) => (TcpSocket::new_v4()?, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            SocketAddr::V6(_) => (TcpSocket::new_v6()?, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        };
+        // Port 0: the kernel picks the port at bind, before any SYN leaves.
+        socket.bind(SocketAddr::new(any, 0))?;
+        let port = socket.local_addr()?.port();
+        self.steer(Some(port)).await?;
+        let connected = socket.connect(target).await;
+        // The SYN has been steered; once the probe's socket closes its port may
+        // be any client's, which must not follow it to the probed instance.
+        self.steer(None).await?;
+        connected
+    }
+
+    async fn steer(&self, port: Option<u16>) -> io::Result<()> {
+        match &self.way {
+            Way::Local {
+                users,
+                probe,
+                group,
+            } => steer::attach(
+                group.as_fd(),
+                Route {
+                    users: *users,
+                    probe: port.map(|p| (p, *probe)),
+                },
+            ),
+            Way::Holder { link, name, member } => link
+                .request(Request::Steer {
+                    name: name.clone(),
+                    users: None,
+                    probe: port.map(|p| (p, *member)),
+                })
+                .await
+                .map(|_| ())
+                .map_err(io::Error::other),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The app side's one connection to a holder, as an actor: requests from
+//! the program actors (a fresh socket, steering, retiring) go through it one
+//! at a time, and it notices when the holder goes away.
+//!
+//! The connection is the lease: the holder lists it as a taker while it
+//! lives and, when it ends (the container is gone), retires every socket
+//! bound for it.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::wire::Conn;
+use super::{HolderInfo, Reply, Request};
+
+type Answer = Result<(Reply, Vec<OwnedFd>), String>;
+
+/// A cloneable handle on the connection to one holder.
+#[derive(Clone, Debug)]
+pub(crate) struct HolderLink {
+    requests: mpsc::UnboundedSender<(Request, oneshot::Sender<Answer>)>,
+    closed: watch::Receiver<bool>,
+    pub path: PathBuf,
+    pub holder: HolderInfo,
+}
+
+impl HolderLink {
+    pub(super) fn start(conn: Conn, path: &Path, holder: HolderInfo) -> HolderLink {
+        let (requests, mut incoming) =
+            mpsc::unbounded_channel::<(Request, oneshot::Sender<Answer>)>();
+        let (closed_tx, closed) = watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    request = incoming.recv() => {
+                        let Some((request, reply)) = request else { return };
+                        let answer = exchange(&conn, &request).await;
+                        let gone = answer.is_err();
+                        let _ = reply.send(answer);
+                        if gone {
+                            break;
+                        }
+                    }
+                    // The holder sends nothing unasked: anything here is its end.
+                    _ = conn.recv::<Reply>() => break,
+                }
+            }
+            let _ = closed_tx.send(true);
+            // Later requests learn it at once.
+            while let Some((_, reply)) = incoming.recv().await {
+                let _ = reply.send(Err("the holder is gone".into()));
+            }
+        });
+        HolderLink {
+            requests,
+            closed,
+            path: path.to_path_buf(),
+            holder,
+        }
+    }
+
+    /// Asks the holder; the answer and the descriptors that came with it.
+    pub async fn request(&self, request: Request) -> Result<(Reply, Vec<OwnedFd>), String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((request, reply))
+            .map_err(|_| "the holder is gone".to_string())?;
+        let (reply, fds) = answer
+            .await
+            .map_err(|_| "the holder is gone".to_string())??;
+        if reply.ok {
+            Ok((reply, fds))
+        } else {
+            Err(reply.error.unwrap_or_default())
+        }
+    }
+
+    /// Resolves when the holder has gone away.
+    pub async fn closed(&self) {
+        let mut closed = self.closed.clone();
+        let _ = closed.wait_for(|c| *c).await;
+    }
+}
+
+/// Sends `request` and reads the answer. A holder that refuses a peer says
+/// why first thing and closes, so the sending may fail while the answer
+/// waits to be read: the answer wins.
+pub(super) async fn exchange(conn: &Conn, request: &Request) -> Answer {
+    let sent = conn.send(request, &[]).await;
+    match conn.recv::<Reply>().await {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(match sent {
+            Err(e) => e.to_string(),
+            Ok(()) => "it closed the connection".into(),
+        }),
+        Err(e) => Err(e.to_string()),
+    }
+}

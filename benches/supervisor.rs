@@ -24,6 +24,7 @@ fn main() {
     }
     println!("cutover supervisor benchmark ({})", BIN);
     idle_rss();
+    holder_rss();
     reap_orphans();
     start_overhead();
 }
@@ -46,10 +47,33 @@ fn idle_rss() {
     // A socket of its own: with /run/cutover.sock taken by another cutover,
     // this one would run without a control socket and measure less.
     let socket = std::env::temp_dir().join(format!("cutover-rss-{}.sock", std::process::id()));
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .args(["run", "--", "sleep", "1000"])
+        .env("CUTOVER_SOCKET", &socket);
+    print_rss("idle RSS supervising sleep:   ", command);
+}
+
+/// `cutover hold` holding one socket, with its HTTP endpoint, no taker.
+fn holder_rss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(BIN);
+    command.args([
+        "hold",
+        "--listen",
+        "http=127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--at",
+    ]);
+    command.arg(dir.path().join("sockets"));
+    print_rss("idle RSS of `cutover hold`:   ", command);
+}
+
+/// Starts `command`, lets it settle, prints its RSS and stops it.
+fn print_rss(what: &str, mut command: Command) {
+    let mut child = command
         .env("CUTOVER_LOG", "warn")
-        .env("CUTOVER_SOCKET", &socket)
         .process_group(0)
         .spawn()
         .unwrap();
@@ -62,7 +86,7 @@ fn idle_rss() {
     unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
     child.wait().unwrap();
     println!(
-        "idle RSS supervising sleep:    {:>8.2} MiB   (target <= 5 MB; VmRSS {rss} kB)",
+        "{what} {:>8.2} MiB   (target <= 5 MB; VmRSS {rss} kB)",
         rss as f64 / 1024.0
     );
     println!(

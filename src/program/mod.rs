@@ -7,6 +7,7 @@
 //! `Finished` to the supervisor. `instance` starts and stops processes,
 //! `reload` carries out the reload strategies.
 
+mod handover;
 mod instance;
 mod reload;
 

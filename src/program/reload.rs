@@ -21,13 +21,9 @@ use super::{Ended, Flow, Program};
 use crate::clock::ms;
 use crate::config::{ProgramConfig, ReloadStrategy};
 use crate::exit::ExitStatus;
-use crate::handoff::Generation;
 use crate::ready::NotReady;
 use crate::spawn::SpawnError;
 use crate::status::{ProgramReload, ProgramState};
-
-/// How often the drain looks at the old instance's accept queue.
-const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug)]
 pub(crate) struct ReloadRequest {
@@ -454,79 +450,6 @@ impl Program {
                 )
             }
         }
-    }
-
-    /// The configured strategy, except after the listening sockets were
-    /// replaced (a restarted holder): a program reloaded by signal, or not
-    /// at all, would keep serving on the old ones, so it restarts once.
-    fn strategy_now(&self) -> ReloadStrategy {
-        match self.config.reload {
-            ReloadStrategy::Signal(_) | ReloadStrategy::None if self.sockets_replaced => {
-                ReloadStrategy::Restart
-            }
-            configured => configured,
-        }
-    }
-
-    /// Sockets for the instance a reload starts: new ones when they are per
-    /// instance, the serving ones when they are shared.
-    async fn next_generation(&mut self) -> std::io::Result<Generation> {
-        if self.sockets.steered() {
-            self.sockets.add_generation().await
-        } else {
-            Ok(self.serving_generation)
-        }
-    }
-
-    /// A new instance did not make it: its sockets go, and users (who never
-    /// left the serving instance) no longer share the group with its probes.
-    async fn abandon(&mut self, next: Generation) {
-        if next != self.serving_generation {
-            if !self.sockets.users_elsewhere() {
-                self.sockets.steer_to(self.serving_generation).await;
-            }
-            self.sockets.retire(next).await;
-        }
-    }
-
-    /// Once users are steered away from `old`: waits until its accept queue
-    /// is empty and at least `drain` has passed, so that what it accepted is
-    /// read and in progress before it is told to stop. Bounded by
-    /// `drain + stop_timeout` for an instance that stopped accepting; what it
-    /// leaves moves to the new sockets when its own close. Commands are
-    /// answered meanwhile (`others` are the other live instances); a stop
-    /// asked for ends the drain and is returned (whether to kill).
-    async fn drain(&mut self, old: &Instance, others: &[&Instance]) -> (Duration, Option<bool>) {
-        let started = Instant::now();
-        if !self.sockets.steered() || old.exit.seen().is_some() {
-            return (Duration::ZERO, None);
-        }
-        let least = self.config.drain;
-        let most = least + self.config.stop_timeout;
-        let mut live = vec![old];
-        live.extend_from_slice(others);
-        loop {
-            let queued = self.sockets.queued(old.generation);
-            let waited = started.elapsed();
-            if queued == 0 && waited >= least {
-                break;
-            }
-            if waited >= most {
-                warn!(program = %self.config.name, pid = %old.pid, queued, "the old instance stopped taking its queued connections; they move to the new instance's sockets");
-                break;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(DRAIN_POLL) => {}
-                command = self.commands.recv(), if !self.commands.is_closed() => {
-                    match self.answer(command, &live) {
-                        None => {}
-                        Some(Flow::Stop { kill }) => return (started.elapsed(), Some(kill)),
-                        Some(Flow::Reload(r)) => r.refuse(&self.config, "a reload of this program is already running"),
-                    }
-                }
-            }
-        }
-        (started.elapsed(), None)
     }
 
     async fn stop_previous(&mut self, old: Instance) {

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::dockercli::{docker, inspect, text};
+use crate::gitrepo::Repo;
 use crate::helpers::*;
 
 const IMAGE: &str = "cutover-test:latest";
@@ -18,6 +19,7 @@ struct Stage {
     network: String,
     port: u16,
     containers: Vec<String>,
+    images: Vec<String>,
 }
 
 impl Stage {
@@ -43,6 +45,7 @@ impl Stage {
             tag,
             port: free_port(),
             containers: Vec::new(),
+            images: Vec::new(),
         }
     }
 
@@ -156,6 +159,9 @@ impl Drop for Stage {
             let _ = docker(&["rm", "-f", c]);
         }
         let _ = docker(&["network", "rm", &self.network]);
+        for image in &self.images {
+            let _ = docker(&["rmi", "-f", image]);
+        }
     }
 }
 
@@ -317,31 +323,52 @@ fn an_app_container_of_another_user_is_refused() {
     );
 }
 
-/// `[redeploy] docker` with the holder: the app container publishes
-/// nothing, so the new container starts beside the old one on the holder's
-/// socket, and the old one stops once the new one is up. Nothing fails.
+/// A pushed dependency change, `[redeploy] docker` with the holder: the app
+/// container publishes nothing, so the new container (its image built from
+/// the release, the baseline baked in) starts beside the old one on the
+/// holder's socket, takes users once it serves the new release, and the old
+/// one stops. Nothing fails.
 #[test]
-fn a_docker_redeploy_through_the_holder_fails_no_request() {
-    const SHA: &str = "cafe0000c0de00000000000000000000000000aa";
+fn a_pushed_dependency_change_is_redeployed_through_the_holder_without_a_failure() {
     let mut stage = Stage::new("redeploy");
     stage.holder();
     let repository = format!("{}-img", stage.tag);
-    let release = stage.dir.join(&format!("releases/{SHA}"));
-    std::fs::create_dir_all(&release).unwrap();
+    let repo = Repo::new(&stage.dir);
+    let dockerfile = format!(
+        "FROM {IMAGE}\nCOPY requirements.txt /build/requirements.txt\n\
+         RUN cutover fingerprint /build --write /etc/cutover/dependencies\n"
+    );
+    repo.commit(
+        "v1",
+        &[
+            ("version", "v1"),
+            ("requirements.txt", "flask==3.0\n"),
+            ("Dockerfile", &dockerfile),
+        ],
+    );
+    repo.push();
+    std::fs::create_dir_all(stage.dir.join("srv")).unwrap();
     std::fs::write(
-        release.join("Dockerfile"),
-        format!("FROM {IMAGE}\nCOPY marker /srv/marker\n"),
+        stage.dir.join("app.toml"),
+        format!(
+            "[[listen]]\nname = \"http\"\nfrom = \"unix:/run/cutover/sockets\"\n\n\
+             [app]\ncommand = [\"python3\", \"/apps/fdserver.py\"]\nstop_timeout = \"5s\"\n\
+             reload_strategy = \"overlap\"\n\n\
+             [ready]\nnotify = true\ntimeout = \"30s\"\n\n\
+             [source]\nrepo = \"/repo.git\"\nroot = \"/srv/app\"\npoll = \"1s\"\n\n\
+             [dependencies]\nfiles = [\"requirements.txt\"]\n\n\
+             [redeploy]\ndocker = {{ image = \"{repository}\", health_timeout = \"60s\", \
+             allow_dockerfile_change = true }}\n"
+        ),
     )
     .unwrap();
-    std::fs::write(release.join("marker"), "the new image\n").unwrap();
-    let config = std::fs::read_to_string(stage.dir.join("app.toml")).unwrap()
-        + &format!(
-            "\n[redeploy]\ndocker = {{ image = \"{repository}\", health_timeout = \"60s\", allow_dockerfile_change = true }}\n"
-        );
-    std::fs::write(stage.dir.join("app.toml"), config).unwrap();
     let run = format!("{}:/run/cutover", stage.dir.join("run").display());
-    let cfg = format!("{}:/cfg", stage.dir.path().display());
-    let app = format!("{}:/app", stage.dir.join("app").display());
+    let cfg = format!(
+        "{}:/cfg/cutover.toml:ro",
+        stage.dir.join("app.toml").display()
+    );
+    let srv = format!("{}:/srv/app", stage.dir.join("srv").display());
+    let remote = format!("{}:/repo.git", repo.remote.display());
     let server = format!(
         "{}:/apps/fdserver.py:ro",
         crate::helpers::app("fdserver.py")
@@ -358,11 +385,13 @@ fn a_docker_redeploy_through_the_holder_fails_no_request() {
             "-v",
             &cfg,
             "-v",
-            &app,
+            &srv,
+            "-v",
+            &remote,
             "-v",
             &server,
             "-e",
-            "CUTOVER_CONFIG=/cfg/app.toml",
+            "CUTOVER_CONFIG=/cfg/cutover.toml",
             IMAGE,
         ],
     );
@@ -370,52 +399,48 @@ fn a_docker_redeploy_through_the_holder_fails_no_request() {
     let old_id = inspect(&name, "{{.Id}}").unwrap();
     let load = stage.load();
     std::thread::sleep(Duration::from_millis(500));
-    let started = Instant::now();
-    let exec = docker(&[
-        "exec",
-        &name,
-        "cutover",
-        "redeploy",
-        "--dir",
-        &format!("/cfg/releases/{SHA}"),
-        "--changed",
-        "requirements.txt",
-    ]);
-    wait_for(Duration::from_secs(90), || {
+    let pushed = Instant::now();
+    let sha = repo.commit(
+        "v2 with new requirements",
+        &[("version", "v2"), ("requirements.txt", "flask==3.1\n")],
+    );
+    repo.push();
+    stage.serves("v2", Duration::from_secs(120));
+    let serving = pushed.elapsed();
+    wait_for(Duration::from_secs(60), || {
         inspect(&old_id, "{{.State.Running}}").filter(|s| s == "false")
     })
-    .unwrap_or_else(|| panic!("the old container still runs\n{}", text(&exec)));
-    let took = started.elapsed();
-    // The successor and the replaced one are named after the app.
+    .unwrap_or_else(|| panic!("the old container still runs\n{}", logs(&old_id)));
+    let stopped = pushed.elapsed();
     stage
         .containers
         .push(format!("{name}-replaced-{}", &old_id[..12]));
     std::thread::sleep(Duration::from_secs(1));
     let r = load.finish();
     eprintln!(
-        "holder_docker redeploy: {} requests, {} failed; redeploy to the old one stopped in {} ms",
+        "holder_docker redeploy: push -> v2 served {} ms, old container stopped {} ms; {} requests, {} failed",
+        serving.as_millis(),
+        stopped.as_millis(),
         r.requests(),
-        r.failed.len(),
-        took.as_millis()
+        r.failed.len()
     );
+    let new_image = format!("{repository}:{}", &sha[..12]);
+    stage.images.push(new_image.clone());
     assert!(
         r.failed.is_empty(),
         "{} failed: {:?}\n{}",
         r.failed.len(),
         &r.failed[..r.failed.len().min(5)],
-        text(&exec)
+        logs(&old_id)
     );
-    let new_image = format!("{repository}:{}", &SHA[..12]);
+    assert_eq!(r.versions, ["v1", "v2"]);
     assert_eq!(
         inspect(&name, "{{.Config.Image}}").as_deref(),
-        Some(new_image.as_str())
+        Some(new_image.as_str()),
+        "the container named after the app runs the new image"
     );
     assert_eq!(
         inspect(&name, "{{.State.Running}}").as_deref(),
         Some("true")
     );
-    let marker = docker(&["exec", &name, "cat", "/srv/marker"]);
-    assert_eq!(text(&marker).trim(), "the new image");
-    stage.serves("v1", Duration::from_secs(10));
-    let _ = docker(&["rmi", "-f", &new_image]);
 }

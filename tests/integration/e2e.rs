@@ -311,17 +311,19 @@ fn git_push_deploys_without_restarting_the_container() {
     );
     assert_no_failures(&result, &scene);
 
-    let st = scene.status();
+    // The deploy is recorded once the reload is over: after the old
+    // instance's drain and graceful stop, which follow the new code serving.
+    let st = wait_for(Duration::from_secs(30), || {
+        let st = scene.status();
+        st["source"]["history"]
+            .as_array()?
+            .iter()
+            .any(|h| h["outcome"] == "deployed" && h["sha"] == v2.as_str())
+            .then_some(st)
+    })
+    .unwrap_or_else(|| panic!("no deploy of {v2} in the history: {}", scene.status()));
     assert_eq!(st["source"]["current"], v2.as_str(), "{st}");
     assert_eq!(st["source"]["previous"], v1.as_str(), "{st}");
-    assert!(
-        st["source"]["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h["outcome"] == "deployed" && h["sha"] == v2.as_str()),
-        "{st}"
-    );
     // Same container, same start, no restart.
     assert_eq!(
         inspect(&scene.name, "{{.Id}}").as_deref(),

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
+use support::fixture::wrk::{WrkResult, parse as parse_wrk};
 use support::http::{poll_get, wait_served};
 use support::procs::Group;
 use support::{
@@ -173,26 +174,6 @@ struct Report {
     duration_ms: f64,
     /// Triggers cutover counted for this one touch.
     triggers: u64,
-}
-
-#[derive(Default)]
-struct WrkResult {
-    requests: u64,
-    connect: u64,
-    read: u64,
-    write: u64,
-    timeout: u64,
-    non_2xx: u64,
-    latency_p50: String,
-    latency_p99: String,
-    latency_max: String,
-    rps: String,
-}
-
-impl WrkResult {
-    fn failed(&self) -> u64 {
-        self.connect + self.read + self.write + self.timeout + self.non_2xx
-    }
 }
 
 struct Row {
@@ -619,54 +600,6 @@ fn reload_report(socket: &Path, prev: &serde_json::Value) -> (Report, serde_json
         }
         sleep(Duration::from_millis(10));
     }
-}
-
-// ---------------------------------------------------------------- wrk
-
-fn parse_wrk(out: &str) -> WrkResult {
-    let mut r = WrkResult::default();
-    let num = |s: &str| s.trim().trim_end_matches(',').parse::<u64>().unwrap_or(0);
-    let mut in_distribution = false;
-    for line in out.lines() {
-        let t = line.trim();
-        if let Some((count, _)) = t.split_once(" requests in ") {
-            r.requests = num(count);
-        } else if let Some(rest) = t.strip_prefix("Socket errors:") {
-            for part in rest.split(',') {
-                let mut it = part.split_whitespace();
-                if let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    let v = num(v);
-                    match k {
-                        "connect" => r.connect = v,
-                        "read" => r.read = v,
-                        "write" => r.write = v,
-                        "timeout" => r.timeout = v,
-                        _ => {}
-                    }
-                }
-            }
-        } else if let Some(rest) = t.strip_prefix("Non-2xx or 3xx responses:") {
-            r.non_2xx = num(rest);
-        } else if let Some(rest) = t.strip_prefix("Requests/sec:") {
-            r.rps = rest.trim().to_string();
-        } else if t.starts_with("Latency Distribution") {
-            in_distribution = true;
-        } else if t.starts_with("Latency") {
-            // "Latency   1.2ms  0.3ms  15.0ms  90%": avg, stdev, max
-            r.latency_max = t.split_whitespace().nth(3).unwrap_or("?").to_string();
-        } else if in_distribution {
-            let mut it = t.split_whitespace();
-            match (it.next(), it.next()) {
-                (Some("50%"), Some(v)) => r.latency_p50 = v.to_string(),
-                (Some("99%"), Some(v)) => {
-                    r.latency_p99 = v.to_string();
-                    in_distribution = false;
-                }
-                _ => {}
-            }
-        }
-    }
-    r
 }
 
 // ---------------------------------------------------------------- tools

@@ -75,14 +75,21 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         started: setup.started,
     };
     let _endpoints = setup.serve(&config, inventory)?;
+    // After the endpoints: taking sockets from a holder may wait for it to
+    // come up, and probes and `cutover status` answer meanwhile.
+    let (sockets, leases) = tokio::select! {
+        bound = listen::bind_all(&config.listen) => bound?,
+        Some(Incoming::Shutdown(sig)) = setup.incoming.recv() => {
+            info!(signal = %sig, "stopped while waiting for the socket holder");
+            return Ok(128 + sig as i32);
+        }
+    };
     if let Some(code) = setup.first_release(&published).await {
         return Ok(code);
     }
     let Setup {
         reaper,
         incoming,
-        sockets,
-        leases,
         runtime_dir,
         queue,
         coordinator,
@@ -168,9 +175,6 @@ struct Setup {
     started: Instant,
     reaper: Reaper,
     incoming: mpsc::UnboundedReceiver<Incoming>,
-    sockets: Vec<listen::HeldSocket>,
-    /// Open for as long as cutover runs: the holders list it as a taker.
-    leases: Vec<(crate::holder::link::HolderLink, Vec<String>)>,
     runtime_dir: RuntimeDir,
     queue: ReloadQueue,
     coordinator: crate::reload::Unstarted,
@@ -186,7 +190,6 @@ impl Setup {
         let started = Instant::now();
         let reaper = Reaper::start().map_err(SupervisorError::Reaper)?;
         let incoming = signals::listen().map_err(SupervisorError::Signals)?;
-        let (sockets, leases) = listen::bind_all(&config.listen).await?;
         let runtime_dir = RuntimeDir::create()?;
         let (queue, coordinator) = ReloadQueue::new(config.reload.debounce);
         let default_root = config.programs[0]
@@ -207,8 +210,6 @@ impl Setup {
             started,
             reaper,
             incoming,
-            sockets,
-            leases,
             runtime_dir,
             queue,
             coordinator,

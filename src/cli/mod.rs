@@ -382,16 +382,25 @@ fn run(path: Option<PathBuf>, command: Vec<String>, socket: Option<PathBuf>) -> 
     if let Some(socket) = socket {
         config.control.socket = socket;
     }
+    run_to_end("cutover", crate::supervisor::run(config))
+}
+
+/// Runs a long-lived mode (the supervisor, the holder) to its end: the exit
+/// code it gives, or EXIT_INTERNAL with its error.
+fn run_to_end<E: std::fmt::Display>(
+    what: &str,
+    work: impl std::future::Future<Output = Result<i32, E>>,
+) -> ExitCode {
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     // Parsing and validation are over and never run again; see `memory`.
     crate::memory::drop_startup_code();
-    match runtime.block_on(crate::supervisor::run(config)) {
+    match runtime.block_on(work) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("cutover: {e}");
+            eprintln!("{what}: {e}");
             ExitCode::from(EXIT_INTERNAL)
         }
     }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::{EXIT_CONFIG, EXIT_INTERNAL, config_failure, runtime};
+use super::{EXIT_CONFIG, config_failure, runtime};
 use crate::config::Config;
 
 pub(super) fn check(path: &std::path::Path) -> ExitCode {
@@ -151,18 +151,7 @@ pub(super) fn hold(
         backlog,
         http,
     };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    crate::memory::drop_startup_code();
-    match runtime.block_on(crate::holder::run(config)) {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => {
-            eprintln!("cutover hold: {e}");
-            ExitCode::from(EXIT_INTERNAL)
-        }
-    }
+    super::run_to_end("cutover hold", crate::holder::run(config))
 }
 
 pub(super) fn holder_status(path: &std::path::Path, json: bool) -> ExitCode {

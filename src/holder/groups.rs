@@ -3,8 +3,10 @@
 //! instance (in the holder's network namespace, where the published port
 //! lives), steers new connections among the members and retires them.
 //!
-//! Member 0 of each group is the holder's own socket, which parks
-//! connections while no taker serves. Indexes follow the kernel's order: a
+//! Member `HOLDERS` of each group is the holder's own socket, which parks
+//! connections while no taker serves; once users go to a taker, anything
+//! left in it is handed over (`unpark`, also swept twice a second, since
+//! the kernel's fallback may put a connection there while members change). Indexes follow the kernel's order: a
 //! member joins at the end, a leaving one's slot is taken by the last. A
 //! member leaves by `shutdown(SHUT_RD)`, which takes it out of the group at
 //! once whoever else still holds it, and moves its queue to the others
@@ -45,6 +47,12 @@ pub(super) enum Op {
     Gone(u64),
 }
 
+/// The member id of the holder's own socket in every group.
+const HOLDERS: u64 = 0;
+
+/// How often the groups are swept for connections parked by a race.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 struct Member {
     id: u64,
     fd: OwnedFd,
@@ -72,16 +80,29 @@ pub(super) fn start(sockets: Vec<(String, SocketAddr, u32, OwnedFd)>) -> mpsc::U
             address,
             backlog,
             members: vec![Member {
-                id: 0,
+                id: HOLDERS,
                 fd,
                 lease: None,
             }],
-            users: 0,
+            users: HOLDERS,
         })
         .collect();
     tokio::spawn(async move {
-        let mut next_id = 1;
-        while let Some(op) = rx.recv().await {
+        let mut next_id = HOLDERS + 1;
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            let op = tokio::select! {
+                op = rx.recv() => match op {
+                    Some(op) => op,
+                    None => return,
+                },
+                _ = sweep.tick() => {
+                    for g in &mut groups {
+                        g.unpark();
+                    }
+                    continue;
+                }
+            };
             match op {
                 Op::Fresh { lease, name, reply } => {
                     let result = find(&mut groups, &name).and_then(|g| {
@@ -173,11 +194,8 @@ impl Group {
             if self.index(users).is_none() {
                 return Err(format!("no socket {users} in `{}`", self.name));
             }
-            let from = self.users;
             self.users = users;
-            if from == 0 && users != 0 {
-                self.unpark();
-            }
+            self.unpark();
         }
         let probe = match probe {
             Some((port, member)) => Some((
@@ -204,30 +222,47 @@ impl Group {
         let queued = steer::queued(gone.fd.as_fd()).unwrap_or(0);
         let _ = shutdown(gone.fd.as_raw_fd(), Shutdown::Read);
         if self.users == member {
-            self.users = 0;
+            self.users = HOLDERS;
         }
         if let Err(e) = self.attach(None) {
             warn!(error = %e, "after retiring a socket");
         }
         info!(listen = %self.name, member, queued, "retired a taker's socket");
+        // Between the shutdown and the new program, the old one named an
+        // index past the end, and the kernel's fallback may have parked a
+        // connection in the holder's socket.
+        self.unpark();
     }
 
-    /// Users leave the holder's own socket: what waited there while nobody
-    /// served moves to the group's other sockets (shutdown migrates it),
-    /// and the socket listens again, last in the group.
+    /// When users go to a taker's socket, nothing may wait in the holder's
+    /// own: what does (parked while nobody served, or by a fallback of the
+    /// kernel while members changed) moves to the group's other sockets
+    /// (shutdown migrates it), and the socket listens again, last in the
+    /// group. The program is set for the group without it first, so that
+    /// no connection follows a stale index into it meanwhile.
     fn unpark(&mut self) {
-        let parked = self.members[0].fd.as_fd();
-        if steer::queued(parked).unwrap_or(0) == 0 {
+        if self.users == HOLDERS {
             return;
         }
-        let _ = shutdown(self.members[0].fd.as_raw_fd(), Shutdown::Read);
-        let holder = self.members.swap_remove(0);
+        let Some(i) = self.index(HOLDERS) else { return };
+        let i = i as usize;
+        if steer::queued(self.members[i].fd.as_fd()).unwrap_or(0) == 0 {
+            return;
+        }
+        let _ = shutdown(self.members[i].fd.as_raw_fd(), Shutdown::Read);
+        let holder = self.members.swap_remove(i);
+        if let Err(e) = self.attach(None) {
+            warn!(error = %e, "while handing parked connections over");
+        }
         let backlog =
             Backlog::new(self.backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
         if let Err(e) = listen(&holder.fd, backlog) {
             warn!(listen = %self.name, error = %e, "cannot listen again on the holder's socket");
         }
         self.members.push(holder);
+        if let Err(e) = self.attach(None) {
+            warn!(error = %e, "after handing parked connections over");
+        }
         info!(listen = %self.name, "handed the connections parked in the holder's socket over");
     }
 }

@@ -16,6 +16,9 @@ use super::{HolderInfo, Reply, Request};
 
 type Answer = Result<(Reply, Vec<OwnedFd>), String>;
 
+/// Longest a request to the holder may take.
+const REQUEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A cloneable handle on the connection to one holder.
 #[derive(Clone, Debug)]
 pub(crate) struct HolderLink {
@@ -66,8 +69,11 @@ impl HolderLink {
         self.requests
             .send((request, reply))
             .map_err(|_| "the holder is gone".to_string())?;
-        let (reply, fds) = answer
+        // A holder that stops answering must not hold a program's actor
+        // (its reload, its stop) forever: its requests are quick.
+        let (reply, fds) = tokio::time::timeout(REQUEST_LIMIT, answer)
             .await
+            .map_err(|_| format!("the holder did not answer within {REQUEST_LIMIT:?}"))?
             .map_err(|_| "the holder is gone".to_string())??;
         if reply.ok {
             Ok((reply, fds))

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::instance::Instance;
 use super::{Flow, Program};
@@ -39,6 +39,16 @@ impl Program {
 
     /// A new instance did not make it: its sockets go, and users (who never
     /// left the serving instance) no longer share the group with its probes.
+    /// A holder's group sends users to this program only once an instance
+    /// of it is ready there: the first one, or the first after the holder
+    /// restarted. Every path by which an instance proves ready ends here.
+    pub(super) async fn take_users(&mut self, ready: &Instance) {
+        if self.sockets.users_elsewhere() {
+            self.sockets.steer_to(ready.generation).await;
+            info!(program = %self.config.name, "users steered to this container");
+        }
+    }
+
     pub(super) async fn abandon(&mut self, next: Generation) {
         if next != self.serving_generation {
             if !self.sockets.users_elsewhere() {

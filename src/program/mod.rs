@@ -350,10 +350,8 @@ impl Program {
                     instance.ready = None;
                     let ready = result.is_ok();
                     self.on_ready(&instance, result);
-                    // A holder's group: users come once the first instance serves.
-                    if ready && self.sockets.users_elsewhere() {
-                        self.sockets.steer_to(instance.generation).await;
-                        info!(program = %self.config.name, "users steered to this container");
+                    if ready {
+                        self.take_users(&instance).await;
                     }
                 }
                 why = instance::unready_of(&mut instance.watchdog) => {

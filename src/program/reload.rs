@@ -137,9 +137,7 @@ impl Program {
         self.finish_reload(&after, before, result, request);
         if let (After::Running(instance), true) = (&mut after, reloaded) {
             self.watch_readiness(instance);
-            if self.sockets.users_elsewhere() {
-                self.sockets.steer_to(instance.generation).await;
-            }
+            self.take_users(instance).await;
         }
         after
     }
@@ -171,8 +169,8 @@ impl Program {
                 return Ended::Stopped(status);
             }
         };
-        if result.is_ok() && self.sockets.users_elsewhere() {
-            self.sockets.steer_to(new.generation).await;
+        if result.is_ok() {
+            self.take_users(&new).await;
         }
         let after = After::Running(new);
         self.finish_reload(&after, None, result, request);

@@ -38,38 +38,52 @@ timeout = "3s"
     )
 }
 
-/// Requests to fdserver back to back with a pause of 1 ms, so that the
-/// 20,000 the load allows span a test of 20 s or more.
-fn paced_load(port: u16) -> Load {
-    Load::spawn(
-        move || served_version(port),
-        Duration::from_millis(1),
-        20_000,
-        Duration::from_secs(120),
-    )
+/// fdserver under cutover with `strategy` and `listen` settings, serving
+/// release `first` of those `add` made; returns once v1 answers and the
+/// control socket is up.
+struct Serving {
+    dir: TestDir,
+    releases: Releases,
+    port: u16,
+    cutover: Cutover,
+}
+
+fn serving(first: &str, add: impl FnOnce(&Releases), strategy: &str, listen: &str) -> Serving {
+    let dir = TestDir::new();
+    let releases = Releases::new(&dir);
+    add(&releases);
+    releases.switch(first);
+    let port = free_port();
+    let toml = config(port, &releases, strategy, listen);
+    let cutover = Cutover::run_config(Mode::Subreaper, &dir, &toml);
+    wait_version(port, "v1", &cutover, SECS_20);
+    wait_for_control(&dir);
+    Serving {
+        dir,
+        releases,
+        port,
+        cutover,
+    }
 }
 
 /// Five reloads into releases whose old instances, once told to stop,
 /// accept for another half second and close what they accepted unanswered.
 fn five_reloads_with_greedy_stops(strategy: &str) {
-    let dir = TestDir::new();
-    let releases = Releases::new(&dir);
-    for v in 1..=6 {
-        releases.add(
-            &format!("r{v}"),
-            &[("version", &format!("v{v}")), ("greedy-stop", "0.5")],
-        );
-    }
-    releases.switch("r1");
-    let port = free_port();
-    let c = Cutover::run_config(
-        Mode::Subreaper,
-        &dir,
-        &config(port, &releases, strategy, ""),
-    );
-    wait_version(port, "v1", &c, SECS_20);
-    wait_for_control(&dir);
-    let load = paced_load(port);
+    let greedy = |releases: &Releases| {
+        for v in 1..=6 {
+            releases.add(
+                &format!("r{v}"),
+                &[("version", &format!("v{v}")), ("greedy-stop", "0.5")],
+            );
+        }
+    };
+    let Serving {
+        dir,
+        releases,
+        port,
+        cutover: c,
+    } = serving("r1", greedy, strategy, "");
+    let load = Load::paced(port);
     for v in 2..=6 {
         releases.switch(&format!("r{v}"));
         let (code, out, err) = client(&dir, &["reload", "--wait"]);
@@ -111,19 +125,20 @@ fn an_old_instance_that_drops_what_it_accepts_loses_nothing_under_restart() {
 /// would cut over to code that does not serve.
 #[test]
 fn http_readiness_is_answered_by_the_new_instance_alone() {
-    let dir = TestDir::new();
-    let releases = Releases::new(&dir);
-    releases.add("a", &[("version", "v1")]);
-    releases.add("b", &[("version", "v2"), ("unhealthy", "")]);
-    releases.switch("a");
-    let port = free_port();
-    let c = Cutover::run_config(
-        Mode::Subreaper,
-        &dir,
-        &config(port, &releases, "overlap", ""),
+    let Serving {
+        dir,
+        releases,
+        port,
+        cutover: _c,
+    } = serving(
+        "a",
+        |r| {
+            r.add("a", &[("version", "v1")]);
+            r.add("b", &[("version", "v2"), ("unhealthy", "")]);
+        },
+        "overlap",
+        "",
     );
-    wait_version(port, "v1", &c, SECS_20);
-    wait_for_control(&dir);
     let load = Load::start(port);
     releases.switch("b");
     let (code, out, err) = client(&dir, &["reload", "--wait"]);
@@ -155,19 +170,20 @@ fn http_readiness_is_answered_by_the_new_instance_alone() {
 /// probe may reach either instance. Still serves, and the config says so.
 #[test]
 fn a_shared_socket_still_serves_across_reloads() {
-    let dir = TestDir::new();
-    let releases = Releases::new(&dir);
-    releases.add("a", &[("version", "v1")]);
-    releases.add("b", &[("version", "v2")]);
-    releases.switch("a");
-    let port = free_port();
-    let c = Cutover::run_config(
-        Mode::Subreaper,
-        &dir,
-        &config(port, &releases, "overlap", "per_instance = false"),
+    let Serving {
+        dir,
+        releases,
+        port,
+        cutover: c,
+    } = serving(
+        "a",
+        |r| {
+            r.add("a", &[("version", "v1")]);
+            r.add("b", &[("version", "v2")]);
+        },
+        "overlap",
+        "per_instance = false",
     );
-    wait_version(port, "v1", &c, SECS_20);
-    wait_for_control(&dir);
     releases.switch("b");
     let (code, out, err) = client(&dir, &["reload", "--wait"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -229,7 +245,7 @@ fn an_instance_that_stops_passing_readiness_in_the_window_is_rolled_back() {
     let c = Cutover::start(Mode::Subreaper, &dir, &["run", "-c", cfg.to_str().unwrap()]);
     wait_version(port, "v1", &c, SECS_20);
     wait_for_control(&dir);
-    let load = paced_load(port);
+    let load = Load::paced(port);
     let v2 = repo.commit("v2", &[("version", "v2"), ("unhealthy-after", "2")]);
     repo.push();
     wait_version(port, "v2", &c, SECS_20);

@@ -109,15 +109,7 @@ socket = "{control}"
 fn an_app_replaced_by_a_new_one_refuses_no_connection() {
     let s = Scene::new(&[]);
     let mut first = s.app(1);
-    let load = Load::spawn(
-        {
-            let port = s.port;
-            move || served_version(port)
-        },
-        Duration::from_millis(2),
-        10_000,
-        Duration::from_secs(60),
-    );
+    let load = Load::paced(s.port);
     sleep(Duration::from_millis(500));
     first.signal(libc::SIGTERM);
     first.wait(SECS_20);
@@ -158,15 +150,7 @@ fn a_restarted_holder_is_noticed_and_its_new_sockets_taken() {
     let mut s = Scene::new(&[]);
     let app = s.app_with(1, "per_instance = false");
     let before = status(&s.dir)["programs"][0]["pid"].clone();
-    let load = Load::spawn(
-        {
-            let port = s.port;
-            move || served_version(port)
-        },
-        Duration::from_millis(2),
-        10_000,
-        Duration::from_secs(60),
-    );
+    let load = Load::paced(s.port);
     s.holder.signal(libc::SIGTERM);
     assert_eq!(s.holder.wait(SECS_20), 0, "{}", s.holder.stderr());
     sleep(Duration::from_millis(300));
@@ -323,7 +307,7 @@ fn reloads_through_the_holder_lose_nothing_to_a_greedy_old_instance() {
     let s = Scene::new(&[]);
     std::fs::write(s.dir.join("greedy-stop"), "0.5").unwrap();
     let app = s.app(1);
-    let load = paced(s.port);
+    let load = Load::paced(s.port);
     for v in 2..=6 {
         std::fs::write(s.dir.join("version"), format!("v{v}")).unwrap();
         let (code, out, err) = client(&s.dir, &["reload", "--wait"]);
@@ -354,7 +338,7 @@ fn a_second_app_beside_the_first_takes_over_without_a_failure() {
     let s = Scene::new(&[]);
     std::fs::write(s.dir.join("greedy-stop"), "0.5").unwrap();
     let mut first = s.app(1);
-    let load = paced(s.port);
+    let load = Load::paced(s.port);
     sleep(Duration::from_millis(300));
     std::fs::write(s.dir.join("version"), "v2").unwrap();
     let cfg = s.dir.write("app2.toml", &s.app_config("app2.sock"));
@@ -386,11 +370,33 @@ fn a_second_app_beside_the_first_takes_over_without_a_failure() {
     assert_eq!(r.versions, ["v1", "v2"], "no v1 after the second took over");
 }
 
-fn paced(port: u16) -> Load {
-    Load::spawn(
-        move || served_version(port),
-        Duration::from_millis(1),
-        20_000,
-        Duration::from_secs(120),
-    )
+/// An app started before its holder (compose may do that) waits for it;
+/// meanwhile `cutover status` answers, and a stop is not held up.
+#[test]
+fn an_app_waiting_for_its_holder_answers_and_stops_at_once() {
+    let scene = Scene::new(&[]);
+    // Pointed at a holder that is not there (yet).
+    let absent = scene.dir.join("later/sockets");
+    let toml = scene.app_config("control.sock").replace(
+        scene.holder_socket.to_str().unwrap(),
+        absent.to_str().unwrap(),
+    );
+    let cfg = scene.dir.write("app.toml", &toml);
+    let mut app = Cutover::start(
+        Mode::Subreaper,
+        &scene.dir,
+        &["run", "-c", cfg.to_str().unwrap()],
+    );
+    app.wait_for_log("waiting for the socket holder", SECS_20);
+    wait_for_control(&scene.dir);
+    let st = status(&scene.dir);
+    assert_eq!(st["programs"].as_array().map(Vec::len), Some(0), "{st}");
+    let asked = std::time::Instant::now();
+    app.signal(libc::SIGTERM);
+    assert_eq!(app.wait(SECS_20), 128 + libc::SIGTERM, "{}", app.stderr());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
 }

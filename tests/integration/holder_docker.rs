@@ -271,21 +271,24 @@ fn an_app_container_of_another_user_is_refused() {
         "{}:/cfg/cutover.toml:ro",
         stage.dir.join("app.toml").display()
     );
-    let out = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--user",
-        "65534:65534",
-        "-v",
-        &run,
-        "-v",
-        &cfg,
-        "-e",
-        "CUTOVER_CONFIG=/cfg/cutover.toml",
-        IMAGE,
-    ]);
+    let as_nobody = || {
+        docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "65534:65534",
+            "-v",
+            &run,
+            "-v",
+            &cfg,
+            "-e",
+            "CUTOVER_CONFIG=/cfg/cutover.toml",
+            IMAGE,
+        ])
+    };
+    let out = as_nobody();
     let said = text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(
@@ -295,21 +298,7 @@ fn an_app_container_of_another_user_is_refused() {
     // With the file opened to everyone, the holder's own check refuses it.
     let out = docker(&["exec", &holder, "chmod", "666", "/run/cutover/sockets"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--user",
-        "65534:65534",
-        "-v",
-        &run,
-        "-v",
-        &cfg,
-        "-e",
-        "CUTOVER_CONFIG=/cfg/cutover.toml",
-        IMAGE,
-    ]);
+    let out = as_nobody();
     let said = text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(

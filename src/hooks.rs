@@ -164,6 +164,8 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
         listen: &[],
         foreground_tty: false,
         output: Some(write.as_fd()),
+        input: None,
+        errors: None,
     };
     info!(hook = %name, command = ?command, dir = %dir.display(), "running {what}");
     let forked_at = std::time::Instant::now();

@@ -196,6 +196,8 @@ impl Probe {
             listen: &[],
             foreground_tty: false,
             output: None,
+            input: None,
+            errors: None,
         };
         let forked_at = std::time::Instant::now();
         let forked = fork_exec(&spec).map_err(|e| e.to_string())?;

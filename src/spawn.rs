@@ -64,6 +64,10 @@ pub struct LaunchSpec<'a> {
     /// Where stdout and stderr go instead of cutover's own (hooks' output is
     /// read and logged line by line).
     pub output: Option<BorrowedFd<'a>>,
+    /// The child's stdin and, apart from stdout, its stderr: the pipes of a
+    /// helper cutover talks to (the ssh client of a git fetch).
+    pub input: Option<BorrowedFd<'a>>,
+    pub errors: Option<BorrowedFd<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,11 +142,14 @@ pub fn fork_exec(spec: &LaunchSpec) -> Result<Forked, SpawnError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(SpawnError::Fds)?;
     let source_fds: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
-    let output = spec
-        .output
-        .map(|fd| dup_above(fd.as_raw_fd(), floor))
-        .transpose()
-        .map_err(SpawnError::Fds)?;
+    let above = |fd: Option<BorrowedFd>| {
+        fd.map(|fd| dup_above(fd.as_raw_fd(), floor))
+            .transpose()
+            .map_err(SpawnError::Fds)
+    };
+    let output = above(spec.output)?;
+    let input = above(spec.input)?;
+    let errors = above(spec.errors)?;
 
     let argv_ptrs = null_terminated(prepared.argv.iter().map(|a| a.as_ptr()));
     let mut env_bufs = prepared.env;
@@ -173,6 +180,8 @@ pub fn fork_exec(spec: &LaunchSpec) -> Result<Forked, SpawnError> {
                 status_fd: write_end.as_raw_fd(),
                 source_fds: &source_fds,
                 output: output.as_ref().map(|o| o.as_raw_fd()),
+                input: input.as_ref().map(|i| i.as_raw_fd()),
+                errors: errors.as_ref().map(|e| e.as_raw_fd()),
                 listen_pid: listen_pid_ptr,
                 workdir: prepared.workdir.as_ref().map(|w| w.as_ptr()),
                 user: prepared.user.as_ref(),
@@ -241,11 +250,34 @@ impl Forked {
                 Err(e) => return Err(SpawnError::Fork(e)),
             }
         }
-        if filled < buf.len() {
-            return Ok(self.pid);
+        self.failure.outcome(self.pid, &buf[..filled])
+    }
+
+    /// [`Forked::confirm`] for a blocking thread (a git transport's ssh
+    /// child): the exec outcome arrives within microseconds.
+    pub fn confirm_blocking(self) -> Result<Pid, SpawnError> {
+        let mut buf = [0u8; 5];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match nix::unistd::read(&self.status_pipe, &mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(SpawnError::Fork(e)),
+            }
+        }
+        self.failure.outcome(self.pid, &buf[..filled])
+    }
+}
+
+impl FailureContext {
+    /// What the status pipe said: nothing (exec succeeded) or the stage and errno.
+    fn outcome(self, pid: Pid, buf: &[u8]) -> Result<Pid, SpawnError> {
+        if buf.len() < 5 {
+            return Ok(pid);
         }
         let errno = Errno::from_raw(i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]));
-        let f = self.failure;
+        let f = self;
         Err(match buf[0] {
             x if x == Stage::Fds as u8 => SpawnError::Fds(errno),
             x if x == Stage::Workdir as u8 => SpawnError::Workdir {
@@ -440,6 +472,8 @@ struct ChildSetup<'a> {
     status_fd: RawFd,
     source_fds: &'a [RawFd],
     output: Option<RawFd>,
+    input: Option<RawFd>,
+    errors: Option<RawFd>,
     listen_pid: Option<*mut u8>,
     workdir: Option<*const libc::c_char>,
     user: Option<&'a UserIds>,
@@ -471,6 +505,16 @@ impl ChildSetup<'_> {
             if let Some(out) = self.output
                 && (libc::dup2(out, libc::STDOUT_FILENO) < 0
                     || libc::dup2(out, libc::STDERR_FILENO) < 0)
+            {
+                self.fail(Stage::Fds);
+            }
+            if let Some(input) = self.input
+                && libc::dup2(input, libc::STDIN_FILENO) < 0
+            {
+                self.fail(Stage::Fds);
+            }
+            if let Some(errors) = self.errors
+                && libc::dup2(errors, libc::STDERR_FILENO) < 0
             {
                 self.fail(Stage::Fds);
             }
@@ -574,6 +618,8 @@ mod tests {
             listen: &[],
             foreground_tty: false,
             output: None,
+            input: None,
+            errors: None,
         }
     }
 

@@ -5,9 +5,11 @@
 //! is checked before anything starts, so a broken config starts nothing.
 
 mod dependencies;
+mod known_hosts;
 mod problems;
 mod raw;
 mod redeploy;
+pub mod remote_url;
 mod sections;
 mod source;
 mod validate;
@@ -21,6 +23,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
 
 pub use problems::ConfigError;
+pub use source::proxy_variables;
 
 use crate::fingerprint::Patterns;
 
@@ -181,8 +184,14 @@ pub struct SourceConfig {
     pub keep: u32,
     /// 0 for a full fetch.
     pub depth: u32,
+    /// A deploy key (OpenSSH private key file) for an ssh remote.
     pub ssh_key: Option<PathBuf>,
+    /// The ssh server's keys; `None`: `~/.ssh/known_hosts`, then the system's.
+    pub known_hosts: Option<PathBuf>,
+    /// ssh only: take the server's host key unchecked. https is always verified.
     pub insecure_ignore_host_key: bool,
+    /// A private CA for an https remote, added to the system store.
+    pub ca_file: Option<PathBuf>,
     pub username: Option<String>,
     /// An https token, read from the environment or a file when the config loads.
     pub token: Option<Secret>,

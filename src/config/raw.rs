@@ -44,8 +44,10 @@ pub struct RawSource {
     pub keep: Option<u32>,
     pub depth: Option<u32>,
     pub ssh_key: Option<String>,
+    pub known_hosts: Option<String>,
     /// Skip the ssh host key check against known_hosts.
     pub insecure_ignore_host_key: Option<bool>,
+    pub ca_file: Option<String>,
     pub username: Option<String>,
     pub token_env: Option<String>,
     pub token_file: Option<String>,

@@ -148,7 +148,7 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
 /// `http://` or `https://` with a host.
 fn check_url(url: &str) -> Result<(), String> {
     // Config errors reach the log: never with a token from the URL.
-    let shown = crate::source::redact_url(url);
+    let shown = crate::redact::redact_url(url);
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))

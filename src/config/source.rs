@@ -4,11 +4,12 @@
 //! anything starts.
 
 use std::net::ToSocketAddrs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::problems::{Problems, Segment};
 use super::raw::{RawHooks, RawRollback, RawSource};
+use super::remote_url::RemoteUrl;
 use super::values::{child, env_table, parse_duration, secret};
 use super::{ChildEnv, HooksConfig, ReleaseLimits, SourceConfig};
 
@@ -52,14 +53,54 @@ pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
             "keep at least 2 releases (current and the previous good one)",
         );
     }
+    let insecure_ignore_host_key = raw.insecure_ignore_host_key.unwrap_or(false);
+    let kind = repo
+        .as_deref()
+        .and_then(|r| p.check(&child(&path, "repo"), RemoteUrl::parse(r)));
     let ssh_key = raw.ssh_key.map(PathBuf::from);
-    if let Some(k) = &ssh_key
-        && !k.is_file()
-    {
-        p.add(
-            &child(&path, "ssh_key"),
-            format!("`{}` is not a readable file", k.display()),
+    let known_hosts = raw.known_hosts.map(PathBuf::from);
+    let ca_file = raw.ca_file.map(PathBuf::from);
+    if let Some(k) = &ssh_key {
+        p.check(&child(&path, "ssh_key"), check_ssh_key(k));
+    }
+    if let Some(k) = &known_hosts {
+        p.check(&child(&path, "known_hosts"), check_known_hosts(k));
+    }
+    if let Some(ca) = &ca_file {
+        p.check(
+            &child(&path, "ca_file"),
+            crate::tls::read_ca_file(ca).map_err(|e| {
+                let text = e.to_string();
+                text.strip_prefix(&format!("ca_file `{}`: ", ca.display()))
+                    .map(|why| format!("`{}`: {why}", ca.display()))
+                    .unwrap_or(text)
+            }),
         );
+    }
+    match &kind {
+        Some(RemoteUrl::Ssh(_)) => {
+            if find_in_path("ssh").is_none() {
+                p.add(
+                    &child(&path, "repo"),
+                    "an ssh remote needs the OpenSSH client `ssh`, which is not in PATH \
+                     (Debian: apt-get install openssh-client)",
+                );
+            }
+            if known_hosts.is_none() && !insecure_ignore_host_key && !default_known_hosts_exist() {
+                p.add(
+                    &child(&path, "known_hosts"),
+                    "no known_hosts for the ssh server: neither ~/.ssh/known_hosts nor \
+                     /etc/ssh/ssh_known_hosts exists; set known_hosts to a file with the \
+                     server's key (ssh-keyscan HOST > known_hosts, then check its fingerprint)",
+                );
+            }
+        }
+        Some(_) if insecure_ignore_host_key => p.add(
+            &child(&path, "insecure_ignore_host_key"),
+            "applies to ssh remotes only: an https certificate is always verified \
+             (for a private CA, set ca_file)",
+        ),
+        _ => {}
     }
     let token = secret(&path, "token", raw.token_env, raw.token_file, p);
     let webhook_secret = secret(
@@ -104,13 +145,86 @@ pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
         keep,
         depth: raw.depth.unwrap_or(1),
         ssh_key,
-        insecure_ignore_host_key: raw.insecure_ignore_host_key.unwrap_or(false),
+        known_hosts,
+        insecure_ignore_host_key,
+        ca_file,
         username: raw.username,
         token,
         webhook,
         webhook_secret,
         limits,
     })
+}
+
+/// A deploy key ssh will take: readable, a private key, and not readable
+/// by others (ssh refuses such a key, and says so only at the first fetch).
+fn check_ssh_key(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("`{shown}` cannot be read: {e}"))?;
+    if text.trim_start().starts_with("ssh-") {
+        return Err(format!(
+            "`{shown}` is a public key; ssh_key takes the private half (-----BEGIN OPENSSH PRIVATE KEY-----)"
+        ));
+    }
+    if !text.contains("PRIVATE KEY-----") {
+        return Err(format!(
+            "`{shown}` is not an ssh private key (expected -----BEGIN OPENSSH PRIVATE KEY-----)"
+        ));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("`{shown}`: {e}"))?;
+    if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "`{shown}` is readable by other users (mode {:o}) and ssh refuses such a key: \
+             chmod 600 it (on Kubernetes, mount the secret with defaultMode: 0400)",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+fn check_known_hosts(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("`{shown}` cannot be read: {e}"))?;
+    super::known_hosts::check(&text)
+        .map(|_| ())
+        .map_err(|why| format!("`{shown}` {why}"))
+}
+
+fn default_known_hosts_exist() -> bool {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    home.map(|h| h.join(".ssh/known_hosts"))
+        .into_iter()
+        .chain([PathBuf::from("/etc/ssh/ssh_known_hosts")])
+        .any(|f| f.is_file())
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The proxy variables set in cutover's environment, as curl reads them:
+/// `(name, value)`.
+pub fn proxy_variables() -> Vec<(String, String)> {
+    [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .filter_map(|name| {
+        let value = std::env::var(name).ok()?;
+        (!value.trim().is_empty()).then(|| (name.to_string(), value))
+    })
+    .collect()
 }
 
 /// A count that must be at least 1 (0 would refuse every commit).

@@ -435,6 +435,14 @@ fn secret_env_names(raw: &RawConfig) -> Vec<String> {
     .flatten()
     .filter(|n| !n.is_empty())
     .collect();
+    // A proxy URL with credentials is a secret too: cutover's git fetches
+    // use it, its children never see it.
+    names.extend(
+        super::proxy_variables()
+            .into_iter()
+            .filter(|(_, value)| crate::redact::url_userinfo(value) != (None, None))
+            .map(|(name, _)| name),
+    );
     names.sort();
     names.dedup();
     names

@@ -147,6 +147,8 @@ impl Program {
             listen: &passed,
             foreground_tty: self.context.foreground_tty,
             output: None,
+            input: None,
+            errors: None,
         };
         let forked_at = Instant::now();
         let forked = fork_exec(&spec)?;

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::{Redeploy, RedeployError, RedeployOutcome};
 use crate::config::WebhookTarget;
-use crate::source::UrlRedactor;
+use crate::redact::UrlRedactor;
 
 /// The signature header (`sha256=<hex>`).
 pub const SIGNATURE_HEADER: &str = "X-Cutover-Signature-256";

@@ -40,7 +40,6 @@ use dependencies::DependencyGate;
 pub use dependencies::{DependencyStatus, RedeployRequired};
 use git::{GitError, RemoteSpec, open_cache};
 /// Also for the redeploy webhook's URL.
-pub use git::{UrlRedactor, redact_url};
 pub use history::{DeployRecord, Outcome};
 use image::ImageRequests;
 pub use image::{ImageState, ImageStatus};
@@ -230,7 +229,7 @@ impl Source {
             tokio::task::spawn_blocking(move || Opened::read(&volume, dependencies, &limits))
                 .await??
         };
-        let remote = RemoteSpec::new(&config);
+        let remote = RemoteSpec::new(&config, Some(reaper.clone()));
         let (publisher, status) = Publisher::new(SourceStatus::default());
         let (commands, receiver) = mpsc::unbounded_channel();
         let images = ImageRequests::start(redeployer, exit, volume.clone(), opened.exited_for);

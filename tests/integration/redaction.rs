@@ -155,11 +155,12 @@ server.serve_forever()
     (group, port)
 }
 
-/// `insecure_ignore_host_key = true` is about ssh host keys: an https
-/// remote with a self-signed certificate is still refused, and neither the
-/// token in the URL nor the one from `token_env` ever reaches it.
+/// An https remote with a self-signed certificate is refused before any
+/// request, and neither the token in the URL nor the one from `token_env`
+/// ever reaches it; `insecure_ignore_host_key` (ssh known_hosts) cannot
+/// change that: on an https remote it is a config error.
 #[test]
-fn insecure_ignore_host_key_still_verifies_tls_certificates() {
+fn tls_certificates_are_always_verified() {
     let dir = TestDir::new();
     let root = dir.join("srv");
     let log = dir.join("tls-requests.log");
@@ -171,8 +172,16 @@ fn insecure_ignore_host_key_still_verifies_tls_certificates() {
         free_port(),
         &url,
         &root,
-        "insecure_ignore_host_key = true\ntoken_env = \"CUTOVER_TEST_TOKEN\"",
+        "token_env = \"CUTOVER_TEST_TOKEN\"",
         "",
+    );
+    let insecure = toml.replace("[source]\n", "[source]\ninsecure_ignore_host_key = true\n");
+    let cfg = dir.write("insecure.toml", &insecure);
+    let (code, _, stderr) = run_cutover(&dir, &["check", "-c", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0, "insecure_ignore_host_key on https must be refused");
+    assert!(
+        stderr.contains("insecure_ignore_host_key") && stderr.contains("ssh remotes only"),
+        "{stderr}"
     );
     let cfg = dir.write("cutover.toml", &toml);
     let c = Cutover::start_with(
@@ -183,11 +192,11 @@ fn insecure_ignore_host_key_still_verifies_tls_certificates() {
     );
     let src = wait_source_error(&dir, &c);
     let error = src["last_error"].as_str().unwrap().to_lowercase();
-    // "certificate" from a libgit2 built with TLS; a libgit2 without any TLS
-    // backend refuses https outright ("there is no TLS stream available").
     assert!(
-        error.contains("certificate") || error.contains("tls"),
-        "refused for its certificate: {error}"
+        error.contains("tls verification failed")
+            && error.contains("trusted")
+            && error.contains(&format!("127.0.0.1:{port}")),
+        "refused for its certificate, naming the host: {error}"
     );
     // The retries are refused as well.
     c.wait_for_log("retry_in=2s", SECS_20);

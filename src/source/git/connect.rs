@@ -1,0 +1,232 @@
+//! One connection to a git server for the smart-http transport: TCP,
+//! through the proxy the environment names (a CONNECT tunnel for https,
+//! absolute-form requests for plain http, as curl does), then TLS verified
+//! against [`crate::tls`] for https.
+//!
+//! Each failure is told apart here, where it is known: the proxy refused,
+//! the server is down, the certificate is for another name.
+
+use std::time::Duration;
+
+use hyper::Uri;
+use hyper::header::HeaderValue;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::error::TransportError;
+use super::transport::Settings;
+use crate::redact::redact_url;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// curl's default port for a proxy URL without one.
+const PROXY_DEFAULT_PORT: u16 = 1080;
+/// A proxy's answer to CONNECT is a few lines; more is not a proxy.
+const CONNECT_REPLY_MAX: usize = 16 * 1024;
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Where a request goes, taken from its URL.
+pub struct Endpoint {
+    pub tls: bool,
+    /// Without IPv6 brackets: what TCP and TLS name.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn of(uri: &Uri) -> Option<Endpoint> {
+        let tls = match uri.scheme_str()? {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+        Some(Endpoint {
+            tls,
+            host: host.to_string(),
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        })
+    }
+
+    /// `host:port`, as errors name it.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+pub struct Connection {
+    pub io: Box<dyn Io>,
+    /// Plain http through a proxy: requests name the whole URL and carry
+    /// the proxy's credentials.
+    pub via_proxy: Option<Option<HeaderValue>>,
+}
+
+pub async fn open(
+    endpoint: &Endpoint,
+    uri: &Uri,
+    settings: &Settings,
+) -> Result<Connection, TransportError> {
+    let Some(proxy) = settings.proxy.intercept(uri) else {
+        let tcp = tcp(&endpoint.host, endpoint.port, &endpoint.address()).await?;
+        return finish(endpoint, tcp, settings, None).await;
+    };
+    let shown = redact_url(&proxy.uri().to_string());
+    let proxy_error = |why: String| TransportError::Proxy {
+        proxy: shown.clone(),
+        why,
+    };
+    if proxy.uri().scheme_str() != Some("http") {
+        return Err(proxy_error(
+            "only http:// proxy URLs are supported (the tunnel itself carries TLS)".into(),
+        ));
+    }
+    let Some(proxy_endpoint) = Endpoint::of(proxy.uri()).map(|mut e| {
+        e.port = proxy.uri().port_u16().unwrap_or(PROXY_DEFAULT_PORT);
+        e
+    }) else {
+        return Err(proxy_error("the proxy URL names no host".into()));
+    };
+    let auth = proxy.basic_auth().cloned();
+    let mut tcp = tcp(
+        &proxy_endpoint.host,
+        proxy_endpoint.port,
+        &proxy_endpoint.address(),
+    )
+    .await
+    .map_err(|e| proxy_error(e.to_string()))?;
+    if !endpoint.tls {
+        return Ok(Connection {
+            io: Box::new(tcp),
+            via_proxy: Some(auth),
+        });
+    }
+    tunnel(&mut tcp, endpoint, auth.as_ref())
+        .await
+        .map_err(proxy_error)?;
+    finish(endpoint, tcp, settings, None).await
+}
+
+async fn tcp(host: &str, port: u16, address: &str) -> Result<TcpStream, TransportError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
+        Err(_) => Err(TransportError::Timeout {
+            address: address.to_string(),
+            secs: CONNECT_TIMEOUT.as_secs(),
+        }),
+        Ok(Err(e)) => Err(TransportError::connect(address, &e)),
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        }
+    }
+}
+
+async fn finish(
+    endpoint: &Endpoint,
+    tcp: TcpStream,
+    settings: &Settings,
+    via_proxy: Option<Option<HeaderValue>>,
+) -> Result<Connection, TransportError> {
+    let address = endpoint.address();
+    if !endpoint.tls {
+        return Ok(Connection {
+            io: Box::new(tcp),
+            via_proxy,
+        });
+    }
+    let config = crate::tls::client_config(settings.ca_file.as_deref()).map_err(|e| {
+        TransportError::Tls {
+            address: address.clone(),
+            why: e.to_string(),
+        }
+    })?;
+    let name = ServerName::try_from(endpoint.host.clone()).map_err(|_| TransportError::Tls {
+        address: address.clone(),
+        why: format!("`{}` is not a valid server name", endpoint.host),
+    })?;
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+    match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        Err(_) => Err(TransportError::Timeout {
+            address,
+            secs: CONNECT_TIMEOUT.as_secs(),
+        }),
+        Ok(Err(e)) => Err(match crate::tls::explain(&e, &address) {
+            Some(why) => TransportError::Tls { address, why },
+            None => TransportError::Io {
+                address,
+                message: format!("TLS handshake: {e}"),
+            },
+        }),
+        Ok(Ok(tls)) => Ok(Connection {
+            io: Box::new(tls),
+            via_proxy,
+        }),
+    }
+}
+
+/// Asks the proxy for a tunnel to `endpoint`; the error is the reason.
+async fn tunnel(
+    tcp: &mut TcpStream,
+    endpoint: &Endpoint,
+    auth: Option<&HeaderValue>,
+) -> Result<(), String> {
+    let target = endpoint.address();
+    let mut request = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: {}\r\n",
+        super::http::USER_AGENT
+    )
+    .into_bytes();
+    if let Some(auth) = auth {
+        request.extend_from_slice(b"Proxy-Authorization: ");
+        request.extend_from_slice(auth.as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    let exchange = async {
+        tcp.write_all(&request).await?;
+        // Byte by byte: whatever follows the reply's head is the server's.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") && head.len() < CONNECT_REPLY_MAX {
+            let byte = tcp.read_u8().await?;
+            head.push(byte);
+        }
+        Ok::<_, std::io::Error>(head)
+    };
+    let head = match tokio::time::timeout(CONNECT_TIMEOUT, exchange).await {
+        Err(_) => return Err(format!("no answer to CONNECT {target}")),
+        Ok(Err(e)) => return Err(format!("CONNECT {target}: {e}")),
+        Ok(Ok(head)) => head,
+    };
+    let status_line = String::from_utf8_lossy(&head);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok());
+    match code {
+        Some(200..=299) => Ok(()),
+        Some(407) if auth.is_some() => Err("the proxy refused the credentials (HTTP 407)".into()),
+        Some(407) => Err(
+            "the proxy asks for credentials (HTTP 407); put them in the proxy URL: http://user:password@proxy:port".into(),
+        ),
+        Some(code) => {
+            let reason: String = status_line
+                .splitn(3, ' ')
+                .nth(2)
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect();
+            Err(format!("CONNECT {target} answered HTTP {code} {reason}")
+                .trim_end()
+                .to_string())
+        }
+        None => Err(format!("CONNECT {target}: not an HTTP answer")),
+    }
+}

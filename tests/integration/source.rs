@@ -157,7 +157,7 @@ impl Setup {
     }
 }
 
-fn history(root: &Path) -> Vec<Value> {
+pub(crate) fn history(root: &Path) -> Vec<Value> {
     std::fs::read_to_string(root.join("history.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -453,7 +453,12 @@ fn polling_a_git_daemon_deploys_only_when_the_ref_moves() {
 }
 
 /// One HTTP/1.1 POST; (status code, body).
-fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+pub(crate) fn http_post(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -491,7 +496,7 @@ fn http_get_code(port: u16, path: &str) -> u16 {
 
 const WEBHOOK_SECRET: &str = "webhook secret for the tests";
 
-fn push_body(git_ref: &str, after: &str) -> Vec<u8> {
+pub(crate) fn push_body(git_ref: &str, after: &str) -> Vec<u8> {
     serde_json::json!({
         "ref": git_ref,
         "before": "0".repeat(40),
@@ -502,7 +507,7 @@ fn push_body(git_ref: &str, after: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn github_signature(secret: &str, body: &[u8]) -> String {
+pub(crate) fn github_signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
@@ -748,7 +753,7 @@ fn keep_two_prunes_old_releases_but_never_current_or_previous() {
 const TOKEN: &str = "tok-3f9a1c77e2b04d55";
 
 /// Whether `secret` appears anywhere in the files under `root`.
-fn files_containing(root: &Path, secret: &str) -> Vec<PathBuf> {
+pub(crate) fn files_containing(root: &Path, secret: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {

@@ -210,9 +210,12 @@ async fn tunnel(
         .and_then(|c| c.parse::<u16>().ok());
     match code {
         Some(200..=299) => Ok(()),
-        Some(407) if auth.is_some() => Err("the proxy refused the credentials (HTTP 407)".into()),
-        Some(407) => Err(
-            "the proxy asks for credentials (HTTP 407); put them in the proxy URL: http://user:password@proxy:port".into(),
+        // 407 by the standard; some proxies (tinyproxy) answer 401.
+        Some(code @ (401 | 407)) if auth.is_some() => Err(format!(
+            "the proxy refused the credentials (HTTP {code})"
+        )),
+        Some(401 | 407) => Err(
+            "the proxy asks for credentials (HTTP 401 or 407); put them in the proxy URL: http://user:password@proxy:port".into(),
         ),
         Some(code) => {
             let reason: String = status_line

@@ -426,3 +426,63 @@ impl Stderr {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(port: Option<u16>) -> SshTarget {
+        SshTarget {
+            user: Some("git".into()),
+            host: "forge.example".into(),
+            port,
+            path: "/org/it's.git".into(),
+        }
+    }
+
+    fn settings(insecure: bool, known_hosts: Option<&str>) -> SshSettings {
+        SshSettings {
+            key: Some(PathBuf::from("/run/secrets/deploy_key")),
+            known_hosts: known_hosts.map(PathBuf::from),
+            insecure_ignore_host_key: insecure,
+            reaper: None,
+        }
+    }
+
+    #[test]
+    fn host_keys_are_checked_strictly_unless_ssh_is_told_otherwise() {
+        let args = arguments(&target(Some(2222)), &settings(false, Some("/etc/kh")), None);
+        let text = args.join(" ");
+        for wanted in [
+            "-o BatchMode=yes",
+            "-o StrictHostKeyChecking=yes",
+            "-o UserKnownHostsFile=/etc/kh",
+            "-o GlobalKnownHostsFile=none",
+            "-o IdentitiesOnly=yes",
+            "-o IdentityFile=/run/secrets/deploy_key",
+            "-p 2222 -l git -- forge.example",
+        ] {
+            assert!(text.contains(wanted), "{wanted}: {text}");
+        }
+        assert_eq!(args.last().unwrap(), r"git-upload-pack '/org/it'\''s.git'");
+
+        let defaults =
+            arguments(&target(None), &settings(false, None), Some("/home/app")).join(" ");
+        assert!(
+            defaults.contains("UserKnownHostsFile=/home/app/.ssh/known_hosts"),
+            "{defaults}"
+        );
+        assert!(
+            defaults.contains("GlobalKnownHostsFile=/etc/ssh/ssh_known_hosts"),
+            "{defaults}"
+        );
+        assert!(!defaults.contains("-p "), "{defaults}");
+
+        let insecure = arguments(&target(None), &settings(true, None), None).join(" ");
+        assert!(insecure.contains("StrictHostKeyChecking=no"), "{insecure}");
+        assert!(
+            !insecure.contains("StrictHostKeyChecking=yes"),
+            "{insecure}"
+        );
+    }
+}

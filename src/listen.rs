@@ -178,6 +178,18 @@ fn bind_one(c: &ListenConfig) -> Result<HeldSocket, ListenError> {
 
 fn bind(config: &ListenConfig) -> io::Result<OwnedFd> {
     match &config.address {
+        ListenAddress::Tcp(addr)
+            if config.per_instance && !config.reuse_port && steer::others_listen(*addr) =>
+        {
+            // SO_REUSEPORT would join their group and steer their traffic:
+            // their probes answered by this app, this app's by theirs.
+            Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process listens there already (another container on the host network?); \
+                 a per-instance socket would join its group and steer its traffic: stop it, \
+                 take the port from a holder (`from`), or set `reuse_port = true` to share the port with it on purpose",
+            ))
+        }
         ListenAddress::Tcp(addr) => bind_tcp(
             *addr,
             config.backlog,
@@ -231,7 +243,7 @@ fn can_steer(name: &str, fd: &OwnedFd) -> bool {
             static CHECKED: Once = Once::new();
             CHECKED.call_once(|| {
                 if !steer::migrates_queued() {
-                    warn!("net.ipv4.tcp_migrate_req is off: cutover waits for an old instance's accept queue to empty before its stop, but a connection that arrives in it meanwhile is reset when it closes (docker run --sysctl net.ipv4.tcp_migrate_req=1)");
+                    info!("net.ipv4.tcp_migrate_req is off (the default): reloads do not need it; only an old instance that stops taking connections before its accept queue is empty (cutover waits drain + stop_timeout) leaves them to be reset");
                 }
             });
             true

@@ -38,6 +38,9 @@ const ATTEMPT_LIMIT: Duration = Duration::from_secs(5);
 const LOST_AFTER: u32 = 3;
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// `[ready] grace` where an old instance may answer the probe too.
+const SHARED_SOCKET_GRACE: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
     #[error("no READY=1 on NOTIFY_SOCKET within {}", humantime::format_duration(*.timeout))]
@@ -136,6 +139,33 @@ impl Probe {
         std::future::pending().await
     }
 
+    /// `[ready] grace`, or its default: none where the check speaks for this
+    /// instance alone (its own READY=1; http/tcp probes that all reach its
+    /// own socket and no command), 1 s where an old instance may answer.
+    fn grace(&self) -> Duration {
+        self.config.grace.unwrap_or_else(|| {
+            let exact_probes = !self.routes.is_empty()
+                && self.config.command.is_none()
+                && self
+                    .config
+                    .http
+                    .iter()
+                    .map(|h| h.authority.as_str())
+                    .chain(self.config.tcp.as_deref())
+                    .all(|target| {
+                        target
+                            .rsplit_once(':')
+                            .and_then(|(_, port)| port.parse::<u16>().ok())
+                            .is_some_and(|port| self.routes.iter().any(|r| r.port() == port))
+                    });
+            if self.config.notify || exact_probes {
+                Duration::ZERO
+            } else {
+                SHARED_SOCKET_GRACE
+            }
+        })
+    }
+
     /// Waits until ready; the time it took.
     pub async fn run(mut self) -> Result<Duration, NotReady> {
         let started = Instant::now();
@@ -149,7 +179,7 @@ impl Probe {
         }
         let mut last = String::from("the instance did not survive its grace period");
         let checks = async {
-            sleep(self.config.grace).await;
+            sleep(self.grace()).await;
             loop {
                 match self.check_once(deadline).await {
                     Ok(()) => return,

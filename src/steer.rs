@@ -16,7 +16,11 @@
 
 use std::io;
 use std::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
 
 use libc::sock_filter;
 
@@ -35,7 +39,20 @@ pub(crate) struct Route {
 /// Attaches `route` to the group `socket` belongs to, replacing any program
 /// the group had.
 pub(crate) fn attach(socket: BorrowedFd<'_>, route: Route) -> io::Result<()> {
-    let mut filter = program(route);
+    let probes: Vec<(u16, u32)> = route.probe.into_iter().collect();
+    attach_routes(socket, route.users, &probes)
+}
+
+/// Every new connection to index `users`, except those from the local
+/// ports of `probes`, which go to their index: one route per prober, so
+/// that probes of several instances (of several takers of a holder) never
+/// wipe each other's.
+pub(crate) fn attach_routes(
+    socket: BorrowedFd<'_>,
+    users: u32,
+    probes: &[(u16, u32)],
+) -> io::Result<()> {
+    let mut filter = program(users, probes);
     let fprog = libc::sock_fprog {
         len: filter.len() as libc::c_ushort,
         filter: filter.as_mut_ptr(),
@@ -72,22 +89,22 @@ fn jump(code: u32, jt: u8, jf: u8, k: i64) -> sock_filter {
     }
 }
 
-/// The program for `route`. The kernel runs it with the packet's data past
-/// the TCP header, so the source port is read relative to the network
-/// header: at 40 for IPv6 (a SYN carries no extension headers in practice),
-/// after the header length IHL says for IPv4 (a v4 SYN may reach a dual-stack
-/// socket too, hence the protocol test).
-fn program(route: Route) -> Vec<sock_filter> {
+/// The program for `users` and `probes`. The kernel runs it with the
+/// packet's data past the TCP header, so the source port is read relative
+/// to the network header: at 40 for IPv6 (a SYN carries no extension
+/// headers in practice), after the header length IHL says for IPv4 (a v4
+/// SYN may reach a dual-stack socket too, hence the protocol test).
+fn program(users: u32, probes: &[(u16, u32)]) -> Vec<sock_filter> {
     use libc::{
         BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD,
         BPF_LSH, BPF_MISC, BPF_RET, BPF_TAX, SKF_AD_OFF, SKF_AD_PROTOCOL, SKF_NET_OFF,
     };
-    let users = stmt(BPF_RET | BPF_K, route.users.into());
-    let Some((port, probe)) = route.probe else {
+    let users = stmt(BPF_RET | BPF_K, users.into());
+    if probes.is_empty() {
         return vec![users];
-    };
+    }
     let net = i64::from(SKF_NET_OFF);
-    vec![
+    let mut code = vec![
         // 0: A = skb->protocol
         stmt(
             BPF_LD | BPF_H | BPF_ABS,
@@ -97,7 +114,7 @@ fn program(route: Route) -> Vec<sock_filter> {
         jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, i64::from(libc::ETH_P_IPV6)),
         // 2: A = source port after the fixed IPv6 header
         stmt(BPF_LD | BPF_H | BPF_ABS, net + 40),
-        // 3: to the comparison at 9
+        // 3: to the comparisons at 9
         stmt(BPF_JMP | BPF_JA, 5),
         // 4-7: X = IPv4 header length (IHL * 4)
         stmt(BPF_LD | BPF_B | BPF_ABS, net),
@@ -106,13 +123,71 @@ fn program(route: Route) -> Vec<sock_filter> {
         stmt(BPF_MISC | BPF_TAX, 0),
         // 8: A = source port after the IPv4 header
         stmt(BPF_LD | BPF_H | BPF_IND, net),
-        // 9: the probe's port? to 10, else to 11
-        jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, port.into()),
-        // 10
-        stmt(BPF_RET | BPF_K, probe.into()),
-        // 11
-        users,
-    ]
+    ];
+    // 9 on: a probe's port? its socket; else the next comparison.
+    for &(port, index) in probes {
+        code.push(jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, port.into()));
+        code.push(stmt(BPF_RET | BPF_K, index.into()));
+    }
+    code.push(users);
+    code
+}
+
+/// Whether some other socket listens on `address` already (another
+/// process, another container on the host network): a probe bind without
+/// SO_REUSEPORT fails then. Call it before binding one's own.
+pub(crate) fn others_listen(address: SocketAddr) -> bool {
+    if address.port() == 0 {
+        return false;
+    }
+    let Ok(probe) = Socket::new(Domain::for_address(address), Type::STREAM, None) else {
+        return false;
+    };
+    // SO_REUSEADDR: connections in TIME_WAIT do not count, listeners do.
+    let _ = probe.set_reuse_address(true);
+    matches!(probe.bind(&address.into()), Err(e) if e.kind() == io::ErrorKind::AddrInUse)
+}
+
+/// How many members of a group [`own_index`] tries.
+const GROUP_MAX: u32 = 64;
+/// How long a test connection may take to reach an accept queue.
+const LANDING: Duration = Duration::from_millis(100);
+
+/// The index `socket` has in its group, in the kernel's order, where other
+/// processes' sockets joined first: found by steering everything to each
+/// index in turn and connecting, until a connection lands in `socket`'s
+/// accept queue. Other members' users are steered to other members for a
+/// moment (never to a socket outside the group); what lands in `socket`
+/// waits for its first taker, the test connection included (closed, so an
+/// app reads end-of-file). Blocks for up to ~100 ms per member before it.
+pub(crate) fn own_index(socket: BorrowedFd<'_>, address: SocketAddr) -> io::Result<Option<u32>> {
+    let target = match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port())
+        }
+        _ => address,
+    };
+    for k in 0..GROUP_MAX {
+        let before = queued(socket)?;
+        attach_routes(socket, k, &[])?;
+        let client = std::net::TcpStream::connect_timeout(&target, LANDING)?;
+        let deadline = Instant::now() + LANDING;
+        let mut landed = false;
+        while !landed && Instant::now() < deadline {
+            landed = queued(socket)? > before;
+            if !landed {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        drop(client);
+        if landed {
+            return Ok(Some(k));
+        }
+    }
+    Ok(None)
 }
 
 /// Connections in `socket`'s accept queue: complete, not yet accepted.

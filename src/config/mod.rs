@@ -321,8 +321,11 @@ impl ReloadStrategy {
 
 /// When an instance counts as ready. All configured checks must pass, in
 /// order: sd_notify READY=1, surviving `grace`, then http/tcp/command polled
-/// every `interval`, all within `timeout`. `grace` defaults to 1 s, or 0
-/// with `notify` (READY=1 already speaks for the instance itself).
+/// every `interval`, all within `timeout`. `grace` (None: not set) is 0
+/// where the check speaks for the instance alone (READY=1 from its own
+/// NOTIFY_SOCKET, or http/tcp probes steered to its own per-instance
+/// socket), else 1 s: on a shared socket a crashing new instance is told
+/// from the old one still answering there only by surviving that long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyConfig {
     pub http: Option<HttpTarget>,
@@ -331,7 +334,7 @@ pub struct ReadyConfig {
     pub notify: bool,
     pub timeout: Duration,
     pub interval: Duration,
-    pub grace: Duration,
+    pub grace: Option<Duration>,
 }
 
 impl ReadyConfig {
@@ -350,7 +353,7 @@ impl Default for ReadyConfig {
             notify: false,
             timeout: Duration::from_secs(30),
             interval: Duration::from_millis(50),
-            grace: Duration::from_secs(1),
+            grace: None,
         }
     }
 }

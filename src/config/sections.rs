@@ -134,15 +134,10 @@ pub(super) fn ready(path: &[Segment], raw: RawReady, p: &mut Problems) -> ReadyC
     };
     config.timeout = duration("timeout", raw.timeout, config.timeout);
     config.interval = duration("interval", raw.interval, config.interval);
-    // READY=1 comes from the instance itself; without it, surviving a grace
-    // period is what tells a crashing new instance from the old one that
-    // still answers on the same socket.
-    let default_grace = if config.notify {
-        Duration::ZERO
-    } else {
-        config.grace
-    };
-    config.grace = duration("grace", raw.grace, default_grace);
+    // Unset, it depends on the sockets, known once they are bound (ready.rs).
+    config.grace = raw
+        .grace
+        .and_then(|v| p.check(&child(path, "grace"), parse_duration(&v)));
     config
 }
 

@@ -149,6 +149,32 @@ impl Group {
         }
     }
 
+    /// This cutover is about to stop: the holder sends users to another
+    /// live taker if one serves. Whether they went, so that what this
+    /// instance has queued is to be drained before it stops.
+    pub async fn leave(&self) -> bool {
+        let Some(link) = &self.holder else {
+            return false;
+        };
+        match link
+            .request(Request::Leave {
+                name: self.name.clone(),
+            })
+            .await
+        {
+            Ok((reply, _)) => reply.member.is_some_and(|users| {
+                !self
+                    .members
+                    .iter()
+                    .any(|m| m.holder_id.as_ref().is_some_and(|(id, _)| *id == users))
+            }),
+            Err(e) => {
+                warn!(listen = %self.name, error = %e, "the holder did not take users over");
+                false
+            }
+        }
+    }
+
     /// How probes reach `probe`'s socket while users stay on `users`'s.
     pub fn probe_route(&self, users: Generation, probe: Generation) -> Option<ProbeRoute> {
         let (probe_index, probe_member) = self.member(probe)?;

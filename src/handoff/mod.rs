@@ -10,13 +10,16 @@
 //! its probes to the one starting; at the cutover it sends users to the new
 //! socket, waits until the old socket's accept queue is empty and the drain
 //! period is over, and only then sends the stop signal. The old instance has
-//! nothing left to drop. Whatever still sits in a retired socket moves to
-//! the new one (net.ipv4.tcp_migrate_req).
+//! nothing left to drop, so nothing depends on the kernel moving a retired
+//! socket's queue (net.ipv4.tcp_migrate_req, off by default).
 //!
 //! This cutover's groups hold at most two of its sockets, the serving
-//! generation's and the next one's (`group`). A socket taken `from` a
-//! holder is in the holder's group, steered by the holder; until the first
-//! instance is ready there, users stay where they were.
+//! generation's and the next one's (`group`), so a retired socket's slot
+//! can only be taken by the one that stays. A socket taken `from` a holder
+//! is in the holder's group, steered by the holder, where no member ever
+//! leaves (holder/groups.rs); until the first instance is ready there,
+//! users stay where they were, and when this cutover stops they go to
+//! another container's instance first, if one serves.
 
 mod group;
 mod probe;
@@ -209,6 +212,19 @@ impl ProgramSockets {
         for group in self.groups() {
             group.steer_to(generation).await;
         }
+    }
+
+    /// This cutover is stopping: users of a holder's groups go to another
+    /// live taker if one serves; whether any did.
+    pub async fn leave(&mut self) -> bool {
+        let mut moved = false;
+        for group in self.groups() {
+            moved |= group.leave().await;
+        }
+        if moved {
+            self.users_elsewhere = true;
+        }
+        moved
     }
 
     /// For readiness probes of `probe` while users stay on `users` (or,

@@ -39,6 +39,11 @@ impl ProbeRoute {
         ProbeRoute { address, way }
     }
 
+    /// The port of the group's address.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
     /// Whether a probe of `target` reaches this group.
     pub fn serves(&self, target: SocketAddr) -> bool {
         target.port() == self.address.port()

@@ -1,27 +1,36 @@
 //! The holder's SO_REUSEPORT groups, for takers whose sockets are per
-//! instance: one task owns them, binds a fresh member for a taker's next
-//! instance (in the holder's network namespace, where the published port
-//! lives), steers new connections among the members and retires them.
+//! instance: one task owns them, gives a taker's next instance a member
+//! (bound in the holder's network namespace, where the published port
+//! lives), and steers new connections among the members.
 //!
-//! Member `HOLDERS` of each group is the holder's own socket, which parks
-//! connections while no taker serves; once users go to a taker, anything
-//! left in it is handed over (`unpark`, also swept twice a second, since
-//! the kernel's fallback may put a connection there while members change). Indexes follow the kernel's order: a
-//! member joins at the end, a leaving one's slot is taken by the last. A
-//! member leaves by `shutdown(SHUT_RD)`, which takes it out of the group at
-//! once whoever else still holds it, and moves its queue to the others
-//! (net.ipv4.tcp_migrate_req).
+//! No member ever leaves a group. The kernel would otherwise swap the last
+//! member into the leaving one's slot, and for a moment a steering index
+//! would name another socket or none (then the kernel picks one by hash,
+//! maybe an unready instance's); and without net.ipv4.tcp_migrate_req
+//! (off by default, and rarely allowed in a pod) whatever waited in the
+//! leaving socket would be reset. Instead:
+//! - a member a taker is done with stays, idle: nothing is steered to it,
+//!   and the next instance that needs a socket gets it again;
+//! - the member users go to belongs to a live taker, the one that steered
+//!   them there last (a lease per connection); when that taker goes, users
+//!   go to the member another live taker steered them to last;
+//! - when no live taker serves, users wait in the member they were last
+//!   steered to (at first, the holder's own socket), and the next instance
+//!   that asks for a socket is given that very socket, queue and all: the
+//!   parked connections are served without moving anywhere.
+//!
+//! Probe routes are one per taker, so that two takers probing at once never
+//! wipe each other's route.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
-use nix::sys::socket::{Backlog, Shutdown, listen, shutdown};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::Offered;
 use crate::listen::bind_tcp;
-use crate::steer::{self, Route};
+use crate::steer;
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 
@@ -32,6 +41,7 @@ pub(super) enum Op {
         reply: Reply<(Offered, OwnedFd, u64)>,
     },
     Steer {
+        lease: u64,
         name: String,
         users: Option<u64>,
         probe: Option<(u16, u64)>,
@@ -43,20 +53,28 @@ pub(super) enum Op {
         member: u64,
         reply: Reply<()>,
     },
-    /// A taker is gone: its members leave.
+    /// A taker is about to stop: users move to another live taker's
+    /// member, if one serves (that member), else stay (None).
+    Leave {
+        lease: u64,
+        name: String,
+        reply: Reply<Option<u64>>,
+    },
+    /// A taker is gone: its members are idle, and users move to another
+    /// live taker's, if there is one.
     Gone(u64),
 }
 
 /// The member id of the holder's own socket in every group.
 const HOLDERS: u64 = 0;
-
-/// How often the groups are swept for connections parked by a race.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// Members of one group at most: idle ones are given out again, so only a
+/// taker asking without end for sockets it never gives back reaches this.
+const MEMBERS_MAX: usize = 64;
 
 struct Member {
     id: u64,
     fd: OwnedFd,
-    /// None for the holder's own socket.
+    /// The taker whose instance has it; None while idle (or parked).
     lease: Option<u64>,
 }
 
@@ -64,77 +82,68 @@ struct Group {
     name: String,
     address: SocketAddr,
     backlog: u32,
+    /// Sockets of others before the holder's own in the kernel's order
+    /// (an earlier holder's, on one host): indexes start after them.
+    offset: u32,
+    /// In the kernel's order: members only ever join, at the end.
     members: Vec<Member>,
     /// The member user traffic goes to.
     users: u64,
+    /// (lease, member) each taker last steered users to, latest last.
+    serving: Vec<(u64, u64)>,
+    /// (lease, local port, member): each taker's probe in flight.
+    probes: Vec<(u64, u16, u64)>,
 }
 
 /// Starts the owner of the groups; `sockets` are the holder's own (name,
-/// address, backlog, a descriptor of the socket).
-pub(super) fn start(sockets: Vec<(String, SocketAddr, u32, OwnedFd)>) -> mpsc::UnboundedSender<Op> {
+/// address, backlog, a descriptor of the socket, the sockets of others
+/// before it in its group).
+pub(super) fn start(
+    sockets: Vec<(String, SocketAddr, u32, OwnedFd, u32)>,
+) -> mpsc::UnboundedSender<Op> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut groups: Vec<Group> = sockets
         .into_iter()
-        .map(|(name, address, backlog, fd)| Group {
+        .map(|(name, address, backlog, fd, offset)| Group {
             name,
             address,
             backlog,
+            offset,
             members: vec![Member {
                 id: HOLDERS,
                 fd,
                 lease: None,
             }],
             users: HOLDERS,
+            serving: Vec::new(),
+            probes: Vec::new(),
         })
         .collect();
+    // A program from the start: a member that joins later gets nothing
+    // by the kernel's hash before it is steered to.
+    for g in &groups {
+        if let Err(e) = g.attach() {
+            warn!(error = %e, "cannot steer; members would share traffic by hash");
+        }
+    }
     tokio::spawn(async move {
         let mut next_id = HOLDERS + 1;
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
-        loop {
-            let op = tokio::select! {
-                op = rx.recv() => match op {
-                    Some(op) => op,
-                    None => return,
-                },
-                _ = sweep.tick() => {
-                    for g in &mut groups {
-                        g.unpark();
-                    }
-                    continue;
-                }
-            };
+        while let Some(op) = rx.recv().await {
             match op {
                 Op::Fresh { lease, name, reply } => {
-                    let result = find(&mut groups, &name).and_then(|g| {
-                        let fd = bind_tcp(g.address, g.backlog, true)
-                            .map_err(|e| format!("cannot bind {}: {e}", g.address))?;
-                        let theirs = fd.try_clone().map_err(|e| e.to_string())?;
-                        let id = next_id;
-                        next_id += 1;
-                        g.members.push(Member {
-                            id,
-                            fd,
-                            lease: Some(lease),
-                        });
-                        info!(listen = %g.name, member = id, "bound a socket for a taker's instance");
-                        Ok((
-                            Offered {
-                                name: g.name.clone(),
-                                address: g.address,
-                            },
-                            theirs,
-                            id,
-                        ))
-                    });
+                    let result =
+                        find(&mut groups, &name).and_then(|g| g.fresh(lease, &mut next_id));
                     let _ = reply.send(result);
                 }
                 Op::Steer {
+                    lease,
                     name,
                     users,
                     probe,
                     reply,
                 } => {
-                    let result = find(&mut groups, &name).and_then(|g| g.steer(users, probe));
+                    let result =
+                        find(&mut groups, &name).and_then(|g| g.steer(lease, users, probe));
                     let _ = reply.send(result);
                 }
                 Op::Retire {
@@ -143,28 +152,16 @@ pub(super) fn start(sockets: Vec<(String, SocketAddr, u32, OwnedFd)>) -> mpsc::U
                     member,
                     reply,
                 } => {
-                    let result = find(&mut groups, &name).and_then(|g| {
-                        match g.members.iter().find(|m| m.id == member) {
-                            Some(m) if m.lease == Some(lease) => {
-                                g.retire(member);
-                                Ok(())
-                            }
-                            _ => Err(format!("no socket {member} of yours in `{}`", g.name)),
-                        }
-                    });
+                    let result = find(&mut groups, &name).and_then(|g| g.retire(lease, member));
+                    let _ = reply.send(result);
+                }
+                Op::Leave { lease, name, reply } => {
+                    let result = find(&mut groups, &name).map(|g| g.leave(lease));
                     let _ = reply.send(result);
                 }
                 Op::Gone(lease) => {
                     for g in &mut groups {
-                        let theirs: Vec<u64> = g
-                            .members
-                            .iter()
-                            .filter(|m| m.lease == Some(lease))
-                            .map(|m| m.id)
-                            .collect();
-                        for id in theirs {
-                            g.retire(id);
-                        }
+                        g.gone(lease);
                     }
                 }
             }
@@ -186,83 +183,191 @@ impl Group {
         self.members
             .iter()
             .position(|m| m.id == member)
-            .map(|i| i as u32)
+            .map(|i| self.offset + i as u32)
     }
 
-    fn steer(&mut self, users: Option<u64>, probe: Option<(u16, u64)>) -> Result<(), String> {
+    fn member(&self, id: u64) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    fn leased_to(&self, id: u64, lease: u64) -> Result<(), String> {
+        match self.member(id) {
+            Some(m) if m.lease == Some(lease) => Ok(()),
+            _ => Err(format!("no socket {id} of yours in `{}`", self.name)),
+        }
+    }
+
+    /// A socket for `lease`'s next instance: the parked one users wait in
+    /// when no live taker has it, else an idle one, else a new one.
+    fn fresh(&mut self, lease: u64, next_id: &mut u64) -> Result<(Offered, OwnedFd, u64), String> {
+        if self.offset > 0 {
+            // Others' sockets may leave the group, and the kernel would then
+            // move its members: their indexes could not be known.
+            return Err(format!(
+                "{} is shared with sockets of another holder still held by takers (one network namespace): per-instance sockets need a group of the holder's own; restart those takers, or run the holder in a network namespace of its own",
+                self.address
+            ));
+        }
+        let parked = self
+            .member(self.users)
+            .filter(|m| m.lease.is_none())
+            .map(|m| m.id);
+        let idle = || {
+            self.members
+                .iter()
+                .find(|m| {
+                    m.lease.is_none()
+                        && m.id != self.users
+                        && !self.probes.iter().any(|(_, _, p)| *p == m.id)
+                })
+                .map(|m| m.id)
+        };
+        let id = match parked.or_else(idle) {
+            Some(id) => id,
+            None if self.members.len() >= MEMBERS_MAX => {
+                return Err(format!(
+                    "`{}` has {MEMBERS_MAX} sockets in use already",
+                    self.name
+                ));
+            }
+            None => {
+                let fd = bind_tcp(self.address, self.backlog, true)
+                    .map_err(|e| format!("cannot bind {}: {e}", self.address))?;
+                let id = *next_id;
+                *next_id += 1;
+                self.members.push(Member {
+                    id,
+                    fd,
+                    lease: None,
+                });
+                id
+            }
+        };
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .expect("chosen above");
+        member.lease = Some(lease);
+        let theirs = member.fd.try_clone().map_err(|e| e.to_string())?;
+        if Some(id) == parked {
+            let queued = steer::queued(member.fd.as_fd()).unwrap_or(0);
+            info!(listen = %self.name, member = id, queued, "gave a taker's instance the socket users wait in");
+        } else {
+            info!(listen = %self.name, member = id, "gave a taker's instance a socket");
+        }
+        Ok((
+            Offered {
+                name: self.name.clone(),
+                address: self.address,
+            },
+            theirs,
+            id,
+        ))
+    }
+
+    fn steer(
+        &mut self,
+        lease: u64,
+        users: Option<u64>,
+        probe: Option<(u16, u64)>,
+    ) -> Result<(), String> {
         if let Some(users) = users {
-            if self.index(users).is_none() {
-                return Err(format!("no socket {users} in `{}`", self.name));
+            self.leased_to(users, lease)?;
+            if self.users != users {
+                info!(listen = %self.name, member = users, "users steered to a taker's socket");
             }
             self.users = users;
-            self.unpark();
+            self.serving.retain(|(l, _)| *l != lease);
+            self.serving.push((lease, users));
         }
-        let probe = match probe {
-            Some((port, member)) => Some((
-                port,
-                self.index(member)
-                    .ok_or_else(|| format!("no socket {member} in `{}`", self.name))?,
-            )),
-            None => None,
-        };
-        self.attach(probe)
+        // Each steer names this taker's probe as it is now: set or cleared.
+        if let Some((_, member)) = probe {
+            self.leased_to(member, lease)?;
+        }
+        self.probes.retain(|(l, _, _)| *l != lease);
+        if let Some((port, member)) = probe {
+            self.probes.push((lease, port, member));
+        }
+        self.attach()
     }
 
-    fn attach(&self, probe: Option<(u16, u32)>) -> Result<(), String> {
+    fn attach(&self) -> Result<(), String> {
         let users = self.index(self.users).unwrap_or(0);
-        steer::attach(self.members[0].fd.as_fd(), Route { users, probe })
+        let probes: Vec<(u16, u32)> = self
+            .probes
+            .iter()
+            .filter_map(|(_, port, member)| Some((*port, self.index(*member)?)))
+            .collect();
+        steer::attach_routes(self.members[0].fd.as_fd(), users, &probes)
             .map_err(|e| format!("cannot steer `{}`: {e}", self.name))
     }
 
-    /// Takes `member` out of the group; users that went to it go to the
-    /// holder's own socket until a taker steers them again.
-    fn retire(&mut self, member: u64) {
-        let Some(i) = self.index(member) else { return };
-        let gone = self.members.swap_remove(i as usize);
-        let queued = steer::queued(gone.fd.as_fd()).unwrap_or(0);
-        let _ = shutdown(gone.fd.as_raw_fd(), Shutdown::Read);
-        if self.users == member {
-            self.users = HOLDERS;
+    /// `lease`'s instance is done with `member`: it stays in the group,
+    /// idle, for the next instance that needs a socket.
+    fn retire(&mut self, lease: u64, member: u64) -> Result<(), String> {
+        self.leased_to(member, lease)?;
+        self.release(member);
+        if let Err(e) = self.attach() {
+            warn!(error = %e, "after a taker gave a socket back");
         }
-        if let Err(e) = self.attach(None) {
-            warn!(error = %e, "after retiring a socket");
-        }
-        info!(listen = %self.name, member, queued, "retired a taker's socket");
-        // Between the shutdown and the new program, the old one named an
-        // index past the end, and the kernel's fallback may have parked a
-        // connection in the holder's socket.
-        self.unpark();
+        Ok(())
     }
 
-    /// When users go to a taker's socket, nothing may wait in the holder's
-    /// own: what does (parked while nobody served, or by a fallback of the
-    /// kernel while members changed) moves to the group's other sockets
-    /// (shutdown migrates it), and the socket listens again, last in the
-    /// group. The program is set for the group without it first, so that
-    /// no connection follows a stale index into it meanwhile.
-    fn unpark(&mut self) {
-        if self.users == HOLDERS {
+    fn release(&mut self, member: u64) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == member) {
+            m.lease = None;
+            let queued = steer::queued(m.fd.as_fd()).unwrap_or(0);
+            info!(listen = %self.name, member, queued, "a taker gave a socket back; it stays, idle");
+        }
+        self.probes.retain(|(_, _, m)| *m != member);
+        self.serving.retain(|(_, m)| *m != member);
+    }
+
+    /// Users of `lease` go to the member another live taker steered them
+    /// to last, if any; which one that is.
+    fn hand_users_over(&mut self, lease: u64) -> Option<u64> {
+        let mine = self.member(self.users).and_then(|m| m.lease) == Some(lease);
+        if !mine {
+            return self.member(self.users).map(|m| m.id);
+        }
+        let &(_, member) = self.serving.iter().rev().find(|(l, _)| *l != lease)?;
+        self.users = member;
+        info!(listen = %self.name, member, "users go to another live taker's socket");
+        if let Err(e) = self.attach() {
+            warn!(error = %e, "while handing users over");
+        }
+        Some(member)
+    }
+
+    /// A taker about to stop: its users go elsewhere if another serves.
+    fn leave(&mut self, lease: u64) -> Option<u64> {
+        self.serving.retain(|(l, _)| *l != lease);
+        self.hand_users_over(lease)
+    }
+
+    /// A taker is gone. Users it was served go to the member another live
+    /// taker steered them to last; with none, they wait where they are.
+    fn gone(&mut self, lease: u64) {
+        let theirs: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|m| m.lease == Some(lease))
+            .map(|m| m.id)
+            .collect();
+        if theirs.is_empty() {
             return;
         }
-        let Some(i) = self.index(HOLDERS) else { return };
-        let i = i as usize;
-        if steer::queued(self.members[i].fd.as_fd()).unwrap_or(0) == 0 {
-            return;
+        self.serving.retain(|(l, _)| *l != lease);
+        if theirs.contains(&self.users) && self.hand_users_over(lease).is_none() {
+            info!(listen = %self.name, member = self.users, "a taker is gone: users wait in its socket for the next instance");
         }
-        let _ = shutdown(self.members[i].fd.as_raw_fd(), Shutdown::Read);
-        let holder = self.members.swap_remove(i);
-        if let Err(e) = self.attach(None) {
-            warn!(error = %e, "while handing parked connections over");
+        for id in &theirs {
+            self.release(*id);
         }
-        let backlog =
-            Backlog::new(self.backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
-        if let Err(e) = listen(&holder.fd, backlog) {
-            warn!(listen = %self.name, error = %e, "cannot listen again on the holder's socket");
+        self.probes.retain(|(l, _, _)| *l != lease);
+        if let Err(e) = self.attach() {
+            warn!(error = %e, "after a taker went away");
         }
-        self.members.push(holder);
-        if let Err(e) = self.attach(None) {
-            warn!(error = %e, "after handing parked connections over");
-        }
-        info!(listen = %self.name, "handed the connections parked in the holder's socket over");
     }
 }

@@ -96,8 +96,9 @@ pub(crate) enum Request {
         fresh: Vec<String>,
     },
     Status,
-    /// A new listening socket in the group of `name`, bound for this taker
-    /// in the holder's network namespace; retired when the taker goes.
+    /// A listening socket in the group of `name` for this taker's next
+    /// instance, in the holder's network namespace: the one users wait in
+    /// if no live taker serves them, else an idle one, else a new one.
     Fresh {
         name: String,
     },
@@ -108,11 +109,17 @@ pub(crate) enum Request {
         users: Option<u64>,
         probe: Option<(u16, u64)>,
     },
-    /// Member `member` of `name`'s group leaves it; what it had queued moves
-    /// to the others.
+    /// This taker is done with member `member` of `name`'s group: it stays
+    /// in the group, idle, for the next instance that needs a socket.
     Retire {
         name: String,
         member: u64,
+    },
+    /// This taker is about to stop: users of `name` go to another live
+    /// taker's socket if one serves (`member` of the reply names it), so
+    /// that this one can drain what it has queued first.
+    Leave {
+        name: String,
     },
 }
 
@@ -128,7 +135,7 @@ pub(crate) struct Reply {
     pub holder: Option<HolderInfo>,
     #[serde(default)]
     pub status: Option<HolderStatus>,
-    /// The member id of a `Fresh` socket.
+    /// The member id of a `Fresh` socket; the member users went to on `Leave`.
     #[serde(default)]
     pub member: Option<u64>,
 }

@@ -66,6 +66,8 @@ struct Held {
     name: String,
     address: SocketAddr,
     fd: OwnedFd,
+    /// Sockets of others before the holder's in its group (see `joined`).
+    offset: u32,
 }
 
 /// What a connection task needs besides its connection.
@@ -88,12 +90,18 @@ enum Event {
 pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
     let mut held = Vec::new();
     for (name, address) in &config.listen {
+        let others = steer::others_listen(*address);
         // SO_REUSEPORT: the app containers' own sockets join the same group.
         let fd = bind_tcp(*address, config.backlog, true).map_err(|source| HoldError::Listen {
             name: name.clone(),
             address: *address,
             source,
         })?;
+        let offset = if others {
+            joined(name, *address, &fd).await
+        } else {
+            0
+        };
         let address = socket2::SockRef::from(&fd)
             .local_addr()
             .ok()
@@ -104,6 +112,7 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
             name: name.clone(),
             address,
             fd,
+            offset,
         });
     }
     let group_sockets = held
@@ -114,7 +123,7 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
                 address: h.address,
                 source,
             })?;
-            Ok((h.name.clone(), h.address, config.backlog, fd))
+            Ok((h.name.clone(), h.address, config.backlog, fd, h.offset))
         })
         .collect::<Result<Vec<_>, HoldError>>()?;
     let groups = super::groups::start(group_sockets);
@@ -142,11 +151,6 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
         instance: instance_id(),
         started_at: timestamp(SystemTime::now()),
     };
-    if !steer::migrates_queued() {
-        warn!(
-            "net.ipv4.tcp_migrate_req is off in this network namespace: run the holder with --sysctl net.ipv4.tcp_migrate_req=1"
-        );
-    }
     let (events, published) = registry(info.clone());
     let _http = match config.http {
         Some(address) => {
@@ -198,6 +202,30 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
     let _ = std::fs::remove_file(&config.socket);
     drop(listener);
     Ok(0)
+}
+
+/// The holder's socket joined listening sockets already there: on one
+/// host, those of an earlier run of the holder, which its takers still
+/// hold. New connections come to the holder's socket from now on, and wait
+/// there for a taker, while the old ones drain. Returns the holder's index
+/// in the group.
+async fn joined(name: &str, address: SocketAddr, fd: &OwnedFd) -> u32 {
+    let Ok(probe) = fd.try_clone() else { return 0 };
+    let found = tokio::task::spawn_blocking(move || steer::own_index(probe.as_fd(), address)).await;
+    match found {
+        Ok(Ok(Some(index))) => {
+            warn!(%name, %address, others = index, "other sockets listen on this address already (an earlier holder's, still held by its takers?): new connections come to this holder's socket; per-instance sockets are refused until they are gone");
+            index
+        }
+        Ok(Ok(None)) | Err(_) => {
+            warn!(%name, %address, "other sockets listen on this address already, and this holder's place among them cannot be found: connections are shared with them by the kernel's hash");
+            0
+        }
+        Ok(Err(e)) => {
+            warn!(%name, %address, error = %e, "other sockets listen on this address already; cannot steer among them");
+            0
+        }
+    }
 }
 
 /// A per-start id, so that a taker can tell a restarted holder from the
@@ -331,12 +359,31 @@ async fn serve(conn: Conn, id: u64, shared: Arc<Shared>) {
             Request::Steer { name, users, probe } => {
                 let (reply, answer) = oneshot::channel();
                 let _ = shared.groups.send(Op::Steer {
+                    lease: id,
                     name,
                     users,
                     probe,
                     reply,
                 });
                 conn.send(&done(answer.await), &[]).await
+            }
+            Request::Leave { name } => {
+                let (reply, answer) = oneshot::channel();
+                let _ = shared.groups.send(Op::Leave {
+                    lease: id,
+                    name,
+                    reply,
+                });
+                let reply = match answer.await {
+                    Ok(Ok(member)) => Reply {
+                        ok: true,
+                        member,
+                        ..Reply::default()
+                    },
+                    Ok(Err(why)) => failure(why),
+                    Err(_) => failure("the holder is stopping".into()),
+                };
+                conn.send(&reply, &[]).await
             }
             Request::Retire { name, member } => {
                 let (reply, answer) = oneshot::channel();

@@ -49,6 +49,19 @@ impl Program {
         }
     }
 
+    /// Cutover is stopping and users come through a holder: they go to
+    /// another container's instance if one serves, and this instance
+    /// drains what it has queued before its stop signal. Alone, it stops at
+    /// once: users wait in its socket for the next container. A stop with
+    /// kill asked for meanwhile is returned.
+    pub(super) async fn leave(&mut self, instance: &Instance) -> Option<bool> {
+        if !self.sockets.leave().await {
+            return None;
+        }
+        info!(program = %self.config.name, pid = %instance.pid, "users went to another container; draining before the stop");
+        self.drain(instance, &[]).await.1
+    }
+
     pub(super) async fn abandon(&mut self, next: Generation) {
         if next != self.serving_generation {
             if !self.sockets.users_elsewhere() {

@@ -365,7 +365,10 @@ impl Program {
                 }
                 command = self.commands.recv() => match self.answer(command, &[&instance]) {
                     None => {}
-                    Some(Flow::Stop { kill }) => return Ended::Stopped(self.stop(instance, kill).await),
+                    Some(Flow::Stop { kill }) => {
+                        let kill = kill || self.leave(&instance).await.unwrap_or(false);
+                        return Ended::Stopped(self.stop(instance, kill).await);
+                    }
                     Some(Flow::Reload(request)) => match self.reload(instance, request).await {
                         reload::After::Running(next) => instance = next,
                         reload::After::Ended(ended) => return ended,

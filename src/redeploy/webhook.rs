@@ -1,5 +1,5 @@
 //! `[redeploy] webhook`: one POST of a JSON body to a URL (http:// or
-//! https://, with the webpki root certificates built in), signed like a
+//! https://, verified against the system store like git remotes: see `tls`), signed like a
 //! GitHub delivery when a secret is configured.
 //!
 //! Body: `{"event": "redeploy", "sha": ..., "ref": ..., "changed_files": [...],
@@ -81,9 +81,11 @@ pub(super) async fn post(
     let req = builder
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| fail(e.to_string()))?;
+    // The same trust as git's: the system store (SSL_CERT_FILE/DIR), else
+    // the built-in roots.
+    let tls = crate::tls::client_config(None).map_err(|e| fail(e.to_string()))?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| fail(format!("TLS setup: {e}")))?
+        .with_tls_config((*tls).clone())
         .https_or_http()
         .enable_http1()
         .build();

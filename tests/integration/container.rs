@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::dockercli::{docker as run, inspect, text};
-use crate::gitrepo::Repo;
+use crate::fixture::forge::SshForge;
+use crate::gitrepo::{Repo, git};
 use crate::helpers::*;
 
 const IMAGE: &str = "cutover-test:latest";
@@ -266,4 +267,77 @@ fn exit_75_under_restart_unless_stopped_restarts_once_and_keeps_serving() {
         "{logs}"
     );
     assert!(logs.contains("not exiting again"), "{logs}");
+}
+
+/// The image has what an ssh remote needs (dockerfiles/Dockerfile's system
+/// stage): cutover in the container fetches from an ssh forge with a deploy
+/// key and a known_hosts file mounted as secrets, through the image's own
+/// OpenSSH client, and deploys the next push. The image has the system CA
+/// store for https remotes too.
+#[test]
+fn an_ssh_remote_deploys_through_the_image_s_openssh_client() {
+    let dir = TestDir::new();
+    let repo = Repo::new(&dir);
+    repo.commit("v1", &[("version", "v1")]);
+    let forge = SshForge::start(dir.path());
+    let bare = forge.publish(&repo.work, "app.git");
+    std::fs::create_dir_all(dir.join("cfg")).unwrap();
+    std::fs::create_dir_all(dir.join("srv")).unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.join("cfg/cutover.toml"),
+        format!(
+            "[[listen]]\naddress = \"127.0.0.1:{port}\"\n\n\
+             [app]\ncommand = [\"python3\", \"/apps/fdserver.py\"]\nstop_timeout = \"5s\"\n\n\
+             [ready]\nhttp = \"http://127.0.0.1:{port}/healthz\"\ngrace = \"100ms\"\n\n\
+             [control]\nsocket = \"/run/cutover.sock\"\n\n\
+             [source]\nrepo = \"{url}\"\nroot = \"/srv/app\"\npoll = \"500ms\"\n\
+             ssh_key = \"/run/secrets/deploy_key\"\nknown_hosts = \"/etc/cutover/known_hosts\"\n",
+            url = forge.url("app.git"),
+        ),
+    )
+    .unwrap();
+    let mounts = [
+        format!(
+            "{}:/run/secrets/deploy_key:ro",
+            forge.ed25519_key().display()
+        ),
+        format!(
+            "{}:/etc/cutover/known_hosts:ro",
+            forge.known_hosts().display()
+        ),
+        format!("{}:/srv/app", dir.join("srv").display()),
+        format!("{}:/cfg:ro", dir.join("cfg").display()),
+        format!("{}:/apps/fdserver.py:ro", app("fdserver.py")),
+    ];
+    let mut extra = vec!["-e", "CUTOVER_CONFIG=/cfg/cutover.toml"];
+    for m in &mounts {
+        extra.extend(["-v", m.as_str()]);
+    }
+    let c = Container::run(&extra, &[]);
+    let serves = |version: &str| {
+        wait_for(Duration::from_secs(60), || {
+            (served_version(port).ok()? == version).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{version} never served\n{}", c.logs()))
+    };
+    serves("v1");
+    let v2 = repo.commit("v2", &[("version", "v2")]);
+    git(
+        &repo.work,
+        &["push", "-q", "-f", bare.to_str().unwrap(), "main"],
+    );
+    serves("v2");
+    let log = forge.log();
+    assert!(log.contains("Accepted publickey"), "{log}");
+
+    let out = c.exec(&["ssh", "-V"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("OpenSSH"), "{}", text(&out));
+    let out = c.exec(&["test", "-s", "/etc/ssl/certs/ca-certificates.crt"]);
+    assert!(out.status.success(), "no system CA store in the image");
+    let out = c.exec(&["cutover", "status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["source"]["current"], v2.as_str(), "{status}");
 }

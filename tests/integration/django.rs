@@ -1,20 +1,25 @@
-//! examples/django under the real `cutover`, deployed from git: the example's
-//! own files committed to a test repository, its own `cutover.toml` (paths
-//! swapped for the test's), Django and gunicorn from scripts/setup-python's
-//! venv, SQLite on the test's "volume". Owns the two promises of the
-//! example: a migration deploys under load without a failed request and
-//! before the code that needs it serves; a failing migration never goes live
-//! and the record says which hook failed.
+//! examples/django under the real `cutover`, deployed from an https forge:
+//! the example's own files committed to a private repository on the local
+//! forge (nginx + git-http-backend over TLS with a token, tests/fixture/forge.rs),
+//! its own `cutover.toml` (paths swapped for the test's, its commented
+//! `token_file`, `ca_file` and webhook lines switched on), each push
+//! announced by the forge's signed webhook, Django and gunicorn from
+//! scripts/setup-python's venv, SQLite on the test's "volume". Owns the two
+//! promises of the example: a migration deploys under load without a failed
+//! request and before the code that needs it serves; a failing migration
+//! never goes live and the record says which hook failed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::fixture::forge::{Cert, HttpsForge};
 use crate::fixture::http::{Request, word};
-use crate::gitrepo::Repo;
+use crate::gitrepo::{Repo, git};
 use crate::gunicorn::venv;
 use crate::helpers::*;
+use crate::source::{github_signature, http_post, push_body};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/django");
 
@@ -157,7 +162,11 @@ class Migration(migrations.Migration):
     files
 }
 
-/// A running deploy of the example: repository, volume, cutover.
+/// The forge's webhook secret, in cutover's environment as the example's
+/// `webhook_secret_env` names it.
+const WEBHOOK_SECRET: &str = "the forge's webhook secret";
+
+/// A running deploy of the example: repository, forge, volume, cutover.
 struct Site {
     dir: TestDir,
     repo: Repo,
@@ -166,13 +175,19 @@ struct Site {
     /// The database's file.
     db: PathBuf,
     port: u16,
+    /// `[source] webhook`: where the forge's push webhook goes.
+    hook: u16,
     cutover: Cutover,
+    /// The private repository cutover fetches from, and its bare copy there.
+    forge: HttpsForge,
+    bare: PathBuf,
     v1: String,
 }
 
 /// examples/django/cutover.toml with the container's paths and addresses
-/// replaced by the test's.
-fn config(dir: &TestDir, repo: &Repo, port: u16) -> String {
+/// replaced by the test's, and its commented lines for a private repository
+/// on a forge with a private CA and a push webhook switched on.
+fn config(dir: &TestDir, forge: &HttpsForge, port: u16, hook: u16) -> String {
     let toml = file("cutover.toml");
     let toml = edit(
         &toml,
@@ -183,7 +198,29 @@ fn config(dir: &TestDir, repo: &Repo, port: u16) -> String {
     let toml = edit(
         &toml,
         "https://git.example.com/org/mysite.git",
-        &repo.remote.display().to_string(),
+        &forge.url("mysite.git"),
+    );
+    // The token as a secret file holds it: alone, with a newline.
+    let token = dir.write("git_token", &format!("{}\n", forge.token));
+    let toml = edit(
+        &toml,
+        "# token_file = \"/run/secrets/git_token\"",
+        &format!("token_file = \"{}\"", token.display()),
+    );
+    let toml = edit(
+        &toml,
+        "# ca_file = \"/etc/cutover/forge-ca.pem\"",
+        &format!("ca_file = \"{}\"", forge.ca_file.display()),
+    );
+    let toml = edit(
+        &toml,
+        "# webhook_secret_env = \"WEBHOOK_SECRET\"",
+        "webhook_secret_env = \"WEBHOOK_SECRET\"",
+    );
+    let toml = edit(
+        &toml,
+        "# webhook = \"0.0.0.0:9000\"",
+        &format!("webhook = \"127.0.0.1:{hook}\""),
     );
     let srv = dir.join("srv");
     let toml = edit(&toml, "\"/srv/", &format!("\"{}/", srv.display()));
@@ -205,8 +242,8 @@ fn config(dir: &TestDir, repo: &Repo, port: u16) -> String {
 }
 
 impl Site {
-    /// Commits the example as v1, starts cutover on its config and waits
-    /// until v1 serves and pushes are watched.
+    /// Commits the example as v1, publishes it on a forge, starts cutover on
+    /// its config and waits until v1 serves and the start-up checks are over.
     fn start() -> Site {
         let dir = TestDir::new();
         let repo = Repo::new(&dir);
@@ -216,17 +253,21 @@ impl Site {
             .map(|(p, c)| (p.as_str(), c.as_str()))
             .collect();
         let v1 = repo.commit("the example as it is", &refs);
-        repo.push();
-        let port = free_port();
-        let cfg = dir.write("cutover.toml", &config(&dir, &repo, port));
+        let forge = HttpsForge::start(dir.path(), Cert::Good);
+        let bare = forge.publish(&repo.work, "mysite.git");
+        let (port, hook) = (free_port(), free_port());
+        let cfg = dir.write("cutover.toml", &config(&dir, &forge, port, hook));
         let cutover = Cutover::start_with(
             Mode::Subreaper,
             &dir,
             &["run", "-c", cfg.to_str().unwrap()],
-            &[(
-                "DJANGO_SECRET_KEY",
-                "a key for the tests only, 50+ chars long!!",
-            )],
+            &[
+                (
+                    "DJANGO_SECRET_KEY",
+                    "a key for the tests only, 50+ chars long!!",
+                ),
+                ("WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ],
         );
         wait_for(START, || {
             (example_version(port).ok()? == "v1").then_some(())
@@ -239,23 +280,58 @@ impl Site {
             )
         });
         wait_for_control(&dir);
-        cutover.wait_for_log("watching the repository for pushes", SECS_20);
-        Site {
+        let site = Site {
             root: dir.join("srv/app"),
             db: dir.join("srv/data/db.sqlite3"),
             dir,
             repo,
             port,
+            hook,
             cutover,
+            forge,
+            bare,
             v1,
-        }
+        };
+        site.wait_settled();
+        site
     }
 
-    /// Commits `files` and pushes them: cutover sees the push at once.
+    /// Waits until the checks a start makes are over (`last_check` has
+    /// stopped moving), so that a push after it is deployed by its webhook
+    /// alone.
+    fn wait_settled(&self) {
+        let mut seen = String::new();
+        wait_for(SECS_20, || {
+            let now = status(&self.dir)["source"]["last_check"]
+                .as_str()?
+                .to_string();
+            if now == seen {
+                return Some(());
+            }
+            seen = now;
+            std::thread::sleep(Duration::from_millis(300));
+            None
+        })
+        .unwrap_or_else(|| panic!("the source never settled\n{}", self.cutover.stderr()));
+    }
+
+    /// Commits `files`, pushes them to the forge and delivers the forge's
+    /// signed push webhook, as GitHub does: cutover deploys at once.
     fn push(&self, message: &str, files: &[(&str, String)]) -> String {
         let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
         let sha = self.repo.commit(message, &refs);
-        self.repo.push();
+        git(
+            &self.repo.work,
+            &["push", "-q", "-f", self.bare.to_str().unwrap(), "main"],
+        );
+        let body = push_body("refs/heads/main", &sha);
+        let signature = github_signature(WEBHOOK_SECRET, &body);
+        let headers = [
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", signature.as_str()),
+        ];
+        let (code, answer) = http_post(self.hook, "/webhook", &headers, &body);
+        assert_eq!(code, 202, "{answer}\n{}", self.cutover.stderr());
         sha
     }
 
@@ -385,7 +461,15 @@ fn a_migration_deploys_under_load_before_the_code_that_needs_it() {
     assert_eq!(h[1]["sha"], v2.as_str());
     assert_eq!(h[1]["previous"], s.v1.as_str());
     assert!(h[1]["error"].is_null(), "{h:?}");
+    assert_eq!(h[1]["trigger"], "webhook (GitHub)", "{h:?}");
     assert_eq!(current_sha(&s.root).as_deref(), Some(v2.as_str()));
+    // Both releases came from the forge, every request with the token.
+    let access = s.forge.access_log();
+    assert!(
+        access.contains("\"POST /git/mysite.git/git-upload-pack HTTP/1.1\" 200"),
+        "{access}"
+    );
+    assert!(!access.contains("\" 401 "), "{access}");
     // Both hooks ran for v2, in order, and both before `current` moved.
     let log = s.cutover.stderr();
     let migrated = log

@@ -1,9 +1,10 @@
 //! End to end: the app image built from dockerfiles/Dockerfile (cutover as
 //! ENTRYPOINT, real gunicorn in /opt/venv, the baked dependency baseline) on
 //! a real Docker engine, one test per user story of the README:
-//! the 10-second deploy from a host volume, `git push` deploys, automatic
-//! rollback of a broken commit, a dependency change (docker redeploy, or
-//! exit 75), and `docker stop`.
+//! the 10-second deploy from a host volume, `git push` to a private https
+//! forge deploys (the compose git example's own config, token and CA as
+//! secrets, the forge's webhook), automatic rollback of a broken commit, a
+//! dependency change (docker redeploy, or exit 75), and `docker stop`.
 //!
 //! Needs `scripts/build-test-image` (scripts/test runs it; it exports DOCKER
 //! and CUTOVER_APP_IMAGE); enabled with `--features container-tests`.
@@ -18,8 +19,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::dockercli::{docker, inspect, text};
-use crate::gitrepo::Repo;
+use crate::fixture::forge::{Cert, HttpsForge};
+use crate::gitrepo::{Repo, git};
 use crate::helpers::*;
+use crate::source::{github_signature, http_post, push_body};
 
 fn app_image() -> String {
     std::env::var("CUTOVER_APP_IMAGE").unwrap_or_else(|_| "cutover-app-test:latest".to_string())
@@ -285,15 +288,93 @@ fn host_volume_touch_deploys_in_under_two_seconds_without_a_failed_request() {
     }
 }
 
-/// Story 2: `git push` to the repository cutover watches; the container
+/// The compose git example's config (examples/gunicorn/cutover-git.toml, as
+/// examples/compose/docker-compose.git.yml mounts it) for this scene: its
+/// ports, its repository on `forge`, and its commented `token_file` and
+/// `ca_file` lines switched on as they are written, for the secrets that
+/// [`Scene::forge_secrets`] mounts where those lines look.
+fn compose_git_config(scene: &Scene, forge: &HttpsForge) -> String {
+    let edit = |text: String, from: &str, to: &str| {
+        assert!(text.contains(from), "{from:?} not found in\n{text}");
+        text.replace(from, to)
+    };
+    let toml = include_str!("../../examples/gunicorn/cutover-git.toml").to_string();
+    let toml = edit(
+        toml,
+        "address = \"0.0.0.0:8000\"",
+        &format!("address = \"127.0.0.1:{}\"", scene.port),
+    );
+    let toml = edit(
+        toml,
+        "http = \"0.0.0.0:9090\"",
+        &format!("http = \"127.0.0.1:{}\"", scene.control),
+    );
+    let toml = edit(
+        toml,
+        "https://git.example.com/org/app.git",
+        &forge.url("app.git"),
+    );
+    let toml = edit(
+        toml,
+        "# token_file = \"/run/secrets/git_token\"",
+        "token_file = \"/run/secrets/git_token\"",
+    );
+    edit(
+        toml,
+        "# ca_file = \"/etc/cutover/forge-ca.pem\"",
+        "ca_file = \"/etc/cutover/forge-ca.pem\"",
+    )
+}
+
+impl Scene {
+    /// `docker run` arguments for the forge's token (a secret file, as
+    /// compose mounts one) and its CA, where the example's lines name them.
+    fn forge_secrets(&self, forge: &HttpsForge) -> Vec<String> {
+        let token = self.dir.write("git_token", &format!("{}\n", forge.token));
+        vec![
+            "-v".into(),
+            format!("{}:/run/secrets/git_token:ro", token.display()),
+            "-v".into(),
+            format!("{}:/etc/cutover/forge-ca.pem:ro", forge.ca_file.display()),
+        ]
+    }
+
+    /// Waits until the checks cutover makes at start are over (`last_check`
+    /// has stopped moving), so that a push after it is deployed by its
+    /// webhook alone.
+    fn wait_settled(&self) {
+        let mut seen = String::new();
+        wait_for(Duration::from_secs(30), || {
+            let now = self.status()["source"]["last_check"].as_str()?.to_string();
+            if now == seen {
+                return Some(());
+            }
+            seen = now;
+            std::thread::sleep(Duration::from_millis(300));
+            None
+        })
+        .unwrap_or_else(|| panic!("the source never settled\n{}", self.all_logs()));
+    }
+}
+
+/// Story 2: `git push` to a private repository on an https forge, which
+/// sends its signed push webhook; the container, running the compose git
+/// example's config with the token and the forge's CA as secret files,
 /// serves the new commit and is the same container, never restarted.
 #[test]
 fn git_push_deploys_without_restarting_the_container() {
     let scene = Scene::new("push");
     let (repo, v1) = scene.repo(&[]);
-    let mount = scene.repo_mount(&repo);
-    let id = scene.start(&scene.config("", SOURCE), &["-v", &mount]);
+    let forge = HttpsForge::start(scene.dir.path(), Cert::Good);
+    let bare = forge.publish(&repo.work, "app.git");
+    let secret = "the forge's webhook secret";
+    let env = format!("WEBHOOK_SECRET={secret}");
+    let mut extra = vec!["-e".to_string(), env];
+    extra.extend(scene.forge_secrets(&forge));
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let id = scene.start(&compose_git_config(&scene, &forge), &extra);
     wait_version(scene.port, "v1", Duration::from_secs(60), &scene);
+    scene.wait_settled();
     let before = inspect(&scene.name, "{{.State.StartedAt}} {{.RestartCount}}").unwrap();
 
     let load = probe(scene.port);
@@ -301,13 +382,24 @@ fn git_push_deploys_without_restarting_the_container() {
     let pushed = Instant::now();
     let app = app_py("v2");
     let v2 = repo.commit("v2", &[("app.py", app.as_str())]);
-    repo.push();
+    git(
+        &repo.work,
+        &["push", "-q", "-f", bare.to_str().unwrap(), "main"],
+    );
+    let body = push_body("refs/heads/main", &v2);
+    let signature = github_signature(secret, &body);
+    let headers = [
+        ("X-GitHub-Event", "push"),
+        ("X-Hub-Signature-256", signature.as_str()),
+    ];
+    let (code, answer) = http_post(scene.control, "/webhook", &headers, &body);
+    assert_eq!(code, 202, "{answer}\n{}", scene.all_logs());
     let took = wait_version(scene.port, "v2", Duration::from_secs(30), &scene);
     let push_took = pushed.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let result = load.finish();
     eprintln!(
-        "e2e git push: v2 served {push_took:?} after the push started ({took:?} after it returned)"
+        "e2e git push: v2 served {push_took:?} after the push started ({took:?} after the webhook)"
     );
     assert_no_failures(&result, &scene);
 
@@ -324,6 +416,13 @@ fn git_push_deploys_without_restarting_the_container() {
     .unwrap_or_else(|| panic!("no deploy of {v2} in the history: {}", scene.status()));
     assert_eq!(st["source"]["current"], v2.as_str(), "{st}");
     assert_eq!(st["source"]["previous"], v1.as_str(), "{st}");
+    let record = st["source"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["sha"] == v2.as_str())
+        .unwrap();
+    assert_eq!(record["trigger"], "webhook (GitHub)", "{st}");
     // Same container, same start, no restart.
     assert_eq!(
         inspect(&scene.name, "{{.Id}}").as_deref(),
@@ -338,6 +437,16 @@ fn git_push_deploys_without_restarting_the_container() {
         inspect(&scene.name, "{{.State.Running}}").as_deref(),
         Some("true")
     );
+    // Both commits came from the forge, every request with the token, and
+    // the token shows nowhere.
+    let access = forge.access_log();
+    assert!(
+        access.contains("\"POST /git/app.git/git-upload-pack HTTP/1.1\" 200"),
+        "{access}"
+    );
+    assert!(!access.contains("\" 401 "), "{access}");
+    let shown = format!("{st}{}", scene.all_logs());
+    assert!(!shown.contains(&forge.token), "the token was shown");
 }
 
 /// Story 3: a commit whose app fails to import is rolled back: the old

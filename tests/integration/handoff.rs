@@ -285,3 +285,42 @@ fn an_instance_that_stops_passing_readiness_in_the_window_is_rolled_back() {
         c.stderr()
     );
 }
+
+/// Two cutovers on one address (two containers on the host network): the
+/// second would join the first one's group and steer its traffic, so it
+/// refuses to start and says why; the first serves on. With
+/// `reuse_port = true` sharing is asked for, and it starts.
+#[test]
+fn a_second_cutover_on_the_same_address_is_refused() {
+    let s = serving(
+        "v1",
+        |r| drop(r.add("v1", &[("version", "v1")])),
+        "overlap",
+        "",
+    );
+    let other = TestDir::new();
+    let releases = Releases::new(&other);
+    releases.add("v2", &[("version", "v2")]);
+    releases.switch("v2");
+    let cfg = other.write("cutover.toml", &config(s.port, &releases, "overlap", ""));
+    let (code, _, stderr) = run_cutover(&other, &["run", "-c", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("another process listens there already") && stderr.contains("`http`"),
+        "{stderr}"
+    );
+    for _ in 0..20 {
+        assert_eq!(served_version(s.port).unwrap(), "v1");
+    }
+    // Asked for, sharing starts (what reaches it is the first one's steering's call).
+    let shared = config(s.port, &releases, "overlap", "reuse_port = true");
+    let cfg = other.write("shared.toml", &shared);
+    let second = Cutover::start(
+        Mode::Subreaper,
+        &other,
+        &["run", "-c", cfg.to_str().unwrap()],
+    );
+    second.wait_for_log("started program=app", SECS_20);
+    assert_eq!(served_version(s.port).unwrap(), "v1");
+    drop(s);
+}

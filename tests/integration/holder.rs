@@ -370,6 +370,64 @@ fn a_second_app_beside_the_first_takes_over_without_a_failure() {
     assert_eq!(r.versions, ["v1", "v2"], "no v1 after the second took over");
 }
 
+/// Steering belongs to live takers: the old container reloads while a new
+/// one serves beside it (users go to the old one's new instance), then
+/// stops. Users must then go to the new container, which is ready, never to
+/// a socket nobody serves; and a reload of the survivor loses nothing.
+#[test]
+fn a_taker_that_reloads_and_goes_leaves_users_with_the_one_that_stays() {
+    let s = Scene::new(&[]);
+    let mut first = s.app(1);
+    let load = Load::paced(s.port);
+    std::fs::write(s.dir.join("version"), "v2").unwrap();
+    let cfg = s.dir.write("app2.toml", &s.app_config("app2.sock"));
+    let control = s.dir.join("app2.sock");
+    let second = Cutover::start_with(
+        Mode::Subreaper,
+        &s.dir,
+        &["run", "-c", cfg.to_str().unwrap()],
+        &[("CUTOVER_SOCKET", control.to_str().unwrap())],
+    );
+    second.wait_for_log("users steered to this container", SECS_20);
+    wait_version(s.port, "v2", &second, SECS_20);
+    // The first container reloads (a push, a touch): users follow it.
+    std::fs::write(s.dir.join("version"), "v3").unwrap();
+    let (code, out, err) = client(&s.dir, &["reload", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", first.stderr());
+    wait_version(s.port, "v3", &first, SECS_20);
+    sleep(Duration::from_millis(300));
+    first.signal(libc::SIGTERM);
+    first.wait(SECS_20);
+    wait_version(s.port, "v2", &second, SECS_20);
+    // And the survivor reloads, alone.
+    std::fs::write(s.dir.join("version"), "v4").unwrap();
+    let (code, out, err) = run_cutover(
+        &s.dir,
+        &["reload", "--wait", "--socket", control.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}\n{}", second.stderr());
+    wait_version(s.port, "v4", &second, SECS_20);
+    sleep(Duration::from_millis(300));
+    let r = load.finish();
+    eprintln!(
+        "holder: a taker reloads and goes: {} requests, {} failed",
+        r.requests(),
+        r.failed.len()
+    );
+    assert!(
+        r.failed.is_empty(),
+        "{:?}\n{}",
+        &r.failed[..r.failed.len().min(5)],
+        s.holder.stderr()
+    );
+    assert_eq!(r.versions, ["v1", "v2", "v3", "v2", "v4"]);
+    let st = s.status();
+    assert_eq!(
+        st["sockets"][0]["queued"], 0,
+        "nothing waits unserved: {st}"
+    );
+}
+
 /// An app started before its holder (compose may do that) waits for it;
 /// meanwhile `cutover status` answers, and a stop is not held up.
 #[test]

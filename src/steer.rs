@@ -28,18 +28,27 @@ use libc::sock_filter;
 /// Linux architecture (asm-generic/socket.h).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 
-/// Where new connections go: every one to the socket at `users`, except
-/// those from `probe.0` (a local port of cutover's), which go to `probe.1`.
+/// Where new connections go: every one to the socket at `users`, except a
+/// probe's, which goes to the socket at its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Route {
     pub users: u32,
-    pub probe: Option<(u16, u32)>,
+    pub probe: Option<(ProbeFrom, u32)>,
+}
+
+/// What only the prober has: its local port, and the local address it
+/// bound. A client elsewhere may choose its source port (Docker's DNAT
+/// keeps it), never a source address of this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProbeFrom {
+    pub port: u16,
+    pub address: Option<IpAddr>,
 }
 
 /// Attaches `route` to the group `socket` belongs to, replacing any program
 /// the group had.
 pub(crate) fn attach(socket: BorrowedFd<'_>, route: Route) -> io::Result<()> {
-    let probes: Vec<(u16, u32)> = route.probe.into_iter().collect();
+    let probes: Vec<(ProbeFrom, u32)> = route.probe.into_iter().collect();
     attach_routes(socket, route.users, &probes)
 }
 
@@ -50,7 +59,7 @@ pub(crate) fn attach(socket: BorrowedFd<'_>, route: Route) -> io::Result<()> {
 pub(crate) fn attach_routes(
     socket: BorrowedFd<'_>,
     users: u32,
-    probes: &[(u16, u32)],
+    probes: &[(ProbeFrom, u32)],
 ) -> io::Result<()> {
     let mut filter = program(users, probes);
     let fprog = libc::sock_fprog {
@@ -90,44 +99,92 @@ fn jump(code: u32, jt: u8, jf: u8, k: i64) -> sock_filter {
 }
 
 /// The program for `users` and `probes`. The kernel runs it with the
-/// packet's data past the TCP header, so the source port is read relative
-/// to the network header: at 40 for IPv6 (a SYN carries no extension
-/// headers in practice), after the header length IHL says for IPv4 (a v4
-/// SYN may reach a dual-stack socket too, hence the protocol test).
-fn program(users: u32, probes: &[(u16, u32)]) -> Vec<sock_filter> {
+/// packet's data past the TCP header, so the IP header is read relative to
+/// the network header (SKF_NET_OFF): the source address at 12 (IPv4) or 8
+/// (IPv6), the source port after the header (IHL * 4 for IPv4, 40 for IPv6:
+/// a SYN carries no extension headers in practice). A v4 SYN may reach a
+/// dual-stack socket too, hence the protocol test.
+fn program(users: u32, probes: &[(ProbeFrom, u32)]) -> Vec<sock_filter> {
     use libc::{
-        BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD,
-        BPF_LSH, BPF_MISC, BPF_RET, BPF_TAX, SKF_AD_OFF, SKF_AD_PROTOCOL, SKF_NET_OFF,
+        BPF_ABS, BPF_H, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, SKF_AD_OFF, SKF_AD_PROTOCOL,
     };
     let users = stmt(BPF_RET | BPF_K, users.into());
     if probes.is_empty() {
         return vec![users];
     }
-    let net = i64::from(SKF_NET_OFF);
+    let v4 = family_section(probes, false, users);
+    let v6 = family_section(probes, true, users);
     let mut code = vec![
-        // 0: A = skb->protocol
+        // A = skb->protocol; IPv6 on to the v6 section after the v4 one.
         stmt(
             BPF_LD | BPF_H | BPF_ABS,
             i64::from(SKF_AD_OFF + SKF_AD_PROTOCOL),
         ),
-        // 1: IPv6? on to 2, else to 4
-        jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, i64::from(libc::ETH_P_IPV6)),
-        // 2: A = source port after the fixed IPv6 header
-        stmt(BPF_LD | BPF_H | BPF_ABS, net + 40),
-        // 3: to the comparisons at 9
-        stmt(BPF_JMP | BPF_JA, 5),
-        // 4-7: X = IPv4 header length (IHL * 4)
-        stmt(BPF_LD | BPF_B | BPF_ABS, net),
-        stmt(BPF_ALU | BPF_AND | BPF_K, 0xf),
-        stmt(BPF_ALU | BPF_LSH | BPF_K, 2),
-        stmt(BPF_MISC | BPF_TAX, 0),
-        // 8: A = source port after the IPv4 header
-        stmt(BPF_LD | BPF_H | BPF_IND, net),
+        jump(
+            BPF_JMP | BPF_JEQ | BPF_K,
+            u8::try_from(v4.len()).unwrap_or(u8::MAX),
+            0,
+            i64::from(libc::ETH_P_IPV6),
+        ),
     ];
-    // 9 on: a probe's port? its socket; else the next comparison.
-    for &(port, index) in probes {
-        code.push(jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, port.into()));
-        code.push(stmt(BPF_RET | BPF_K, index.into()));
+    code.extend(v4);
+    code.extend(v6);
+    code
+}
+
+/// One family's comparisons: each probe's port, then its address word by
+/// word, a mismatch skipping to the next probe; at the end, `users`.
+fn family_section(probes: &[(ProbeFrom, u32)], v6: bool, users: sock_filter) -> Vec<sock_filter> {
+    use libc::{
+        BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LSH,
+        BPF_MISC, BPF_RET, BPF_TAX, BPF_W, SKF_NET_OFF,
+    };
+    let net = i64::from(SKF_NET_OFF);
+    let mut code = Vec::new();
+    if !v6 {
+        // X = IPv4 header length (IHL * 4)
+        code.push(stmt(BPF_LD | BPF_B | BPF_ABS, net));
+        code.push(stmt(BPF_ALU | BPF_AND | BPF_K, 0xf));
+        code.push(stmt(BPF_ALU | BPF_LSH | BPF_K, 2));
+        code.push(stmt(BPF_MISC | BPF_TAX, 0));
+    }
+    for &(from, index) in probes {
+        let words: Vec<(i64, u32)> = match (from.address, v6) {
+            (Some(IpAddr::V4(ip)), false) => vec![(12, u32::from(ip))],
+            (Some(IpAddr::V6(ip)), true) => ip
+                .octets()
+                .chunks(4)
+                .enumerate()
+                .map(|(i, w)| {
+                    (
+                        8 + 4 * i as i64,
+                        u32::from_be_bytes([w[0], w[1], w[2], w[3]]),
+                    )
+                })
+                .collect(),
+            // A probe of the other family never matches here.
+            (Some(_), _) => continue,
+            (None, _) => Vec::new(),
+        };
+        let mut block = vec![if v6 {
+            stmt(BPF_LD | BPF_H | BPF_ABS, net + 40)
+        } else {
+            stmt(BPF_LD | BPF_H | BPF_IND, net)
+        }];
+        block.push(jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, from.port.into()));
+        for (offset, word) in words {
+            block.push(stmt(BPF_LD | BPF_W | BPF_ABS, net + offset));
+            block.push(jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, word.into()));
+        }
+        block.push(stmt(BPF_RET | BPF_K, index.into()));
+        // Every comparison's "no" skips the rest of the block.
+        let len = block.len();
+        for (i, insn) in block.iter_mut().enumerate() {
+            if insn.code == (BPF_JMP | BPF_JEQ | BPF_K) as u16 {
+                insn.jf = u8::try_from(len - i - 1).unwrap_or(u8::MAX);
+            }
+        }
+        code.extend(block);
     }
     code.push(users);
     code
@@ -276,14 +333,24 @@ mod tests {
                 .as_socket()
                 .unwrap()
                 .port();
+            let from = ProbeFrom {
+                port,
+                address: Some(addr.ip()),
+            };
             let route = Route {
                 users,
-                probe: Some((port, 1 - users)),
+                probe: Some((from, 1 - users)),
             };
             attach(first.as_fd(), route).unwrap();
             for _ in 0..8 {
                 let _c = connect_from(None, addr);
                 assert_eq!(taker(&both), users as usize, "user traffic, {host}");
+            }
+            if addr.is_ipv4() {
+                // The probe's port from another address is a user's.
+                let other: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+                let _c = connect_from(Some(other), addr);
+                assert_eq!(taker(&both), users as usize, "same port, other address");
             }
             probe_socket.connect(&addr.into()).unwrap();
             assert_eq!(taker(&both), 1 - users as usize, "the probe, {host}");

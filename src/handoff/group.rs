@@ -139,6 +139,7 @@ impl Group {
                     name: self.name.clone(),
                     users: Some(id),
                     probe: None,
+                    probe_from: None,
                 })
                 .await
                 .map(|_| ()),

@@ -12,7 +12,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::holder::Request;
 use crate::holder::link::HolderLink;
-use crate::steer::{self, Route};
+use crate::steer::{self, ProbeFrom, Route};
 
 pub(crate) struct ProbeRoute {
     address: SocketAddr,
@@ -34,6 +34,17 @@ pub(super) enum Way {
     },
 }
 
+/// The local address a probe of `target` comes from: the target itself
+/// when it is one of this host's (a probe of 127.0.0.1 from 127.0.0.1),
+/// loopback for a wildcard.
+fn source_for(target: IpAddr) -> IpAddr {
+    match target {
+        IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    }
+}
+
 impl ProbeRoute {
     pub(super) fn new(address: SocketAddr, way: Way) -> ProbeRoute {
         ProbeRoute { address, way }
@@ -53,14 +64,20 @@ impl ProbeRoute {
     /// Connects to `target` from a port this route steers to the instance
     /// under probe; user traffic stays where it was.
     pub async fn connect(&self, target: SocketAddr) -> io::Result<TcpStream> {
-        let (socket, any) = match target {
-            SocketAddr::V4(_) => (TcpSocket::new_v4()?, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            SocketAddr::V6(_) => (TcpSocket::new_v6()?, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        let socket = match target {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
-        // Port 0: the kernel picks the port at bind, before any SYN leaves.
-        socket.bind(SocketAddr::new(any, 0))?;
-        let port = socket.local_addr()?.port();
-        self.steer(Some(port)).await?;
+        // From the target's own address (a local one, as the group's is): a
+        // source address no client elsewhere can have. Port 0: the kernel
+        // picks the port at bind, before any SYN leaves.
+        socket.bind(SocketAddr::new(source_for(target.ip()), 0))?;
+        let local = socket.local_addr()?;
+        self.steer(Some(ProbeFrom {
+            port: local.port(),
+            address: Some(local.ip()),
+        }))
+        .await?;
         let connected = socket.connect(target).await;
         // The SYN has been steered; once the probe's socket closes its port may
         // be any client's, which must not follow it to the probed instance.
@@ -68,7 +85,7 @@ impl ProbeRoute {
         connected
     }
 
-    async fn steer(&self, port: Option<u16>) -> io::Result<()> {
+    async fn steer(&self, from: Option<ProbeFrom>) -> io::Result<()> {
         match &self.way {
             Way::Local {
                 users,
@@ -78,14 +95,15 @@ impl ProbeRoute {
                 group.as_fd(),
                 Route {
                     users: *users,
-                    probe: port.map(|p| (p, *probe)),
+                    probe: from.map(|f| (f, *probe)),
                 },
             ),
             Way::Holder { link, name, member } => link
                 .request(Request::Steer {
                     name: name.clone(),
                     users: None,
-                    probe: port.map(|p| (p, *member)),
+                    probe: from.map(|f| (f.port, *member)),
+                    probe_from: from.and_then(|f| f.address),
                 })
                 .await
                 .map(|_| ())

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use super::Offered;
 use crate::listen::bind_tcp;
-use crate::steer;
+use crate::steer::{self, ProbeFrom};
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 
@@ -44,7 +44,7 @@ pub(super) enum Op {
         lease: u64,
         name: String,
         users: Option<u64>,
-        probe: Option<(u16, u64)>,
+        probe: Option<(ProbeFrom, u64)>,
         reply: Reply<()>,
     },
     Retire {
@@ -91,8 +91,8 @@ struct Group {
     users: u64,
     /// (lease, member) each taker last steered users to, latest last.
     serving: Vec<(u64, u64)>,
-    /// (lease, local port, member): each taker's probe in flight.
-    probes: Vec<(u64, u16, u64)>,
+    /// (lease, what only the prober has, member): each taker's probe in flight.
+    probes: Vec<(u64, ProbeFrom, u64)>,
 }
 
 /// Starts the owner of the groups; `sockets` are the holder's own (name,
@@ -270,7 +270,7 @@ impl Group {
         &mut self,
         lease: u64,
         users: Option<u64>,
-        probe: Option<(u16, u64)>,
+        probe: Option<(ProbeFrom, u64)>,
     ) -> Result<(), String> {
         if let Some(users) = users {
             self.leased_to(users, lease)?;
@@ -286,18 +286,18 @@ impl Group {
             self.leased_to(member, lease)?;
         }
         self.probes.retain(|(l, _, _)| *l != lease);
-        if let Some((port, member)) = probe {
-            self.probes.push((lease, port, member));
+        if let Some((from, member)) = probe {
+            self.probes.push((lease, from, member));
         }
         self.attach()
     }
 
     fn attach(&self) -> Result<(), String> {
         let users = self.index(self.users).unwrap_or(0);
-        let probes: Vec<(u16, u32)> = self
+        let probes: Vec<(ProbeFrom, u32)> = self
             .probes
             .iter()
-            .filter_map(|(_, port, member)| Some((*port, self.index(*member)?)))
+            .filter_map(|(_, from, member)| Some((*from, self.index(*member)?)))
             .collect();
         steer::attach_routes(self.members[0].fd.as_fd(), users, &probes)
             .map_err(|e| format!("cannot steer `{}`: {e}", self.name))
@@ -369,5 +369,105 @@ impl Group {
         if let Err(e) = self.attach() {
             warn!(error = %e, "after a taker went away");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    fn group() -> Group {
+        let fd = bind_tcp("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
+        let address = TcpListener::from(fd.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        let g = Group {
+            name: "http".into(),
+            address,
+            backlog: 16,
+            offset: 0,
+            members: vec![Member {
+                id: HOLDERS,
+                fd,
+                lease: None,
+            }],
+            users: HOLDERS,
+            serving: Vec::new(),
+            probes: Vec::new(),
+        };
+        g.attach().unwrap();
+        g
+    }
+
+    /// Which member's queue a connection from `from` (or anywhere) lands in.
+    fn lands(g: &Group, from: Option<SocketAddr>) -> u64 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(from) = from {
+            s.bind(&from.into()).unwrap();
+        }
+        s.connect(&g.address.into()).unwrap();
+        let _client: TcpStream = s.into();
+        for _ in 0..200 {
+            for m in &g.members {
+                if steer::queued(m.fd.as_fd()).unwrap_or(0) > 0 {
+                    let listener = TcpListener::from(m.fd.try_clone().unwrap());
+                    listener.accept().unwrap();
+                    return m.id;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        panic!("no member took the connection");
+    }
+
+    #[test]
+    fn members_stay_users_follow_live_takers_and_parked_sockets_are_handed_on() {
+        let mut g = group();
+        let mut next = 1;
+        // The first instance gets the holder's own socket, where users wait.
+        let (_, _, a0) = g.fresh(1, &mut next).unwrap();
+        assert_eq!(a0, HOLDERS);
+        g.steer(1, Some(a0), None).unwrap();
+        // A second taker beside it gets a socket of its own.
+        let (_, _, b0) = g.fresh(2, &mut next).unwrap();
+        assert_ne!(b0, a0);
+        // Both probe at once: neither route wipes the other.
+        let pa = SocketAddr::from(([127, 0, 0, 1], 20_001));
+        let pb = SocketAddr::from(([127, 0, 0, 1], 20_002));
+        let from = |a: SocketAddr| ProbeFrom {
+            port: a.port(),
+            address: Some(a.ip()),
+        };
+        g.steer(1, None, Some((from(pa), a0))).unwrap();
+        g.steer(2, None, Some((from(pb), b0))).unwrap();
+        assert_eq!(lands(&g, Some(pb)), b0);
+        assert_eq!(lands(&g, None), a0, "users stay until b0 is steered to");
+        // A taker may steer only to its own sockets.
+        assert!(g.steer(2, Some(a0), None).is_err());
+        g.steer(2, Some(b0), None).unwrap();
+        assert_eq!(lands(&g, None), b0);
+        // The first reloads: its new instance gets a new socket, takes
+        // users, and its old one stays in the group, idle.
+        let (_, _, a1) = g.fresh(1, &mut next).unwrap();
+        g.steer(1, Some(a1), None).unwrap();
+        g.retire(1, a0).unwrap();
+        assert_eq!(g.members.len(), 3, "no member ever leaves");
+        assert_eq!(lands(&g, None), a1);
+        // It stops: users go to the other live taker, not to a dead socket.
+        assert_eq!(g.leave(1), Some(b0));
+        assert_eq!(lands(&g, None), b0);
+        g.gone(1);
+        // The idle socket is given out again.
+        let (_, _, b1) = g.fresh(2, &mut next).unwrap();
+        assert!(b1 == a0 || b1 == a1, "reused, not bound anew");
+        assert_eq!(g.members.len(), 3);
+        // The last taker goes: users wait in its socket, and the next
+        // instance gets that very socket, queue and all.
+        g.gone(2);
+        assert_eq!(g.users, b0);
+        let _waiting = TcpStream::connect(g.address).unwrap();
+        let (_, _, c0) = g.fresh(3, &mut next).unwrap();
+        assert_eq!(c0, b0);
     }
 }

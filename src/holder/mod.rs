@@ -108,6 +108,9 @@ pub(crate) enum Request {
         name: String,
         users: Option<u64>,
         probe: Option<(u16, u64)>,
+        /// The probe's local address: with the port, what only it has.
+        #[serde(default)]
+        probe_from: Option<std::net::IpAddr>,
     },
     /// This taker is done with member `member` of `name`'s group: it stays
     /// in the group, idle, for the next instance that needs a socket.

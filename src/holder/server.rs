@@ -356,13 +356,26 @@ async fn serve(conn: Conn, id: u64, shared: Arc<Shared>) {
                     Err(why) => conn.send(&failure(why), &[]).await,
                 }
             }
-            Request::Steer { name, users, probe } => {
+            Request::Steer {
+                name,
+                users,
+                probe,
+                probe_from,
+            } => {
                 let (reply, answer) = oneshot::channel();
                 let _ = shared.groups.send(Op::Steer {
                     lease: id,
                     name,
                     users,
-                    probe,
+                    probe: probe.map(|(port, member)| {
+                        (
+                            steer::ProbeFrom {
+                                port,
+                                address: probe_from,
+                            },
+                            member,
+                        )
+                    }),
                     reply,
                 });
                 conn.send(&done(answer.await), &[]).await

@@ -117,9 +117,13 @@ enum Command {
         allow_gid: Vec<u32>,
         #[arg(long, default_value_t = 1024)]
         backlog: u32,
-        /// Serve /healthz and /status on this address (e.g. 0.0.0.0:9091).
+        /// Serve /healthz on this address (e.g. 0.0.0.0:9091).
         #[arg(long, value_name = "ADDRESS")]
         http: Option<std::net::SocketAddr>,
+        /// Also serve /status there: who took what (hostnames, pids, uids),
+        /// which the unix socket otherwise tells only to trusted peers.
+        #[arg(long, requires = "http")]
+        http_status: bool,
     },
     /// Print (or write as the image's baseline) the digest of a release's
     /// dependency files and the files that went into it.
@@ -216,7 +220,15 @@ pub fn main() -> ExitCode {
             allow_gid,
             backlog,
             http,
-        } => hold(listen, at, allow_uid, allow_gid, backlog, http),
+            http_status,
+        } => hold(
+            listen,
+            at,
+            allow_uid,
+            allow_gid,
+            backlog,
+            http.map(|address| (address, http_status)),
+        ),
         Command::Fingerprint { dir, write, config } => {
             fingerprint(&dir, write.as_deref(), config.as_deref())
         }

@@ -134,7 +134,7 @@ pub(super) fn hold(
     allow_uids: Vec<u32>,
     allow_gids: Vec<u32>,
     backlog: u32,
-    http: Option<std::net::SocketAddr>,
+    http: Option<(std::net::SocketAddr, bool)>,
 ) -> ExitCode {
     let listen = match crate::holder::parse_listen(&listen) {
         Ok(l) => l,

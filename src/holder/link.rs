@@ -95,6 +95,10 @@ impl HolderLink {
 pub(super) async fn exchange(conn: &Conn, request: &Request) -> Answer {
     let sent = conn.send(request, &[]).await;
     match conn.recv::<Reply>().await {
+        Ok(Some((_, fds))) if !fds.iter().all(super::wire::is_listening_tcp) => {
+            super::wire::discard(fds);
+            Err("it sent a descriptor that is not a listening TCP socket".into())
+        }
         Ok(Some(answer)) => Ok(answer),
         Ok(None) => Err(match sent {
             Err(e) => e.to_string(),

@@ -24,6 +24,12 @@ use crate::clock::timestamp;
 use crate::listen::bind_tcp;
 use crate::steer;
 
+/// Connections to the unix socket at once: one per app container, and
+/// status requests.
+const MAX_PEERS: usize = 256;
+/// How long a new connection may take to send its first request.
+const FIRST_REQUEST: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `cutover hold`'s settings (from its command line).
 #[derive(Debug, Clone)]
 pub struct HoldConfig {
@@ -36,8 +42,8 @@ pub struct HoldConfig {
     /// Peers allowed by group id; the socket file is then 0660 with the first.
     pub allow_gids: Vec<u32>,
     pub backlog: u32,
-    /// `/healthz` and `/status` over HTTP.
-    pub http: Option<SocketAddr>,
+    /// `/healthz` over HTTP, and `/status` too when the flag is set.
+    pub http: Option<(SocketAddr, bool)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +159,7 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
     };
     let (events, published) = registry(info.clone());
     let _http = match config.http {
-        Some(address) => {
+        Some((address, with_status)) => {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|source| HoldError::Http { address, source })?;
@@ -165,6 +171,7 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
                 listener,
                 published.clone(),
                 queued,
+                with_status,
             ))))
         }
         None => None,
@@ -182,12 +189,22 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(HoldError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(HoldError::Signals)?;
     let mut next_id = 0u64;
+    let peers = Arc::new(tokio::sync::Semaphore::new(MAX_PEERS));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => {
+                    let Ok(permit) = peers.clone().try_acquire_owned() else {
+                        warn!(limit = MAX_PEERS, "too many connections to the holder; refusing one");
+                        let _ = conn.send(&failure(format!("the holder serves {MAX_PEERS} connections at most")), &[]).await;
+                        continue;
+                    };
                     next_id += 1;
-                    tokio::spawn(serve(conn, next_id, shared.clone()));
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        serve(conn, next_id, shared).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -309,9 +326,29 @@ async fn serve(conn: Conn, id: u64, shared: Arc<Shared>) {
             tokio::time::timeout(std::time::Duration::from_secs(2), conn.recv::<Request>()).await;
         return;
     }
+    let mut first = true;
     loop {
-        let request = match conn.recv::<Request>().await {
-            Ok(Some((request, _))) => request,
+        let next = conn.recv::<Request>();
+        // A peer gets a few seconds for its first request; a taker then
+        // keeps its connection (its lease) idle as long as it likes.
+        let received = if first {
+            match tokio::time::timeout(FIRST_REQUEST, next).await {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        } else {
+            next.await
+        };
+        first = false;
+        let request = match received {
+            Ok(Some((request, fds))) if fds.is_empty() => request,
+            Ok(Some((_, fds))) => {
+                super::wire::discard(fds);
+                let _ = conn
+                    .send(&failure("requests carry no descriptors".into()), &[])
+                    .await;
+                break;
+            }
             Ok(None) => break,
             Err(e) => {
                 let _ = conn.send(&failure(format!("bad request: {e}")), &[]).await;

@@ -99,45 +99,74 @@ impl Conn {
     }
 
     /// The next message and the descriptors that came with it; None when
-    /// the other side is gone.
+    /// the other side is gone. The buffer exists only once a message is
+    /// there: an idle connection (a taker's lease) costs no memory.
     pub async fn recv<T: DeserializeOwned>(&self) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
-        let mut body = vec![0u8; MAX_MESSAGE];
-        let (len, fds) = self
-            .fd
-            .async_io(Interest::READABLE, |fd| {
-                let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-                let mut iov = [IoSliceMut::new(&mut body)];
-                let msg = socket::recvmsg::<()>(
-                    fd.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut space),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                )?;
-                let mut fds = Vec::new();
-                for cmsg in msg.cmsgs()? {
-                    if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                        // SAFETY: the kernel just installed these descriptors in
-                        // this process for us; nothing else owns them.
-                        fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
-                    }
+        let (body, len, fds) = loop {
+            let mut ready = self.fd.readable().await?;
+            let mut body = vec![0u8; MAX_MESSAGE];
+            match ready.try_io(|fd| receive(fd.get_ref(), &mut body)) {
+                Ok(received) => {
+                    let (len, fds) = received?;
+                    break (body, len, fds);
                 }
-                if msg.flags.contains(MsgFlags::MSG_CTRUNC)
-                    || msg.flags.contains(MsgFlags::MSG_TRUNC)
-                {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "a message or its descriptors were cut off",
-                    ));
-                }
-                Ok((msg.bytes, fds))
-            })
-            .await?;
+                Err(_would_block) => continue,
+            }
+        };
         if len == 0 {
             return Ok(None);
         }
         let message = serde_json::from_slice(&body[..len])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(Some((message, fds)))
+    }
+}
+
+fn receive(fd: &OwnedFd, body: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(body)];
+    let msg = socket::recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            // SAFETY: the kernel just installed these descriptors in this
+            // process for us; nothing else owns them.
+            fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) || msg.flags.contains(MsgFlags::MSG_TRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a message or its descriptors were cut off",
+        ));
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Whether `fd` is what the wire may carry: a listening TCP socket. Any
+/// other descriptor a peer sends (a pipe, a connected socket with data to
+/// linger over) is refused unused.
+pub(crate) fn is_listening_tcp(fd: &OwnedFd) -> bool {
+    let listening = socket::getsockopt(fd, sockopt::AcceptConn).unwrap_or(false);
+    let stream = socket::getsockopt(fd, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+    use socket::SockaddrLike;
+    let inet = socket::getsockname::<socket::SockaddrStorage>(fd.as_raw_fd())
+        .ok()
+        .and_then(|a| a.family())
+        .is_some_and(|f| matches!(f, AddressFamily::Inet | AddressFamily::Inet6));
+    listening && stream && inet
+}
+
+/// Closes descriptors a peer should not have sent on a blocking thread: a
+/// socket with SO_LINGER and unsent data blocks its close.
+pub(crate) fn discard(fds: Vec<OwnedFd>) {
+    if !fds.is_empty() {
+        tokio::task::spawn_blocking(move || drop(fds));
     }
 }
 

@@ -10,14 +10,19 @@ use std::time::Duration;
 use crate::fixture::cleanup::sleep;
 use crate::helpers::*;
 
-struct Scene {
-    dir: TestDir,
-    port: u16,
-    holder_socket: std::path::PathBuf,
-    holder: Cutover,
+pub(crate) struct Scene {
+    pub dir: TestDir,
+    pub port: u16,
+    pub holder_socket: std::path::PathBuf,
+    pub holder: Cutover,
 }
 
-fn start_holder(dir: &TestDir, port: u16, at: &std::path::Path, extra: &[&str]) -> Cutover {
+pub(crate) fn start_holder(
+    dir: &TestDir,
+    port: u16,
+    at: &std::path::Path,
+    extra: &[&str],
+) -> Cutover {
     let listen = format!("http=127.0.0.1:{port}");
     let mut args = vec!["hold", "--listen", &listen, "--at", at.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -27,7 +32,7 @@ fn start_holder(dir: &TestDir, port: u16, at: &std::path::Path, extra: &[&str]) 
 }
 
 impl Scene {
-    fn new(extra_holder_args: &[&str]) -> Scene {
+    pub(crate) fn new(extra_holder_args: &[&str]) -> Scene {
         let dir = TestDir::new();
         let port = free_port();
         let holder_socket = dir.join("run/sockets");
@@ -275,7 +280,7 @@ command = ["true"]
 fn the_holder_answers_probes_and_says_who_took_what() {
     let http = free_port();
     let address = format!("127.0.0.1:{http}");
-    let s = Scene::new(&["--http", &address]);
+    let s = Scene::new(&["--http", &address, "--http-status"]);
     assert_eq!(
         http_get(http, "/healthz").as_deref(),
         Ok("holding 1 socket(s) for 0 taker(s)\n")

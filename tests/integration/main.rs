@@ -20,6 +20,7 @@ mod forges_ssh;
 mod gunicorn;
 mod handoff;
 mod holder;
+mod holder_hostile;
 mod hostile;
 mod idle_flood;
 mod process_tree;

@@ -1,0 +1,86 @@
+//! Peers the holder cannot trust to behave: nothing they send or leave
+//! idle can freeze it or keep it from answering. Descriptors a request
+//! carries are refused and closed off the runtime thread (a socket with
+//! SO_LINGER and unsent data blocks its close); `--http` admits connections
+//! as cutover's own listeners do, and shows who took what only with
+//! `--http-status`.
+
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fixture::procs::Group;
+use crate::helpers::*;
+use crate::holder::Scene;
+
+#[test]
+fn status_over_http_is_opt_in_and_healthz_outlives_a_flood_of_idle_clients() {
+    let http = free_port();
+    let address = format!("127.0.0.1:{http}");
+    let _s = Scene::new(&["--http", &address]);
+    let refused = http_get(http, "/status").unwrap_err();
+    assert!(refused.contains("404"), "{refused}");
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", http)).ok())
+        .collect();
+    assert!(idle.len() > 100, "the flood connected: {}", idle.len());
+    assert_eq!(
+        http_get(http, "/healthz").as_deref(),
+        Ok("holding 1 socket(s) for 0 taker(s)\n")
+    );
+    drop(idle);
+}
+
+/// Sends a status request with a connected TCP socket attached whose close
+/// would block for 30 s (SO_LINGER, a full send buffer, a peer that never
+/// reads), prints the holder's answer, and keeps that peer alive.
+const LINGERING_PEER: &str = r#"
+import json, socket, struct, sys, time
+holder = sys.argv[1]
+sink = socket.socket(); sink.bind(("127.0.0.1", 0)); sink.listen(1)
+c = socket.create_connection(sink.getsockname())
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+c.setblocking(False)
+try:
+    while True:
+        c.send(b"x" * 65536)
+except BlockingIOError:
+    pass
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(holder)
+socket.send_fds(s, [json.dumps({"op": "status"}).encode()], [c.fileno()])
+c.close()
+print(s.recv(65536).decode(), flush=True)
+time.sleep(20)
+"#;
+
+#[test]
+fn descriptors_in_a_request_are_refused_without_stalling_the_holder() {
+    let s = Scene::new(&[]);
+    let answer = s.dir.join("peer.out");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", LINGERING_PEER])
+        .arg(&s.holder_socket)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&answer).unwrap())
+        .stderr(Stdio::inherit());
+    let _peer = Group::spawn(&mut cmd);
+    let said = wait_for(SECS_20, || {
+        let text = std::fs::read_to_string(&answer).ok()?;
+        (!text.trim().is_empty()).then_some(text)
+    })
+    .expect("the peer got no answer");
+    assert!(said.contains("requests carry no descriptors"), "{said}");
+    // Another peer is answered at once, while that close lingers.
+    let asked = Instant::now();
+    let (code, out, err) = run_cutover(
+        &s.dir,
+        &["status", "--holder", s.holder_socket.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "status waited {:?} behind a lingering close",
+        asked.elapsed()
+    );
+}

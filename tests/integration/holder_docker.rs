@@ -59,8 +59,15 @@ impl Stage {
         name
     }
 
-    /// The holder: publishes the port, holds the socket, shares /run/cutover.
+    /// The holder: publishes the port, holds the socket, shares /run/cutover;
+    /// net.ipv4.tcp_migrate_req at the kernel's default (0), as a plain
+    /// `docker run` or a pod has it.
     fn holder(&mut self) -> String {
+        self.holder_with_migrate(0)
+    }
+
+    fn holder_with_migrate(&mut self, migrate: u8) -> String {
+        let sysctl = format!("net.ipv4.tcp_migrate_req={migrate}");
         let publish = format!("127.0.0.1:{}:8000", self.port);
         let run = format!("{}:/run/cutover", self.dir.join("run").display());
         let network = self.network.clone();
@@ -72,7 +79,7 @@ impl Stage {
                 "-p",
                 &publish,
                 "--sysctl",
-                "net.ipv4.tcp_migrate_req=1",
+                &sysctl,
                 "--restart",
                 "unless-stopped",
                 "-v",
@@ -171,11 +178,18 @@ fn logs(container: &str) -> String {
 
 /// What `docker compose up -d` does when the app's image or config changed:
 /// stop and remove the old container, create and start a new one. The
-/// holder owns the published port, so connections wait in its backlog.
+/// holder owns the published port, so connections wait in its backlog;
+/// with net.ipv4.tcp_migrate_req off (the default) and on.
 #[test]
 fn an_app_container_recreated_as_compose_does_refuses_no_connection() {
-    let mut stage = Stage::new("recreate");
-    stage.holder();
+    for migrate in [0, 1] {
+        recreated_app_refuses_no_connection(migrate);
+    }
+}
+
+fn recreated_app_refuses_no_connection(migrate: u8) {
+    let mut stage = Stage::new(&format!("recreate{migrate}"));
+    stage.holder_with_migrate(migrate);
     let first = stage.app(1);
     stage.serves("v1", Duration::from_secs(60));
     let load = stage.load();
@@ -193,7 +207,7 @@ fn an_app_container_recreated_as_compose_does_refuses_no_connection() {
     std::thread::sleep(Duration::from_secs(2));
     let r = load.finish();
     eprintln!(
-        "holder_docker recreate: {} requests, {} failed (the app was replaced within {} ms)",
+        "holder_docker recreate (tcp_migrate_req={migrate}): {} requests, {} failed (the app was replaced within {} ms)",
         r.requests(),
         r.failed.len(),
         back.as_millis()

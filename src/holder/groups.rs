@@ -104,20 +104,7 @@ pub(super) fn start(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut groups: Vec<Group> = sockets
         .into_iter()
-        .map(|(name, address, backlog, fd, offset)| Group {
-            name,
-            address,
-            backlog,
-            offset,
-            members: vec![Member {
-                id: HOLDERS,
-                fd,
-                lease: None,
-            }],
-            users: HOLDERS,
-            serving: Vec::new(),
-            probes: Vec::new(),
-        })
+        .map(|(name, address, backlog, fd, offset)| Group::new(name, address, backlog, fd, offset))
         .collect();
     // A program from the start: a member that joins later gets nothing
     // by the kernel's hash before it is steered to.
@@ -179,6 +166,24 @@ fn find<'a>(groups: &'a mut [Group], name: &str) -> Result<&'a mut Group, String
 }
 
 impl Group {
+    /// A group whose only member is the holder's own socket, where users go.
+    fn new(name: String, address: SocketAddr, backlog: u32, fd: OwnedFd, offset: u32) -> Group {
+        Group {
+            name,
+            address,
+            backlog,
+            offset,
+            members: vec![Member {
+                id: HOLDERS,
+                fd,
+                lease: None,
+            }],
+            users: HOLDERS,
+            serving: Vec::new(),
+            probes: Vec::new(),
+        }
+    }
+
     fn index(&self, member: u64) -> Option<u32> {
         self.members
             .iter()
@@ -382,20 +387,7 @@ mod tests {
         let address = TcpListener::from(fd.try_clone().unwrap())
             .local_addr()
             .unwrap();
-        let g = Group {
-            name: "http".into(),
-            address,
-            backlog: 16,
-            offset: 0,
-            members: vec![Member {
-                id: HOLDERS,
-                fd,
-                lease: None,
-            }],
-            users: HOLDERS,
-            serving: Vec::new(),
-            probes: Vec::new(),
-        };
+        let g = Group::new("http".into(), address, 16, fd, 0);
         g.attach().unwrap();
         g
     }

@@ -292,27 +292,8 @@ impl Site {
             bare,
             v1,
         };
-        site.wait_settled();
+        wait_settled(&site.dir);
         site
-    }
-
-    /// Waits until the checks a start makes are over (`last_check` has
-    /// stopped moving), so that a push after it is deployed by its webhook
-    /// alone.
-    fn wait_settled(&self) {
-        let mut seen = String::new();
-        wait_for(SECS_20, || {
-            let now = status(&self.dir)["source"]["last_check"]
-                .as_str()?
-                .to_string();
-            if now == seen {
-                return Some(());
-            }
-            seen = now;
-            std::thread::sleep(Duration::from_millis(300));
-            None
-        })
-        .unwrap_or_else(|| panic!("the source never settled\n{}", self.cutover.stderr()));
     }
 
     /// Commits `files`, pushes them to the forge and delivers the forge's

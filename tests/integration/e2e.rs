@@ -343,16 +343,11 @@ impl Scene {
     /// has stopped moving), so that a push after it is deployed by its
     /// webhook alone.
     fn wait_settled(&self) {
-        let mut seen = String::new();
-        wait_for(Duration::from_secs(30), || {
-            let now = self.status()["source"]["last_check"].as_str()?.to_string();
-            if now == seen {
-                return Some(());
-            }
-            seen = now;
-            std::thread::sleep(Duration::from_millis(300));
-            None
-        })
+        crate::fixture::cleanup::wait_steady(
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || Some(self.status()["source"]["last_check"].as_str()?.to_string()),
+        )
         .unwrap_or_else(|| panic!("the source never settled\n{}", self.all_logs()));
     }
 }

@@ -83,24 +83,6 @@ impl Site {
         });
     }
 
-    /// Waits until the checks a start makes are over (`last_check` has
-    /// stopped moving), so that a push after it is found by its own trigger.
-    pub fn wait_settled(&self) {
-        let mut seen = String::new();
-        wait_for(SECS_20, || {
-            let now = status(&self.dir)["source"]["last_check"]
-                .as_str()?
-                .to_string();
-            if now == seen {
-                return Some(());
-            }
-            seen = now;
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            None
-        })
-        .expect("the source never settled");
-    }
-
     /// The source's status once `last_error` holds `needle`.
     pub fn wait_error(&self, c: &Cutover, needle: &str) -> Value {
         wait_for(SECS_20, || {
@@ -206,7 +188,7 @@ fn a_token_deploys_the_first_release_then_pushes_by_poll_and_by_webhook() {
     );
     site.wait_version(&c, "v2");
     wait_for_control(&site.dir);
-    site.wait_settled();
+    wait_settled(&site.dir);
     let v3 = site.release_to(&bare, "v3");
     let body = push_body("refs/heads/main", &v3);
     let signature = github_signature(secret, &body);

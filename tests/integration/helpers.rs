@@ -304,3 +304,13 @@ pub fn partials(root: &Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Waits until the checks a cutover with `[source]` makes at its start are
+/// over (`last_check` has stopped moving), so that a push after it is found
+/// by its own trigger alone.
+pub fn wait_settled(dir: &TestDir) -> String {
+    crate::fixture::cleanup::wait_steady(SECS_20, Duration::from_millis(300), || {
+        Some(status(dir)["source"]["last_check"].as_str()?.to_string())
+    })
+    .expect("the source never settled")
+}

@@ -414,17 +414,7 @@ fn a_taker_that_reloads_and_goes_leaves_users_with_the_one_that_stays() {
     wait_version(s.port, "v4", &second, SECS_20);
     sleep(Duration::from_millis(300));
     let r = load.finish();
-    eprintln!(
-        "holder: a taker reloads and goes: {} requests, {} failed",
-        r.requests(),
-        r.failed.len()
-    );
-    assert!(
-        r.failed.is_empty(),
-        "{:?}\n{}",
-        &r.failed[..r.failed.len().min(5)],
-        s.holder.stderr()
-    );
+    r.assert_none_failed("holder: a taker reloads and goes", &s.holder.stderr());
     assert_eq!(r.versions, ["v1", "v2", "v3", "v2", "v4"]);
     let st = s.status();
     assert_eq!(

@@ -532,17 +532,7 @@ fn webhooks_deploy_only_signed_pushes_of_the_followed_ref() {
     );
     // The first deploy is followed by a check once the actor runs; wait
     // until that one is done too (last_check stops moving).
-    let mut seen = String::new();
-    let settled = wait_for(SECS_20, || {
-        let now = source_status(&s.dir)["last_check"].as_str()?.to_string();
-        if now == seen {
-            return Some(now);
-        }
-        seen = now;
-        std::thread::sleep(Duration::from_millis(300));
-        None
-    })
-    .unwrap();
+    let settled = wait_settled(&s.dir);
     let v2 = s.repo.release("v2");
     let main = push_body("refs/heads/main", &v2);
     let signed = github_signature(WEBHOOK_SECRET, &main);

@@ -324,3 +324,38 @@ fn a_second_cutover_on_the_same_address_is_refused() {
     assert_eq!(served_version(s.port).unwrap(), "v1");
     drop(s);
 }
+
+/// With per-instance sockets an http check speaks for the new instance
+/// alone, so no `grace` is waited for by default: the reload is ready as
+/// soon as the app answers (fdserver boots in well under a second), where
+/// it used to wait a whole second first. Set on a shared socket, the grace
+/// stays.
+#[test]
+fn exact_probes_wait_no_grace_by_default() {
+    let ready_ms = |listen: &str| {
+        let dir = TestDir::new();
+        let releases = Releases::new(&dir);
+        releases.add("v1", &[("version", "v1")]);
+        releases.add("v2", &[("version", "v2")]);
+        releases.switch("v1");
+        let port = free_port();
+        let toml = config(port, &releases, "overlap", listen).replace("grace = \"100ms\"\n", "");
+        let c = Cutover::run_config(Mode::Subreaper, &dir, &toml);
+        wait_version(port, "v1", &c, SECS_20);
+        wait_for_control(&dir);
+        releases.switch("v2");
+        let (code, out, err) = client(&dir, &["reload", "--wait"]);
+        assert_eq!(code, 0, "{out}{err}\n{}", c.stderr());
+        let st = status(&dir);
+        st["reload"]["last"]["programs"][0]["ready_ms"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{st}"))
+    };
+    let exact = ready_ms("");
+    assert!(exact < 900.0, "waited {exact} ms for a grace it needs not");
+    let shared = ready_ms("per_instance = false");
+    assert!(
+        shared >= 1000.0,
+        "a shared socket keeps its grace: {shared} ms"
+    );
+}

@@ -12,17 +12,39 @@
 //! - fetching and materialising a 10,000-file, 100 MB repository (one commit):
 //!   cutover's first deploy into an empty volume against
 //!   `git clone --bare` + `git worktree add` with the machine's git, over
-//!   the same transport (a local path, and `git daemon`).
+//!   the same transport (a local path, and `git daemon`);
+//! - the same commit from a forge, as a private repository is fetched in
+//!   production: over https with a token (tests/fixture/forge.rs's
+//!   `HttpsForge`: nginx, TLS with a test CA, basic auth, git-http-backend;
+//!   cutover with `token_env` and `ca_file`) and over ssh with a deploy key
+//!   (`SshForge`: sshd, git-shell; cutover with an ed25519 `ssh_key` and
+//!   `known_hosts`, through the system's `ssh`). Both sides fetch shallow:
+//!   cutover's first deploy into an empty volume with `depth = 1` against
+//!   `git clone --depth 1 --branch main` from the same server (https: the
+//!   token in an `http.extraHeader`, the CA in GIT_SSL_CAINFO; ssh:
+//!   GIT_SSH_COMMAND with the same key and known_hosts). Per row: medians and
+//!   maxima of both times, the ratio cutover / git, and peak memory:
+//!   cutover's VmHWM (/proc/PID/status, read the moment `current` appears,
+//!   so the fetch and the write are in it; and the highest RssAnon read every
+//!   10 ms, its heap without the mapped pack), the ssh child's VmHWM and
+//!   RssAnon (sampled every 10 ms while it runs, so lower bounds) and git's,
+//!   from wait4's ru_maxrss (the largest of git and every helper it waited
+//!   for: remote-https, index-pack, ssh, ...; never below this bench's own
+//!   high-water mark, which exec carries over).
 //!
 //! The app's own boot (fdserver: python start to READY=1 on NOTIFY_SOCKET,
 //! `ready_ms` of the reload in `cutover status`) is reported apart, so
 //! cutover's part of a deploy shows.
 //!
-//! Run with `cargo bench --bench source` (about a minute; the first run also
-//! generates the big repository, cached under target/bench-source/). Needs
-//! git and python3. Traffic goes to 127.0.0.1 only. Every process started
-//! here lives in a process group of its own; all of them, and the temporary
-//! directories, are removed at the end, on panic and on Ctrl-C.
+//! Run with `eval "$(scripts/setup-forge)"; cargo bench --bench source`
+//! (about five minutes; the first run also generates the big repository,
+//! cached under target/bench-source/). Needs git and python3; the forge rows
+//! need what scripts/setup-forge installs (nginx, fcgiwrap, sshd, the ssh
+//! client, openssl) and are skipped, with a note, without it. Traffic goes
+//! to 127.0.0.1 only. Every process started here lives in a process group of
+//! its own, except the timed `git clone`s, which run in the foreground; all
+//! of them, and the temporary directories, are removed at the end, on panic
+//! and on Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,6 +55,7 @@ use hmac::{Hmac, KeyInit, Mac};
 #[path = "support/mod.rs"]
 mod support;
 
+use support::fixture::forge::{Cert, HttpsForge, SshForge};
 use support::fixture::git::{Daemon, Repo, fast_import, git_command};
 use support::http::{http, poll_get, wait_served};
 use support::{
@@ -114,7 +137,9 @@ fn main() {
     );
     println!();
 
-    big_repo();
+    let big = big_repo();
+    println!();
+    forge_rows(&big);
     println!();
     println!(
         "whole bench: {:.1} s; load average now {}",
@@ -407,6 +432,16 @@ struct BigRound {
     deploy_ms: f64,
     /// "release written ... ms=": the materialisation alone.
     write_ms: f64,
+    /// cutover's VmHWM when `current` appeared, kB.
+    hwm_kib: u64,
+    /// The highest RssAnon of cutover's read every 10 ms until then, kB:
+    /// its heap and stacks, without the mapped pack and binary.
+    anon_kib: u64,
+    /// The highest VmHWM seen of an `ssh` child of cutover's, kB.
+    ssh_hwm_kib: Option<u64>,
+    /// The highest RssAnon seen of that child, kB (its buffers, not its
+    /// libraries).
+    ssh_anon_kib: Option<u64>,
 }
 
 struct GitRound {
@@ -414,7 +449,8 @@ struct GitRound {
     worktree_ms: f64,
 }
 
-fn big_repo() {
+/// The local-path and `git daemon` rows; the big repository's path.
+fn big_repo() -> PathBuf {
     let (cached, generated) = big_repository();
     let (files, bytes) = (
         git(&cached, &["ls-tree", "-r", "--name-only", "main"])
@@ -450,13 +486,15 @@ fn big_repo() {
         let mut cut = Vec::new();
         let mut gits = Vec::new();
         for round in 1..=BIG_ROUNDS {
-            let c = cutover_first_deploy(&cutover_url);
+            let c = cutover_first_deploy(&cutover_url, "", &[]);
             let g = git_clone_worktree(&git_url);
             println!(
-                "  {transport} round {round}: cutover {:>7.0} ms (deploy record {:.0} ms, of which release written {:.0} ms) | git clone {:.0} ms + worktree add {:.0} ms = {:.0} ms",
+                "  {transport} round {round}: cutover {:>7.0} ms (deploy record {:.0} ms, of which release written {:.0} ms; peak RSS {:.1} MiB, RssAnon {:.1} MiB) | git clone {:.0} ms + worktree add {:.0} ms = {:.0} ms",
                 c.wall_ms,
                 c.deploy_ms,
                 c.write_ms,
+                mib(c.hwm_kib),
+                mib(c.anon_kib),
                 g.clone_ms,
                 g.worktree_ms,
                 g.clone_ms + g.worktree_ms
@@ -512,6 +550,7 @@ fn big_repo() {
         "its fetch = deploy record duration_ms minus the write (resolving the ref, fetching, indexing the pack, \
          switching current); its write = the \"release written\" log line's ms. target ratio <= 1.0"
     );
+    cached
 }
 
 fn big_content_bytes() -> usize {
@@ -612,7 +651,10 @@ fn big_repository() -> (PathBuf, Option<Duration>) {
     (repo, Some(started.elapsed()))
 }
 
-fn cutover_first_deploy(url: &str) -> BigRound {
+/// cutover's first deploy of the big repository from `url` into an empty
+/// volume; `source_extra` is added to `[source]`, `env` to cutover's
+/// environment. Panics if it fails.
+fn cutover_first_deploy(url: &str, source_extra: &str, env: &[(&str, &str)]) -> BigRound {
     let dir = TempDir::new("cutover-bench-big");
     let volume = dir.path().join("volume");
     let config = format!(
@@ -626,6 +668,7 @@ grace = "0s"
 repo = {repo}
 ref = "main"
 root = {root}
+{source_extra}
 "#,
         repo = toml_str(url),
         root = toml_str(&volume.display().to_string()),
@@ -633,11 +676,26 @@ root = {root}
     let log = dir.path().join("cutover.log");
     sync();
     let started = Instant::now();
-    let mut cutover = spawn_cutover(dir.path(), &config, &log, "info", &[]);
+    let mut cutover = spawn_cutover(dir.path(), &config, &log, "info", env);
+    let pid = cutover.pid();
     let current = volume.join("current");
-    let wall = loop {
+    let (mut ssh_hwm_kib, mut ssh_anon_kib) = (None, None);
+    let mut anon_kib = 0;
+    let mut polls = 0u64;
+    let (wall, hwm_kib) = loop {
         if std::fs::symlink_metadata(&current).is_ok() {
-            break started.elapsed();
+            break (started.elapsed(), status_kib(pid, "VmHWM").unwrap_or(0));
+        }
+        polls += 1;
+        if polls.is_multiple_of(5) {
+            anon_kib = anon_kib.max(status_kib(pid, "RssAnon").unwrap_or(0));
+            for child in children(pid) {
+                let comm = std::fs::read_to_string(format!("/proc/{child}/comm"));
+                if comm.is_ok_and(|c| c.trim() == "ssh") {
+                    ssh_hwm_kib = ssh_hwm_kib.max(status_kib(child, "VmHWM"));
+                    ssh_anon_kib = ssh_anon_kib.max(status_kib(child, "RssAnon"));
+                }
+            }
         }
         if let Some(status) = cutover.exited() {
             panic!("cutover exited ({status}):\n{}", tail(&log, 30));
@@ -677,10 +735,22 @@ root = {root}
     cutover.stop(Duration::from_secs(10));
     let written = volume.join("current").join(big_path(BIG_FILES - 1));
     assert!(written.is_file(), "{} missing", written.display());
+    if source_extra.contains("depth = 1") {
+        let shallow = volume.join(".cutover/cache.git/shallow");
+        assert!(
+            shallow.is_file(),
+            "depth = 1, but {} is missing",
+            shallow.display()
+        );
+    }
     BigRound {
         wall_ms: ms(wall),
         deploy_ms,
         write_ms,
+        hwm_kib,
+        anon_kib,
+        ssh_hwm_kib,
+        ssh_anon_kib,
     }
 }
 
@@ -703,6 +773,93 @@ fn git_clone_worktree(url: &str) -> GitRound {
     }
 }
 
+/// `git clone -q --depth 1 --branch main URL release` with `config` as `-c`
+/// options and `env` added; its time and the largest ru_maxrss of git and
+/// the helpers it waited for (remote-https, index-pack, ssh, ...), kB.
+fn git_clone_shallow(url: &str, config: &[String], env: &[(&str, &str)]) -> (f64, u64) {
+    let dir = TempDir::new("cutover-bench-git");
+    let mut args: Vec<&str> = Vec::new();
+    for c in config {
+        args.extend(["-c", c.as_str()]);
+    }
+    args.extend([
+        "clone", "-q", "--depth", "1", "--branch", "main", url, "release",
+    ]);
+    let stderr = dir.join("git.stderr");
+    let mut cmd = git_command(dir.path(), &args);
+    cmd.envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    sync();
+    let started = Instant::now();
+    let (status, maxrss_kib) = wait_rusage(cmd.spawn().expect("run git"));
+    let took = started.elapsed();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "git {args:?} failed (wait status {status}):\n{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    let release = dir.join("release");
+    assert!(
+        release.join(big_path(BIG_FILES - 1)).is_file() && release.join(".git/shallow").is_file(),
+        "git clone --depth 1 left no shallow work tree in {}",
+        release.display()
+    );
+    (ms(took), maxrss_kib)
+}
+
+/// wait4(2) on `child` (which reaps it): its wait status and ru_maxrss
+/// (kB), which on Linux covers the child and every descendant it waited for.
+fn wait_rusage(child: std::process::Child) -> (i32, u64) {
+    let pid = child.id();
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: both pointers are to live locals of the right types; `pid`
+        // is a child of this process that nothing else waits for (`child`
+        // is dropped unwaited, which neither waits nor kills).
+        let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+        if r == pid as i32 {
+            return (status, u64::try_from(usage.ru_maxrss).unwrap_or(0));
+        }
+        let e = std::io::Error::last_os_error();
+        assert!(
+            e.kind() == std::io::ErrorKind::Interrupted,
+            "wait4({pid}): {e}"
+        );
+        check_interrupted();
+    }
+}
+
+/// A `kB` field of /proc/PID/status (VmHWM, VmRSS, ...), if the process is there.
+fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The children of `pid`, from /proc/PID/task/*/children (cheap enough to
+/// read every few milliseconds, unlike a scan of /proc).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    out
+}
+
 fn sync() {
     let _ = Command::new("sync").status();
 }
@@ -717,6 +874,250 @@ fn dir_bytes(path: &Path) -> u64 {
         }
     }
     total
+}
+
+// ---------------------------------------------------------------- forges
+
+/// One forge row: cutover's rounds and git's (time ms, ru_maxrss kB), or
+/// why it was skipped.
+struct ForgeRow {
+    name: &'static str,
+    cut: Vec<BigRound>,
+    git: Vec<(f64, u64)>,
+    skipped: Option<String>,
+}
+
+/// The big repository from an https forge and an ssh forge, shallow, by
+/// cutover and by git.
+fn forge_rows(big: &Path) {
+    let dir = TempDir::new("cutover-bench-forge");
+    let https_tools = [
+        ("CUTOVER_NGINX", "/usr/sbin/nginx"),
+        ("CUTOVER_FCGIWRAP", "/usr/sbin/fcgiwrap"),
+        (
+            "CUTOVER_GIT_HTTP_BACKEND",
+            "/usr/lib/git-core/git-http-backend",
+        ),
+        ("", "openssl"),
+    ];
+    let ssh_tools = [
+        ("CUTOVER_SSHD", "/usr/sbin/sshd"),
+        ("", "ssh"),
+        ("", "ssh-keygen"),
+    ];
+    let rows = [
+        forge_row("https", &https_tools, || https_forge(dir.path(), big)),
+        forge_row("ssh", &ssh_tools, || ssh_forge(dir.path(), big)),
+    ];
+    println!();
+    println!(
+        "fetch + materialise {BIG_FILES} files / {:.0} MB from a forge, shallow (median / max of {BIG_ROUNDS}; \
+         `sync` before each run; cutover = `cutover run` started -> `current` in place, `depth = 1`, \
+         first deploy into an empty volume; git = `git clone -q --depth 1 --branch main URL DIR`, \
+         from the same server)",
+        big_content_bytes() as f64 / 1e6
+    );
+    println!(
+        "{:<6} | {:>13} | {:>13} | {:>13} | {:>13} | {:>7} | {:>13} | {:>13} | {:>13} | {:>13}",
+        "forge",
+        "cutover ms",
+        "  its fetch",
+        "  its write",
+        "git ms",
+        "cut/git",
+        "cutover peak",
+        "  its anon",
+        "ssh child pk",
+        "git peak"
+    );
+    println!(
+        "{:<6} | {:>13} | {:>13} | {:>13} | {:>13} | {:>7} | {:>13} | {:>13} | {:>13} | {:>13}",
+        "",
+        "median / max",
+        "median / max",
+        "median / max",
+        "median / max",
+        "medians",
+        "MiB med / max",
+        "MiB med / max",
+        "MiB med / max",
+        "MiB med / max"
+    );
+    println!(
+        "{:-<6}-+-{:-<13}-+-{:-<13}-+-{:-<13}-+-{:-<13}-+-{:-<7}-+-{:-<13}-+-{:-<13}-+-{:-<13}-+-{:-<13}",
+        "", "", "", "", "", "", "", "", "", ""
+    );
+    for row in &rows {
+        if let Some(why) = &row.skipped {
+            println!("{:<6} | skipped: {why}", row.name);
+            continue;
+        }
+        let of = |f: &dyn Fn(&BigRound) -> f64| row.cut.iter().map(f).collect::<Vec<f64>>();
+        let wall = of(&|c| c.wall_ms);
+        let git_ms: Vec<f64> = row.git.iter().map(|g| g.0).collect();
+        let ssh: Vec<f64> = row
+            .cut
+            .iter()
+            .filter_map(|c| c.ssh_hwm_kib.map(mib))
+            .collect();
+        println!(
+            "{:<6} | {:>13} | {:>13} | {:>13} | {:>13} | {:>7.2} | {:>13} | {:>13} | {:>13} | {:>13}",
+            row.name,
+            med_max(&wall, 0),
+            med_max(&of(&|c| c.deploy_ms - c.write_ms), 0),
+            med_max(&of(&|c| c.write_ms), 0),
+            med_max(&git_ms, 0),
+            p50(&wall) / p50(&git_ms),
+            med_max(&of(&|c| mib(c.hwm_kib)), 1),
+            med_max(&of(&|c| mib(c.anon_kib)), 1),
+            med_max(&ssh, 1),
+            med_max(&row.git.iter().map(|g| mib(g.1)).collect::<Vec<_>>(), 1),
+        );
+    }
+    println!(
+        "its fetch / its write: as in the table above. cut/git: median cutover ms / median git ms (goal <= 1.2). \
+         cutover peak: VmHWM of the cutover process when `current` appeared (fetch, index, write; without \
+         its ssh child; file pages count: the mapped pack and binary). its anon: the highest RssAnon of \
+         cutover's (heap, stacks) read every 10 ms until then. ssh child pk: the highest VmHWM read of cutover's `ssh` child, every 10 ms while it \
+         ran (a lower bound). git peak: ru_maxrss from wait4(git clone): the largest single process of \
+         git and its helpers (git-remote-https, index-pack, ssh, ...), not their sum; exec keeps the \
+         spawning process's high-water mark in it, so this bench's own VmHWM ({:.1} MiB) is its floor.",
+        mib(status_kib(std::process::id() as i32, "VmHWM").unwrap_or(0))
+    );
+}
+
+/// `run` gives the row, unless a tool it needs is missing.
+fn forge_row(
+    name: &'static str,
+    tools: &[(&str, &str)],
+    run: impl FnOnce() -> (Vec<BigRound>, Vec<(f64, u64)>),
+) -> ForgeRow {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(var, tool)| !tool_exists(var, tool))
+        .map(|(_, tool)| tool.to_string())
+        .collect();
+    if !missing.is_empty() {
+        let why = format!(
+            "{} missing (run `eval \"$(scripts/setup-forge)\"` first)",
+            missing.join(", ")
+        );
+        println!("{name} forge: {why}");
+        return ForgeRow {
+            name,
+            cut: Vec::new(),
+            git: Vec::new(),
+            skipped: Some(why),
+        };
+    }
+    let (cut, git) = run();
+    ForgeRow {
+        name,
+        cut,
+        git,
+        skipped: None,
+    }
+}
+
+/// Whether the tool is there: the path in `var` (scripts/setup-forge's
+/// exports), else `tool` as a path, or a name on PATH.
+fn tool_exists(var: &str, tool: &str) -> bool {
+    if let Some(path) = std::env::var_os(var).filter(|_| !var.is_empty()) {
+        return Path::new(&path).is_file();
+    }
+    if tool.contains('/') {
+        return Path::new(tool).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// Rounds of cutover and git, in turn, against one forge.
+fn forge_rounds(
+    name: &str,
+    url: &str,
+    source_extra: &str,
+    env: &[(&str, &str)],
+    git_config: &[String],
+    git_env: &[(&str, &str)],
+) -> (Vec<BigRound>, Vec<(f64, u64)>) {
+    let mut cut = Vec::new();
+    let mut gits = Vec::new();
+    for round in 1..=BIG_ROUNDS {
+        check_interrupted();
+        let c = cutover_first_deploy(url, source_extra, env);
+        let g = git_clone_shallow(url, git_config, git_env);
+        println!(
+            "  {name} round {round}: cutover {:>7.0} ms (deploy record {:.0} ms, of which release written {:.0} ms; \
+             peak RSS {:.1} MiB, RssAnon {:.1} MiB{}) | git clone --depth 1 {:.0} ms (peak RSS {:.1} MiB)",
+            c.wall_ms,
+            c.deploy_ms,
+            c.write_ms,
+            mib(c.hwm_kib),
+            mib(c.anon_kib),
+            match (c.ssh_hwm_kib, c.ssh_anon_kib) {
+                (Some(k), Some(a)) => format!(
+                    ", ssh child {:.1} MiB, its RssAnon {:.1} MiB",
+                    mib(k),
+                    mib(a)
+                ),
+                _ => String::new(),
+            },
+            g.0,
+            mib(g.1)
+        );
+        cut.push(c);
+        gits.push(g);
+    }
+    (cut, gits)
+}
+
+/// nginx + git-http-backend over TLS with basic auth; cutover with
+/// `token_env` and `ca_file`, git with the token in an extra header.
+fn https_forge(dir: &Path, big: &Path) -> (Vec<BigRound>, Vec<(f64, u64)>) {
+    use base64::Engine;
+    let forge = HttpsForge::start(dir, Cert::Good);
+    forge.publish(big, "big.git");
+    let url = forge.url("big.git");
+    let ca = forge.ca_file.display().to_string();
+    println!("https forge: {url} (nginx, TLS with a test CA, basic auth, git-http-backend)");
+    let extra = format!(
+        "username = {}\ntoken_env = \"FORGE_TOKEN\"\nca_file = {}\ndepth = 1",
+        toml_str(&forge.username),
+        toml_str(&ca)
+    );
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", forge.username, forge.token));
+    forge_rounds(
+        "https",
+        &url,
+        &extra,
+        &[("FORGE_TOKEN", &forge.token)],
+        &[format!("http.extraHeader=Authorization: Basic {basic}")],
+        &[("GIT_SSL_CAINFO", &ca)],
+    )
+}
+
+/// sshd + git-shell; cutover with an ed25519 deploy key and known_hosts,
+/// git through GIT_SSH_COMMAND with the same two.
+fn ssh_forge(dir: &Path, big: &Path) -> (Vec<BigRound>, Vec<(f64, u64)>) {
+    let forge = SshForge::start(dir);
+    forge.publish(big, "big.git");
+    let url = forge.url("big.git");
+    let (key, known_hosts) = (forge.ed25519_key(), forge.known_hosts());
+    println!("ssh forge: {url} (sshd, git-shell, an ed25519 deploy key)");
+    let extra = format!(
+        "ssh_key = {}\nknown_hosts = {}\ndepth = 1",
+        toml_str(&key.display().to_string()),
+        toml_str(&known_hosts.display().to_string())
+    );
+    let ssh = format!(
+        "ssh -i '{}' -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes \
+         -o UserKnownHostsFile='{}'",
+        key.display(),
+        known_hosts.display()
+    );
+    forge_rounds("ssh", &url, &extra, &[], &[], &[("GIT_SSH_COMMAND", &ssh)])
 }
 
 // ---------------------------------------------------------------- HTTP
@@ -737,4 +1138,17 @@ fn status(control: u16) -> Option<serde_json::Value> {
 
 fn median(v: impl Iterator<Item = f64>) -> f64 {
     p50(&v.collect::<Vec<_>>())
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// "median / max" of `v` with `decimals`, or "-" when empty.
+fn med_max(v: &[f64], decimals: usize) -> String {
+    if v.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{:.*} / {:.*}", decimals, p50(v), decimals, max(v))
+    }
 }

@@ -1,5 +1,6 @@
-//! The docker client for the container tests: every call bounded in time,
-//! so a hung engine fails the test instead of hanging CI.
+//! The docker client (and the compose clients) for the container tests:
+//! every call bounded in time, so a hung engine fails the test instead of
+//! hanging CI.
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -9,15 +10,23 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(300);
 /// Runs the docker client; killed (and the test failed) after `DOCKER_TIMEOUT`.
 pub fn docker(args: &[&str]) -> Output {
     let client = std::env::var("DOCKER").unwrap_or_else(|_| "docker".to_string());
+    let mut cmd = Command::new(client);
+    cmd.args(args);
+    bounded(cmd, &format!("docker {args:?}"))
+}
+
+/// Runs `cmd` (a docker or compose client) with no stdin, its output
+/// captured; killed (and the test failed) after `DOCKER_TIMEOUT`. `what`
+/// names it in that failure.
+pub fn bounded(mut cmd: Command, what: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(client)
-        .args(args)
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
-        .expect("run the docker client");
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
     let deadline = Instant::now() + DOCKER_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -26,7 +35,7 @@ pub fn docker(args: &[&str]) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("docker {args:?} did not finish within {DOCKER_TIMEOUT:?}");
+            panic!("{what} did not finish within {DOCKER_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };

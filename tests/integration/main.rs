@@ -36,6 +36,8 @@ mod status_escapes;
 mod watch_symlinks;
 
 #[cfg(feature = "container-tests")]
+mod compose_holder;
+#[cfg(feature = "container-tests")]
 mod container;
 #[cfg(feature = "container-tests")]
 mod dockercli;

@@ -31,9 +31,10 @@ fn status_over_http_is_opt_in_and_healthz_outlives_a_flood_of_idle_clients() {
     drop(idle);
 }
 
-/// Sends a status request with a connected TCP socket attached whose close
-/// would block for 30 s (SO_LINGER, a full send buffer, a peer that never
-/// reads), prints the holder's answer, and keeps that peer alive.
+/// Sends a status request with a connected TCP socket attached whose last
+/// close would block for 30 s (SO_LINGER, a full send buffer, a peer that
+/// never reads), closes its own copy (the one in flight is not the last),
+/// says "sent", then prints the holder's answer and keeps the sink alive.
 const LINGERING_PEER: &str = r#"
 import json, socket, struct, sys, time
 holder = sys.argv[1]
@@ -50,14 +51,19 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 s.connect(holder)
 socket.send_fds(s, [json.dumps({"op": "status"}).encode()], [c.fileno()])
 c.close()
+print("sent", flush=True)
 print(s.recv(65536).decode(), flush=True)
-time.sleep(20)
+time.sleep(40)
 "#;
 
 #[test]
 fn descriptors_in_a_request_are_refused_without_stalling_the_holder() {
     let s = Scene::new(&[]);
     let answer = s.dir.join("peer.out");
+    let read = || std::fs::read_to_string(&answer).unwrap_or_default();
+    // Stopped, the holder receives the descriptor only once the peer's own
+    // copy is closed: the holder's is then the last, whose close lingers.
+    s.holder.signal(libc::SIGSTOP);
     let mut cmd = Command::new("python3");
     cmd.args(["-c", LINGERING_PEER])
         .arg(&s.holder_socket)
@@ -65,13 +71,16 @@ fn descriptors_in_a_request_are_refused_without_stalling_the_holder() {
         .stdout(std::fs::File::create(&answer).unwrap())
         .stderr(Stdio::inherit());
     let _peer = Group::spawn(&mut cmd);
+    let sent = wait_for(SECS_20, || read().contains("sent").then_some(()));
+    s.holder.signal(libc::SIGCONT);
+    sent.expect("the peer never sent its request");
     let said = wait_for(SECS_20, || {
-        let text = std::fs::read_to_string(&answer).ok()?;
-        (!text.trim().is_empty()).then_some(text)
+        let text = read();
+        text.contains("error").then_some(text)
     })
-    .expect("the peer got no answer");
+    .unwrap_or_else(|| panic!("the peer got no answer: {}", read()));
     assert!(said.contains("requests carry no descriptors"), "{said}");
-    // Another peer is answered at once, while that close lingers.
+    // Another peer is answered at once while that close lingers (30 s).
     let asked = Instant::now();
     let (code, out, err) = run_cutover(
         &s.dir,
@@ -79,7 +88,7 @@ fn descriptors_in_a_request_are_refused_without_stalling_the_holder() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        asked.elapsed() < Duration::from_secs(3),
+        asked.elapsed() < Duration::from_secs(10),
         "status waited {:?} behind a lingering close",
         asked.elapsed()
     );

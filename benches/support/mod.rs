@@ -25,6 +25,7 @@ pub use fixture::{
     load::{max, ms, p50, p99},
     ports::free_port,
 };
+#[allow(unused_imports)]
 pub use fixture::{http, procs};
 
 use procs::Group;

@@ -20,12 +20,13 @@ use tracing::{info, warn};
 use super::groups::Op;
 use super::wire::{Conn, Listener};
 use super::{HeldStatus, HolderInfo, HolderStatus, Offered, Reply, Request, Taker};
+use crate::accept::{Full, Slot, Slots};
 use crate::clock::timestamp;
 use crate::listen::bind_tcp;
 use crate::steer;
 
-/// Connections to the unix socket at once: one per app container, and
-/// status requests.
+/// Connections to the unix socket at once: one per app container (its
+/// lease), and status requests; a silent one makes room for a newcomer.
 const MAX_PEERS: usize = 256;
 /// How long a new connection may take to send its first request.
 const FIRST_REQUEST: std::time::Duration = std::time::Duration::from_secs(5);
@@ -189,22 +190,18 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(HoldError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(HoldError::Signals)?;
     let mut next_id = 0u64;
-    let peers = Arc::new(tokio::sync::Semaphore::new(MAX_PEERS));
+    let slots = Slots::new(MAX_PEERS);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => {
-                    let Ok(permit) = peers.clone().try_acquire_owned() else {
-                        warn!(limit = MAX_PEERS, "too many connections to the holder; refusing one");
+                    let Some(slot) = admit(&slots).await else {
+                        warn!(limit = MAX_PEERS, "every connection to the holder is a taker's or busy; refusing one");
                         let _ = conn.send(&failure(format!("the holder serves {MAX_PEERS} connections at most")), &[]).await;
                         continue;
                     };
                     next_id += 1;
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        serve(conn, next_id, shared).await;
-                        drop(permit);
-                    });
+                    tokio::spawn(serve(conn, next_id, shared.clone(), slot));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -302,7 +299,25 @@ fn registry(info: HolderInfo) -> (mpsc::UnboundedSender<Event>, watch::Receiver<
     (tx, published)
 }
 
-async fn serve(conn: Conn, id: u64, shared: Arc<Shared>) {
+/// A slot for a new peer: when all are taken, the oldest one that has sent
+/// nothing yet (or is between status requests) makes room; a taker's lease
+/// never does.
+async fn admit(slots: &Slots) -> Option<Slot> {
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match slots.admit() {
+            Ok(slot) => return Some(slot),
+            Err(Full::Evicting(released)) if tokio::time::Instant::now() < until => {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(10), released.notified())
+                        .await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn serve(conn: Conn, id: u64, shared: Arc<Shared>, slot: Slot) {
     let peer = match conn.peer() {
         Ok(p) => p,
         Err(e) => {
@@ -326,20 +341,30 @@ async fn serve(conn: Conn, id: u64, shared: Arc<Shared>) {
             tokio::time::timeout(std::time::Duration::from_secs(2), conn.recv::<Request>()).await;
         return;
     }
-    let mut first = true;
+    // Held while a request is answered, and for good once the peer took
+    // sockets: a lease is never evicted.
+    let mut busy = None;
+    let mut leased = false;
     loop {
+        if !leased {
+            busy = None;
+        }
         let next = conn.recv::<Request>();
-        // A peer gets a few seconds for its first request; a taker then
-        // keeps its connection (its lease) idle as long as it likes.
-        let received = if first {
-            match tokio::time::timeout(FIRST_REQUEST, next).await {
-                Ok(r) => r,
-                Err(_) => break,
-            }
-        } else {
+        // A peer gets a few seconds for each request and may be evicted
+        // while it sends none; a taker keeps its connection (its lease)
+        // idle as long as it likes.
+        let received = if leased {
             next.await
+        } else {
+            tokio::select! {
+                r = tokio::time::timeout(FIRST_REQUEST, next) => match r {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+                () = slot.evicted() => break,
+            }
         };
-        first = false;
+        busy.get_or_insert_with(|| slot.busy());
         let request = match received {
             Ok(Some((request, fds))) if fds.is_empty() => request,
             Ok(Some((_, fds))) => {
@@ -357,6 +382,7 @@ async fn serve(conn: Conn, id: u64, shared: Arc<Shared>) {
         };
         let sent = match request {
             Request::Take { names, who, fresh } => {
+                leased = true;
                 take(&conn, id, &peer, &shared, names, who, fresh).await
             }
             Request::Status => {

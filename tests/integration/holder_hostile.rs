@@ -93,3 +93,40 @@ fn descriptors_in_a_request_are_refused_without_stalling_the_holder() {
         asked.elapsed()
     );
 }
+
+/// Peers that connect and say nothing fill no more than the holder's cap,
+/// and give their places up to newcomers: a taker's status request is
+/// answered while 300 of them wait.
+#[test]
+fn silent_peers_on_the_unix_socket_make_room_for_requests() {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+    let s = Scene::new(&[]);
+    let silent: Vec<_> = (0..300)
+        .filter_map(|_| {
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .ok()?;
+            connect(fd.as_raw_fd(), &UnixAddr::new(&s.holder_socket).ok()?).ok()?;
+            Some(fd)
+        })
+        .collect();
+    assert_eq!(silent.len(), 300);
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let (code, out, err) = run_cutover(
+        &s.dir,
+        &["status", "--holder", s.holder_socket.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}\n{}", s.holder.stderr());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(silent);
+}

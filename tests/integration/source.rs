@@ -107,16 +107,7 @@ impl Setup {
     }
 
     fn wait_version(&self, c: &Cutover, version: &str) {
-        wait_for(SECS_20, || {
-            (served_version(self.port).ok()? == version).then_some(())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "never served {version} (serving {:?})\n--- stderr ---\n{}",
-                served_version(self.port),
-                c.stderr()
-            )
-        });
+        wait_version(self.port, version, c, SECS_20);
     }
 
     fn release_dir(&self, sha: &str) -> PathBuf {

@@ -6,10 +6,13 @@
 //! Each failure is told apart here, where it is known: the proxy refused,
 //! the server is down, the certificate is for another name.
 
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::Uri;
 use hyper::header::HeaderValue;
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,6 +20,7 @@ use tokio::net::TcpStream;
 use super::error::TransportError;
 use super::transport::Settings;
 use crate::redact::redact_url;
+use crate::tls::TlsSetupError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// curl's default port for a proxy URL without one.
@@ -67,14 +71,31 @@ pub struct Connection {
     pub via_proxy: Option<Option<HeaderValue>>,
 }
 
+/// The TLS client settings of one remote operation (an ls-remote, a
+/// fetch): the system store and `ca_file` are read from disk at its first
+/// https connection, not at each of its requests.
+#[derive(Default)]
+pub struct TlsOnce(OnceLock<Arc<ClientConfig>>);
+
+impl TlsOnce {
+    fn config(&self, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        if let Some(config) = self.0.get() {
+            return Ok(config.clone());
+        }
+        let config = crate::tls::client_config(ca_file)?;
+        Ok(self.0.get_or_init(|| config).clone())
+    }
+}
+
 pub async fn open(
     endpoint: &Endpoint,
     uri: &Uri,
     settings: &Settings,
+    tls: &TlsOnce,
 ) -> Result<Connection, TransportError> {
     let Some(proxy) = settings.proxy.intercept(uri) else {
         let tcp = tcp(&endpoint.host, endpoint.port, &endpoint.address()).await?;
-        return finish(endpoint, tcp, settings, None).await;
+        return finish(endpoint, tcp, settings, tls).await;
     };
     let shown = redact_url(&proxy.uri().to_string());
     let proxy_error = |why: String| TransportError::Proxy {
@@ -109,7 +130,7 @@ pub async fn open(
     tunnel(&mut tcp, endpoint, auth.as_ref())
         .await
         .map_err(proxy_error)?;
-    finish(endpoint, tcp, settings, None).await
+    finish(endpoint, tcp, settings, tls).await
 }
 
 async fn tcp(host: &str, port: u16, address: &str) -> Result<TcpStream, TransportError> {
@@ -126,25 +147,26 @@ async fn tcp(host: &str, port: u16, address: &str) -> Result<TcpStream, Transpor
     }
 }
 
+/// TLS over `tcp` for https; plain http goes as it is.
 async fn finish(
     endpoint: &Endpoint,
     tcp: TcpStream,
     settings: &Settings,
-    via_proxy: Option<Option<HeaderValue>>,
+    tls: &TlsOnce,
 ) -> Result<Connection, TransportError> {
     let address = endpoint.address();
     if !endpoint.tls {
         return Ok(Connection {
             io: Box::new(tcp),
-            via_proxy,
+            via_proxy: None,
         });
     }
-    let config = crate::tls::client_config(settings.ca_file.as_deref()).map_err(|e| {
-        TransportError::Tls {
+    let config = tls
+        .config(settings.ca_file.as_deref())
+        .map_err(|e| TransportError::Tls {
             address: address.clone(),
             why: e.to_string(),
-        }
-    })?;
+        })?;
     let name = ServerName::try_from(endpoint.host.clone()).map_err(|_| TransportError::Tls {
         address: address.clone(),
         why: format!("`{}` is not a valid server name", endpoint.host),
@@ -164,7 +186,7 @@ async fn finish(
         }),
         Ok(Ok(tls)) => Ok(Connection {
             io: Box::new(tls),
-            via_proxy,
+            via_proxy: None,
         }),
     }
 }

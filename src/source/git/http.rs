@@ -23,7 +23,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
-use super::connect::{self, Endpoint};
+use super::connect::{self, Endpoint, TlsOnce};
 use super::error::{TransportError, detail};
 use super::transport::Shared;
 use crate::redact::without_userinfo;
@@ -43,6 +43,7 @@ pub struct HttpSubtransport {
     /// request; later requests go there directly.
     base: Arc<Mutex<Option<String>>>,
     runtime: Mutex<Option<Arc<tokio::runtime::Runtime>>>,
+    tls: Arc<TlsOnce>,
 }
 
 impl HttpSubtransport {
@@ -51,6 +52,7 @@ impl HttpSubtransport {
             shared,
             base: Arc::new(Mutex::new(None)),
             runtime: Mutex::new(None),
+            tls: Arc::default(),
         }
     }
 
@@ -99,6 +101,7 @@ impl SmartSubtransport for HttpSubtransport {
             shared: self.shared.clone(),
             runtime,
             base_slot: self.base.clone(),
+            tls: self.tls.clone(),
             origin_host: Uri::try_from(given.as_str())
                 .ok()
                 .and_then(|u| u.host().map(str::to_string)),
@@ -120,6 +123,7 @@ impl SmartSubtransport for HttpSubtransport {
 struct HttpStream {
     shared: Arc<Shared>,
     runtime: Arc<tokio::runtime::Runtime>,
+    tls: Arc<TlsOnce>,
     base_slot: Arc<Mutex<Option<String>>>,
     /// The configured remote's host: the only one credentials go to.
     origin_host: Option<String>,
@@ -241,7 +245,7 @@ impl HttpStream {
             why: "not an http or https URL".into(),
         })?;
         let settings = &self.shared.settings;
-        let connection = connect::open(&endpoint, &uri, settings).await?;
+        let connection = connect::open(&endpoint, &uri, settings, &self.tls).await?;
         let address = endpoint.address();
         let io_error = |e: hyper::Error| TransportError::Io {
             address: address.clone(),

@@ -59,8 +59,8 @@ use support::fixture::forge::{Cert, HttpsForge, SshForge};
 use support::fixture::git::{Daemon, Repo, fast_import, git_command};
 use support::http::{http, poll_get, wait_served};
 use support::{
-    TempDir, check_interrupted, command_text, free_port, git, install_cleanup, loadavg,
-    log_problems, machine, max, ms, p50, sleep, spawn_cutover, tail, toml_str,
+    TempDir, check_interrupted, command_text, dir_bytes, free_port, git, install_cleanup, loadavg,
+    log_problems, machine, max, ms, p50, sleep, spawn_cutover, status_kib, tail, toml_str,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_cutover");
@@ -832,16 +832,6 @@ fn wait_rusage(child: std::process::Child) -> (i32, u64) {
     }
 }
 
-/// A `kB` field of /proc/PID/status (VmHWM, VmRSS, ...), if the process is there.
-fn status_kib(pid: i32, field: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// The children of `pid`, from /proc/PID/task/*/children (cheap enough to
 /// read every few milliseconds, unlike a scan of /proc).
 fn children(pid: i32) -> Vec<i32> {
@@ -862,18 +852,6 @@ fn children(pid: i32) -> Vec<i32> {
 
 fn sync() {
     let _ = Command::new("sync").status();
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
-        match e.file_type() {
-            Ok(t) if t.is_dir() => total += dir_bytes(&e.path()),
-            Ok(_) => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-            Err(_) => {}
-        }
-    }
-    total
 }
 
 // ---------------------------------------------------------------- forges

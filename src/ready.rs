@@ -65,6 +65,9 @@ pub struct Probe {
     pub env: ChildEnv,
     /// How to reach this instance alone, while users reach another.
     pub routes: Vec<ProbeRoute>,
+    /// Users reach this instance (a first start, a `restart`): no other
+    /// instance of the program can answer on its sockets.
+    pub alone: bool,
 }
 
 /// A running readiness check; dropping it stops the check.
@@ -140,10 +143,14 @@ impl Probe {
     }
 
     /// `[ready] grace`, or its default: none where the check speaks for this
-    /// instance alone (its own READY=1; http/tcp probes that all reach its
-    /// own socket and no command), 1 s where an old instance may answer.
+    /// instance alone (its own READY=1; no other instance running; http/tcp
+    /// probes that all reach its own socket and no command), 1 s where an
+    /// old instance may answer.
     fn grace(&self) -> Duration {
         self.config.grace.unwrap_or_else(|| {
+            if self.alone {
+                return Duration::ZERO;
+            }
             let exact_probes = !self.routes.is_empty()
                 && self.config.command.is_none()
                 && self
@@ -183,7 +190,10 @@ impl Probe {
             loop {
                 match self.check_once(deadline).await {
                     Ok(()) => return,
-                    Err(e) => last = e,
+                    Err(e) => {
+                        tracing::debug!(pid = self.pid.as_raw(), error = %e, "not ready yet");
+                        last = e;
+                    }
                 }
                 sleep(self.config.interval).await;
             }

@@ -81,10 +81,34 @@ pub fn without_userinfo(url: &str) -> String {
     }
 }
 
+/// A path segment that is a credential, not a name: webhook URLs carry
+/// their token in the path (Slack's `/services/T…/B…/<24 characters>`,
+/// Discord's `/api/webhooks/<id>/<68 characters>`). Long, of URL-safe
+/// token characters, and mixing digits with upper- and lower-case letters
+/// (or 32 hex digits and more), which names of repositories, organisations
+/// and endpoints do not.
+fn is_token_segment(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    let token_chars = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if !token_chars {
+        return false;
+    }
+    let has = |f: fn(&u8) -> bool| bytes.iter().any(f);
+    let mixed = bytes.len() >= 20
+        && has(u8::is_ascii_digit)
+        && has(u8::is_ascii_uppercase)
+        && has(u8::is_ascii_lowercase);
+    let hex = bytes.len() >= 32 && bytes.iter().all(u8::is_ascii_hexdigit);
+    mixed || hex
+}
+
 /// The URL as it may be shown: the whole userinfo (a token may be the user
 /// name: `https://TOKEN@host`, `https://TOKEN:x-oauth-basic@host`), every
-/// query value and the fragment become `***`; scheme, host, port and path
-/// stay. Anything that is not a `scheme://` URL is returned as it is.
+/// path segment that is a token ([`is_token_segment`]), every query value
+/// and the fragment become `***`; scheme, host, port and the rest of the
+/// path stay. Anything that is not a `scheme://` URL is returned as it is.
 pub fn redact_url(url: &str) -> String {
     let Some(p) = url_parts(url) else {
         return url.to_string();
@@ -95,7 +119,18 @@ pub fn redact_url(url: &str) -> String {
         out.push('@');
     }
     out.push_str(p.host);
-    out.push_str(p.path);
+    let path: Vec<&str> = p
+        .path
+        .split('/')
+        .map(|segment| {
+            if is_token_segment(segment) {
+                REDACTED
+            } else {
+                segment
+            }
+        })
+        .collect();
+    out.push_str(&path.join("/"));
     if let Some(query) = p.query {
         out.push('?');
         let pairs: Vec<String> = query
@@ -155,6 +190,9 @@ impl UrlRedactor {
             if user.len() >= TOKEN_LIKE {
                 r.add_secret(user);
             }
+        }
+        for segment in p.path.split('/').filter(|s| is_token_segment(s)) {
+            r.add_secret(segment);
         }
         let values = p
             .query
@@ -309,6 +347,37 @@ mod tests {
         for (url, shown) in cases {
             assert_eq!(redact_url(url), shown, "{url}");
         }
+        // Tokens in the path: webhook URLs.
+        let path_cases = [
+            (
+                "https://hooks.slack.com/services/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",
+                "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/***",
+            ),
+            (
+                "https://discord.com/api/webhooks/112233445566778899/Zx9_Yw8-Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0Fe9Dc8Ba7zY6xW5vU4tS3rQ2pO1nM0lK9jI8hG7f",
+                "https://discord.com/api/webhooks/112233445566778899/***",
+            ),
+            (
+                "https://ci.example.com/hooks/0123456789abcdef0123456789abcdef",
+                "https://ci.example.com/hooks/***",
+            ),
+            // Names stay, long ones and ones with digits too.
+            (
+                "https://github.com/acme-corp/payment-service-2024-v2.git",
+                "https://github.com/acme-corp/payment-service-2024-v2.git",
+            ),
+            (
+                "https://gitlab.example.com/Group42/MyApp.git",
+                "https://gitlab.example.com/Group42/MyApp.git",
+            ),
+        ];
+        for (url, shown) in path_cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let slack = "https://hooks.slack.com/services/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";
+        let text = "POST failed: 404 for aB3dE6gH9jK2mN5pQ8sT1vW4 at https://hooks.slack.com/x";
+        let redacted = UrlRedactor::new(slack).redact(text);
+        assert!(!redacted.contains("aB3dE6gH9jK2mN5pQ8sT1vW4"), "{redacted}");
         assert_eq!(
             url_userinfo("https://tok@host/x"),
             (Some("tok".to_string()), None)

@@ -42,7 +42,18 @@ pub fn spawn_cutover(
     level: &str,
     env: &[(&str, &str)],
 ) -> Group {
-    let bin = fixture::BIN;
+    spawn_cutover_bin(Path::new(fixture::BIN), dir, config, log, level, env)
+}
+
+/// [`spawn_cutover`] with another cutover binary (a baseline build).
+pub fn spawn_cutover_bin(
+    bin: &Path,
+    dir: &Path,
+    config: &str,
+    log: &Path,
+    level: &str,
+    env: &[(&str, &str)],
+) -> Group {
     let path = dir.join("cutover.toml");
     std::fs::write(&path, config).unwrap();
     let mut check = Command::new(bin);
@@ -127,4 +138,27 @@ pub fn log_problems(path: &Path, also: &[&str]) -> Vec<String> {
         notes.push(format!("log: ... {} more such lines", bad.len() - 8));
     }
     notes
+}
+
+/// A `kB` field of /proc/PID/status (VmHWM, VmRSS, ...), if the process is there.
+pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Bytes of the files under `path`, recursively.
+pub fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => total += dir_bytes(&e.path()),
+            Ok(_) => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => {}
+        }
+    }
+    total
 }

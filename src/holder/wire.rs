@@ -179,7 +179,7 @@ impl Listener {
     /// Binds `path` (replacing a stale socket file), with `mode` and, when
     /// given, group `gid`, before it accepts anyone.
     pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<Listener> {
-        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
         if let Ok(meta) = std::fs::symlink_metadata(path)
             && meta.file_type().is_socket()
         {
@@ -190,15 +190,31 @@ impl Listener {
         }
         let fd = new_socket()?;
         // Bound under a temporary name and renamed into place once its mode
-        // is right: nobody can connect while it is wider open.
-        let staging = path.with_extension(format!("tmp-{}", std::process::id()));
-        let _ = std::fs::remove_file(&staging);
-        socket::bind(fd.as_raw_fd(), &UnixAddr::new(&staging)?)?;
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
-        if let Some(gid) = gid {
-            std::os::unix::fs::chown(&staging, None, Some(gid))?;
-        }
-        std::fs::rename(&staging, path)?;
+        // is right: nobody can connect while it is wider open. The temporary
+        // name is in a directory of the holder's own that nobody else can
+        // write (0700, created here), so the mode and group are set on the
+        // socket just bound, never on a symlink another container of the
+        // shared volume put in its place.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let private = dir.join(format!(
+            ".staging-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+        let staged = (|| -> io::Result<()> {
+            let staging = private.join("socket");
+            socket::bind(fd.as_raw_fd(), &UnixAddr::new(&staging)?)?;
+            std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
+            if let Some(gid) = gid {
+                std::os::unix::fs::lchown(&staging, None, Some(gid))?;
+            }
+            std::fs::rename(&staging, path)
+        })();
+        let _ = std::fs::remove_dir(&private);
+        staged?;
         socket::listen(&fd, Backlog::new(64).map_err(io::Error::from)?)?;
         Ok(Listener { fd: register(fd)? })
     }
@@ -216,5 +232,38 @@ impl Listener {
             })
             .await?;
         Conn::accepted(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    use super::*;
+
+    /// A symlink planted where the socket goes is replaced, never followed:
+    /// the file it points at keeps its mode, and no staging is left behind.
+    #[tokio::test]
+    async fn binding_follows_no_symlink_in_the_shared_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("sockets").join("holder.sock");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+
+        let _listener = Listener::bind(&path, 0o660, None).unwrap();
+
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        let victim_mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(victim_mode & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["holder.sock"]);
     }
 }

@@ -202,13 +202,14 @@ impl Program {
     ) -> Probe {
         // Users reach another instance: this one's own, or (a holder's
         // group before the first steer) another container's or nobody.
-        let routes =
-            if instance.generation == self.serving_generation && !self.sockets.users_elsewhere() {
-                Vec::new()
-            } else {
-                self.sockets
-                    .probe_routes(self.serving_generation, instance.generation)
-            };
+        let alone =
+            instance.generation == self.serving_generation && !self.sockets.users_elsewhere();
+        let routes = if alone {
+            Vec::new()
+        } else {
+            self.sockets
+                .probe_routes(self.serving_generation, instance.generation)
+        };
         Probe {
             config: self.config.ready.clone(),
             pid: instance.pid,
@@ -218,6 +219,7 @@ impl Program {
             user: self.config.user.clone(),
             env: self.config.env.clone(),
             routes,
+            alone,
         }
     }
 

@@ -196,7 +196,13 @@ impl Program {
         }
         match (&result, after) {
             (Ok(t), _) => {
-                info!(program = %self.config.name, pid = t.pid.unwrap_or_default(), total_ms = ms(request.received.elapsed()) as u64, "reload done");
+                info!(
+                    program = %self.config.name,
+                    pid = t.pid.unwrap_or_default(),
+                    ready_ms = ms(t.ready) as u64,
+                    total_ms = ms(request.received.elapsed()) as u64,
+                    "reload done"
+                );
                 if reloads {
                     self.set_state(ProgramState::Running);
                 }

@@ -23,15 +23,17 @@ use crate::config::{ChildEnv, RunAs};
 use crate::hooks::{HookError, LoggedCommand, run_logged};
 use crate::reaper::Reaper;
 
-/// `name` with `%`, every control character, and every byte outside
+/// `name` with `%`, `\`, every control character, and every byte outside
 /// printable ASCII written as `%XX` (upper-case hex of each UTF-8 byte), so
 /// the encoded name has no newline and decodes (`urllib.parse.unquote`,
-/// `printf '%b'` after `s/%/\\x/g`) to exactly the original. Spaces and
-/// the rest of printable ASCII stay as they are.
+/// `printf '%b'` after `s/%/\\x/g`) to exactly the original: `printf '%b'`
+/// reads a backslash as an escape (`\n` a newline, `\c` the end of
+/// output), so none may reach it unencoded. Spaces and the rest of
+/// printable ASCII stay as they are.
 pub(super) fn encode_path(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for &b in name.as_bytes() {
-        if b == b'%' || !(0x20..0x7f).contains(&b) {
+        if b == b'%' || b == b'\\' || !(0x20..0x7f).contains(&b) {
             out.push_str(&format!("%{b:02X}"));
         } else {
             out.push(b as char);
@@ -132,5 +134,45 @@ mod tests {
         assert_eq!(encode_path("a\tb\x7f\x1b[31m"), "a%09b%7F%1B[31m");
         assert_eq!(encode_path("café/go.sum"), "caf%C3%A9/go.sum");
         assert_eq!(encode_path("my deps/poetry.lock"), "my deps/poetry.lock");
+        assert_eq!(
+            encode_path("requirements\\nfoo.txt"),
+            "requirements%5Cnfoo.txt"
+        );
+    }
+
+    /// The README's bash decoder gives back every name exactly, one line
+    /// each: a backslash in a name is no escape to `printf '%b'`.
+    #[test]
+    fn the_readme_bash_decoder_round_trips() {
+        let names = [
+            "requirements\\nfoo.txt",
+            "a\\cb.lock",
+            "x\\\\y\\x41.txt",
+            "100%.lock",
+            "line\nbreak.txt",
+            "café/go.sum",
+        ];
+        let request = Redeploy {
+            sha: "abc".into(),
+            git_ref: String::new(),
+            changed_files: names.iter().map(|n| n.to_string()).collect(),
+            release_dir: "/".into(),
+        };
+        let changed = environment(&request)[2].1.clone();
+        let out = std::process::Command::new("bash")
+            .args([
+                "-c",
+                r#"while IFS= read -r line; do printf '%b' "${line//%/\\x}"; printf '\0'; done <<< "$CUTOVER_CHANGED_FILES""#,
+            ])
+            .env("CUTOVER_CHANGED_FILES", changed)
+            .output()
+            .unwrap();
+        let decoded: Vec<String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        assert_eq!(decoded, names);
     }
 }

@@ -147,6 +147,34 @@ pub enum RedeployError {
         reason: String,
         gap_ms: u128,
     },
+    /// This container already runs the image a redeploy built for this
+    /// commit, and that image still does not fit it: building again would
+    /// make the same image, whose container would do the same, without end.
+    #[error(
+        "docker: the image built for {sha} ({image}) does not carry a baseline for {sha}: bake \
+         it with `cutover fingerprint --write` in the Dockerfile after the dependencies are \
+         installed; not building again for this commit"
+    )]
+    ImageDoesNotFit { sha: String, image: String },
+    /// Another container is being started for the same commit.
+    #[error(
+        "docker: a redeploy for {sha} is already under way (container {name} is {state}); \
+         not starting a second one"
+    )]
+    AlreadyUnderWay {
+        sha: String,
+        name: String,
+        state: String,
+    },
+}
+
+impl RedeployError {
+    /// A failure that another attempt for the same commit from the same
+    /// image would only repeat: the caller waits for a newer commit instead
+    /// of retrying.
+    pub fn is_final(&self) -> bool {
+        matches!(self, RedeployError::ImageDoesNotFit { .. })
+    }
 }
 
 fn body_excerpt(body: &str) -> String {

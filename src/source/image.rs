@@ -289,6 +289,15 @@ impl Task {
                         });
                         break;
                     }
+                    Err(e) if e.is_final() => {
+                        error!(sha = %request.sha, error = %e, "redeploy failed for good; the old release keeps serving until a newer commit");
+                        status.send_modify(|s| {
+                            s.state = ImageState::Failed;
+                            s.last_result = Some(e.to_string());
+                            s.retry_in_seconds = None;
+                        });
+                        break;
+                    }
                     Err(e) => {
                         let delay = backoff.next_delay();
                         error!(sha = %request.sha, error = %e, retry_in = %humantime::format_duration(delay), "redeploy failed; the old release keeps serving");

@@ -19,6 +19,7 @@ mod release;
 mod rollback;
 mod steps;
 mod watch;
+mod writing;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};

@@ -9,10 +9,13 @@
 //! is removed at once.
 //!
 //! A commit is untrusted input: its tree is walked and checked against
-//! `[source]` limits (paths, total and largest blob size, depth) from tree
+//! `[source]` limits (paths, total and largest object size, depth) from tree
 //! entries and object headers before any content is read, and blobs are
 //! streamed to disk, so a git bomb or a huge blob is refused instead of
-//! exhausting the memory of PID 1.
+//! exhausting the memory of PID 1. A tree is an object like any other: its
+//! size is read from its header before it is inflated, counts towards
+//! `max_bytes`, and may not exceed what `max_files` entries can take
+//! ([`tree_size_limit`]).
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -29,6 +32,23 @@ use crate::config::ReleaseLimits;
 use crate::sha::Sha;
 
 const TEMP_PREFIX: &str = ".tmp-";
+
+/// The longest tree entry a release can hold: mode (6), space, a name of at
+/// most NAME_MAX (255) bytes, NUL, and the 20-byte id.
+const MAX_TREE_ENTRY: u64 = 6 + 1 + 255 + 1 + 20;
+/// A file or directory name no filesystem takes (NAME_MAX).
+const MAX_NAME: usize = 255;
+
+/// The largest tree object a release within `limits` can have: one whose
+/// entries are all as long as an entry can be, `max_files` of them, and no
+/// larger than `max_file_size`. A bigger one is refused from its header,
+/// without inflating it.
+pub fn tree_size_limit(limits: &ReleaseLimits) -> u64 {
+    limits
+        .files
+        .saturating_mul(MAX_TREE_ENTRY)
+        .min(limits.file_size)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -49,6 +69,11 @@ pub enum ReleaseError {
         allowed: u64,
         found: String,
     },
+    #[error(
+        "cutover died {deaths} times while writing commit {sha} (killed for its memory?); \
+         refusing to write it again"
+    )]
+    DiedWriting { sha: String, deaths: u32 },
 }
 
 /// Who a failed write is down to, which decides what the source does next.
@@ -65,7 +90,9 @@ pub enum Blame {
 impl ReleaseError {
     pub fn blame(&self) -> Blame {
         match self {
-            ReleaseError::OverLimit { .. } | ReleaseError::UnsafePath { .. } => Blame::Commit,
+            ReleaseError::OverLimit { .. }
+            | ReleaseError::UnsafePath { .. }
+            | ReleaseError::DiedWriting { .. } => Blame::Commit,
             ReleaseError::Git { .. } => Blame::Cache,
             ReleaseError::Io { .. } => Blame::Volume,
         }
@@ -123,6 +150,11 @@ impl Volume {
 
     fn exited_for_file(&self) -> PathBuf {
         self.root.join(".cutover").join("exited-for.json")
+    }
+
+    /// The record of the release being written (see `writing`).
+    pub fn writing_file(&self) -> PathBuf {
+        self.root.join(".cutover").join("writing.json")
     }
 
     pub fn release(&self, sha: &Sha) -> PathBuf {
@@ -288,10 +320,28 @@ struct TreePlan {
 
 /// Writes `value` to `path` under a temporary name renamed into place, so a
 /// crash leaves the old file or the new one, never half of one.
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), ReleaseError> {
+/// Writes `value` to `path` through a temporary file renamed over it. The
+/// temporary is created anew (O_EXCL, which never follows a symlink), so a
+/// link planted under its name in a shared volume writes nowhere else.
+pub(super) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), ReleaseError> {
     let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(value).expect("volume records serialize");
-    fs::write(&tmp, body).map_err(io_err("cannot write", &tmp))?;
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_err("cannot remove", &tmp)(e));
+        }
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(io_err("cannot create", &tmp))?;
+    file.write_all(&body)
+        .map_err(io_err("cannot write", &tmp))?;
+    drop(file);
     fs::rename(&tmp, path).map_err(io_err("cannot replace", path))
 }
 
@@ -369,15 +419,59 @@ fn plan(repo: &Repository, sha: &Sha, limits: &ReleaseLimits) -> Result<TreePlan
         found,
     };
     let odb = repo.odb().map_err(&git_err)?;
+    let max_tree = tree_size_limit(limits);
+    let (commit_size, _) = odb.read_header(sha.oid()).map_err(&git_err)?;
+    if commit_size as u64 > max_tree {
+        return Err(over(
+            "max_file_size",
+            max_tree,
+            format!("the commit object is {commit_size} bytes"),
+        ));
+    }
     let root = repo
         .find_commit(sha.oid())
-        .and_then(|c| c.tree())
+        .map(|c| c.tree_id())
         .map_err(&git_err)?;
     let mut sizes: HashMap<Oid, u64> = HashMap::new();
     let mut out = TreePlan::default();
     let (mut paths, mut bytes) = (0_u64, 0_u64);
-    let mut stack = vec![(root.id(), PathBuf::new(), 1_u64)];
+    let mut stack = vec![(root, PathBuf::new(), 1_u64)];
     while let Some((oid, prefix, depth)) = stack.pop() {
+        // The header first: a tree of a few hundred MB packs into a few
+        // hundred KB, and inflating it is what would exhaust the memory.
+        let (size, _) = odb.read_header(oid).map_err(&git_err)?;
+        let size = size as u64;
+        let what = || match prefix.as_os_str().is_empty() {
+            true => "the root tree".to_string(),
+            false => format!("the tree of `{}`", prefix.display()),
+        };
+        if size > max_tree {
+            let limit = if max_tree == limits.file_size {
+                "max_file_size"
+            } else {
+                "max_files"
+            };
+            return Err(over(
+                limit,
+                if limit == "max_files" {
+                    limits.files
+                } else {
+                    max_tree
+                },
+                format!(
+                    "{} is {size} bytes, more than {max_tree} bytes of entries",
+                    what()
+                ),
+            ));
+        }
+        bytes += size;
+        if bytes > limits.bytes {
+            return Err(over(
+                "max_bytes",
+                limits.bytes,
+                format!("more than {} bytes in all (trees included)", limits.bytes),
+            ));
+        }
         let tree = repo.find_tree(oid).map_err(&git_err)?;
         if depth > limits.depth {
             return Err(over(
@@ -388,7 +482,12 @@ fn plan(repo: &Repository, sha: &Sha, limits: &ReleaseLimits) -> Result<TreePlan
         }
         for entry in tree.iter() {
             let name = entry.name_bytes();
-            if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            if name.is_empty()
+                || name == b"."
+                || name == b".."
+                || name.contains(&b'/')
+                || name.len() > MAX_NAME
+            {
                 return Err(ReleaseError::UnsafePath {
                     sha: sha.to_string(),
                     name: String::from_utf8_lossy(name).into_owned(),
@@ -432,7 +531,7 @@ fn plan(repo: &Repository, sha: &Sha, limits: &ReleaseLimits) -> Result<TreePlan
                 return Err(over(
                     "max_bytes",
                     limits.bytes,
-                    format!("more than {} bytes in all", limits.bytes),
+                    format!("more than {} bytes in all (trees included)", limits.bytes),
                 ));
             }
             if entry.filemode() == 0o120000 {
@@ -613,6 +712,47 @@ mod tests {
         let result = materialise(&volume, repo.path(), c, &limits);
         assert_eq!(refused(result), "max_files");
         assert!(leftovers(&volume).is_empty(), "{:?}", leftovers(&volume));
+    }
+
+    #[test]
+    fn a_tree_too_big_for_max_files_is_refused_from_its_header() {
+        let (_dir, repo, volume) = setup();
+        let limits = ReleaseLimits {
+            files: 10,
+            ..ReleaseLimits::default()
+        };
+        assert_eq!(tree_size_limit(&limits), 10 * MAX_TREE_ENTRY);
+        let blob = repo.blob(b"x").unwrap();
+        // 200 entries of ~40 bytes: more than 10 entries of 283 bytes hold.
+        let wide = fan(&repo, blob, 0o100644, 200);
+        let c = commit(&repo, fan(&repo, wide, 0o040000, 1));
+        match materialise(&volume, repo.path(), c, &limits) {
+            Err(
+                e @ ReleaseError::OverLimit {
+                    limit: "max_files", ..
+                },
+            ) => {
+                let text = e.to_string();
+                assert!(text.contains("the tree of `e0` is"), "{text}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        assert!(leftovers(&volume).is_empty());
+        // The connectivity check does not inflate it either, and still
+        // finds the commit present.
+        assert!(crate::source::git::complete(
+            &repo,
+            c,
+            tree_size_limit(&limits)
+        ));
+        // A name no filesystem takes.
+        let mut b = repo.treebuilder(None).unwrap();
+        b.insert("n".repeat(256), blob, 0o100644).unwrap();
+        let c = commit(&repo, b.write().unwrap());
+        assert!(matches!(
+            materialise(&volume, repo.path(), c, &ReleaseLimits::default()),
+            Err(ReleaseError::UnsafePath { .. })
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::progress::Phase;
-use super::{Source, SourceError, git, open_cache, release};
+use super::{Source, SourceError, git, open_cache, release, writing};
 use crate::hooks::{HookError, HookKind, Hooks};
 use crate::sha::Sha;
 
@@ -33,7 +33,7 @@ impl Source {
             // will not send what the cache claims to have, so the cache
             // starts afresh.
             if repo.find_commit(oid).is_ok() {
-                if git::complete(&repo, oid) {
+                if git::complete(&repo, oid, remote.max_tree()) {
                     return Ok(Sha::from(oid));
                 }
                 warn!(sha = %oid, "the cache holds the commit but not all of its tree; fetching it again into a new cache");
@@ -66,6 +66,7 @@ impl Source {
             if volume.has_release(&target) {
                 return Ok(None);
             }
+            let _writing = writing::begin(&volume, &target)?;
             release::materialise(&volume, &volume.cache(), target.oid(), &limits).map(Some)
         })
         .await??;

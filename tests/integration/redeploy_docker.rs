@@ -16,6 +16,8 @@ use crate::helpers::*;
 
 /// Health-gated replace, for a container that publishes host ports.
 mod replace;
+/// A new image that still does not fit its commit.
+mod storm;
 
 const SHA: &str = "feedc0de0123456789abcdef0123456789abcdef";
 const SHORT: &str = "feedc0de0123";
@@ -156,8 +158,19 @@ impl Scene {
 
 impl Drop for Scene {
     fn drop(&mut self) {
-        for c in self.containers().iter().chain(&self.others) {
+        for c in &self.others {
             let _ = docker(&["rm", "-f", c]);
+        }
+        // Rounds: a container that redeploys itself may have started
+        // another meanwhile (the storm this suite guards against).
+        for _ in 0..10 {
+            let left = self.containers();
+            if left.is_empty() {
+                break;
+            }
+            let mut args = vec!["rm", "-f"];
+            args.extend(left.iter().map(String::as_str));
+            let _ = docker(&args);
         }
         let _ = docker(&["rmi", "-f", &format!("{}:{SHORT}", self.repository)]);
     }
@@ -331,6 +344,45 @@ fn a_changed_dockerfile_is_refused_unless_allowed() {
     assert!(!scene.logs(&scene.name).contains("graceful stop"));
 }
 
+/// The finding: a commit's `Dockerfile -> ../<served>/Dockerfile`, with a
+/// directory `<served>/` of its own. On cutover's disk the link reaches the
+/// served release's Dockerfile, so the check passed; the builder resolves
+/// it inside the build context and built the commit's file. Now refused,
+/// nothing built.
+#[test]
+fn a_dockerfile_symlinked_to_the_served_one_is_refused() {
+    let scene = Scene::new("symlink");
+    let good = format!("FROM {}\n", image());
+    scene.start_with(&good, "", &[]);
+    let served = "served";
+    std::fs::create_dir_all(scene.dir.join(&format!("releases/{served}"))).unwrap();
+    scene
+        .dir
+        .write(&format!("releases/{served}/Dockerfile"), &good);
+    std::os::unix::fs::symlink(format!("releases/{served}"), scene.dir.join("current")).unwrap();
+    let release = scene.dir.join(&format!("releases/{SHA}"));
+    std::fs::remove_file(release.join("Dockerfile")).unwrap();
+    std::fs::create_dir_all(release.join(served)).unwrap();
+    let evil = format!("FROM {}\nRUN touch /pwned\n", image());
+    std::fs::write(release.join(served).join("Dockerfile"), evil).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../{served}/Dockerfile"),
+        release.join("Dockerfile"),
+    )
+    .unwrap();
+    let exec = scene.redeploy();
+    let output = text(&exec);
+    assert_eq!(exec.status.code(), Some(1), "{output}");
+    assert!(
+        output.contains("the release's Dockerfile is reached through a symlink")
+            && output.contains("../served/Dockerfile"),
+        "{output}"
+    );
+    let built = docker(&["image", "inspect", &format!("{}:{SHORT}", scene.repository)]);
+    assert!(!built.status.success(), "an image was built");
+    assert_eq!(scene.containers(), std::slice::from_ref(&scene.name));
+}
+
 #[test]
 fn pinned_user_entrypoint_and_cmd_and_no_docker_socket() {
     let scene = Scene::new("pin");
@@ -346,7 +398,14 @@ fn pinned_user_entrypoint_and_cmd_and_no_docker_socket() {
             "{ALLOW_CHANGE}, pin = [\"user\", \"entrypoint\", \"cmd\"], \
              keep_docker_socket = false"
         ),
-        &[],
+        // Other ways to the engine than the socket's own bind: the
+        // directory that holds it, and a variable naming it.
+        &[
+            "-v",
+            "/var/run:/host/var/run",
+            "-e",
+            "DOCKER_HOST=unix:///host/var/run/docker.sock",
+        ],
     );
     let old_id = inspect(&scene.name, "{{.Id}}").unwrap();
     let run = "{{json .Config.Entrypoint}} {{json .Config.Cmd}}";
@@ -382,8 +441,27 @@ fn pinned_user_entrypoint_and_cmd_and_no_docker_socket() {
     let mounts = new("{{range .Mounts}}{{.Source}}:{{.Destination}} {{end}}");
     assert!(mounts.contains(":/cfg"), "{mounts}");
     assert!(!mounts.contains("docker.sock"), "{mounts}");
+    assert!(!mounts.contains("/host/var/run"), "{mounts}");
     let sock = docker(&["exec", &scene.name, "test", "-e", "/var/run/docker.sock"]);
     assert_eq!(sock.status.code(), Some(1), "the socket is still there");
+    let sock = docker(&[
+        "exec",
+        &scene.name,
+        "test",
+        "-e",
+        "/host/var/run/docker.sock",
+    ]);
+    assert_eq!(
+        sock.status.code(),
+        Some(1),
+        "the socket's directory is still there"
+    );
+    let env = new("{{json .Config.Env}}");
+    assert!(!env.contains("DOCKER_HOST"), "{env}");
+    assert!(
+        env.contains("APP_MODE=redeploy-test"),
+        "the rest of the env: {env}"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Step 2 of the docker redeploy: the release directory as a tar context,
-//! built into `<image>:<short sha>` labelled with its Dockerfile's digest,
-//! with the build log's tail on failure.
+//! built into `<image>:<short sha>` labelled with its Dockerfile's digest
+//! and its commit, with the build log's tail on failure.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -17,6 +17,11 @@ use crate::redeploy::{Redeploy, RedeployError};
 
 use super::dockerfile::DOCKERFILE_LABEL;
 use super::{TAIL_LINES, api_message};
+
+/// The commit an image was built for. A container of that image that finds
+/// the same commit still needing an image must not build it again: that is
+/// how a Dockerfile that forgets the baseline would redeploy without end.
+pub(super) const COMMIT_LABEL: &str = "cutover.commit";
 
 pub(super) async fn build(
     docker: &Docker,
@@ -45,8 +50,12 @@ pub(super) async fn build(
         .map_err(|e| fail(format!("packing the context: {e}")))?
         .map_err(|e| fail(format!("packing the context: {e}")))?;
     let args: HashMap<String, String> = cfg.build_args.iter().cloned().collect();
-    // The next redeploy's baseline for `allow_dockerfile_change`.
-    let labels = HashMap::from([(DOCKERFILE_LABEL, dockerfile_digest)]);
+    // The next redeploy's baseline for `allow_dockerfile_change`, and the
+    // commit this image is for.
+    let labels = HashMap::from([
+        (DOCKERFILE_LABEL, dockerfile_digest),
+        (COMMIT_LABEL, request.sha.as_str()),
+    ]);
     let mut options = BuildImageOptionsBuilder::new()
         .dockerfile(&cfg.dockerfile)
         .t(tag)

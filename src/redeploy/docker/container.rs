@@ -21,6 +21,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
+use super::build::COMMIT_LABEL;
 use super::dockerfile::DOCKERFILE_LABEL;
 use super::{POLL, SETTLE, TAIL_LINES, api_message, short};
 use crate::config::{DockerPin, DockerRedeploy};
@@ -29,8 +30,10 @@ use crate::config::{DockerPin, DockerRedeploy};
 /// to connect before start beyond the one the container is created on.
 ///
 /// `pin`ned settings come from the old container whatever the new image
-/// says; without `keep_docker_socket` no mount of the engine's socket is
-/// carried over.
+/// says; without `keep_docker_socket` nothing that reaches an engine is
+/// carried over: no mount of an engine socket or of a directory holding one
+/// ([`reaches_engine`]), no variable that points at one
+/// ([`ENGINE_VARIABLES`]).
 pub(super) fn new_container_body(
     old: &ContainerInspectResponse,
     old_image: Option<&ImageConfig>,
@@ -51,6 +54,7 @@ pub(super) fn new_container_body(
         let defaults = i.env.clone().unwrap_or_default();
         env.into_iter()
             .filter(|e| !defaults.contains(e))
+            .filter(|e| cfg.keep_docker_socket || !is_engine_variable(e))
             .collect::<Vec<_>>()
     });
     let labels = c.labels.map(|labels| {
@@ -58,7 +62,9 @@ pub(super) fn new_container_body(
         labels
             .into_iter()
             // The new image's own label says what it was built from.
-            .filter(|(k, v)| defaults.get(k) != Some(v) && k != DOCKERFILE_LABEL)
+            .filter(|(k, v)| {
+                defaults.get(k) != Some(v) && k != DOCKERFILE_LABEL && k != COMMIT_LABEL
+            })
             .collect::<HashMap<_, _>>()
     });
     let exposed_ports = c.exposed_ports.map(|ports| {
@@ -84,14 +90,14 @@ pub(super) fn new_container_body(
             binds.retain(|bind| {
                 let mut parts = bind.split(':');
                 let (src, dst) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                !(is_docker_socket(src, socket) || is_docker_socket(dst, socket))
+                !(reaches_engine(src, socket) || reaches_engine(dst, socket))
             });
         }
         if let Some(mounts) = h.mounts.as_mut() {
             mounts.retain(|m| {
                 ![&m.source, &m.target]
                     .iter()
-                    .any(|p| p.as_deref().is_some_and(|p| is_docker_socket(p, socket)))
+                    .any(|p| p.as_deref().is_some_and(|p| reaches_engine(p, socket)))
             });
         }
     }
@@ -188,11 +194,67 @@ pub(super) fn new_container_body(
     (body, extra)
 }
 
-/// A mount source or target that is the engine's socket: the configured
-/// path, or any `docker.sock` (`/var/run` and `/run` are the same directory).
-pub(super) fn is_docker_socket(path: &str, socket: &Path) -> bool {
-    let path = Path::new(path);
-    path == socket || path.file_name().is_some_and(|n| n == "docker.sock")
+/// Where container engines put their API sockets on a host (and in this
+/// container, for the configured `socket`).
+const ENGINE_SOCKETS: &[&str] = &[
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/run/containerd/containerd.sock",
+    "/run/containerd/containerd.sock",
+    "/var/run/podman/podman.sock",
+    "/run/podman/podman.sock",
+    "/run/buildkit/buildkitd.sock",
+    "/var/run/cri-dockerd.sock",
+    "/run/cri-dockerd.sock",
+];
+/// Engine sockets by name, wherever they are mounted from or to.
+const ENGINE_SOCKET_NAMES: &[&str] = &[
+    "docker.sock",
+    "containerd.sock",
+    "podman.sock",
+    "buildkitd.sock",
+    "cri-dockerd.sock",
+    "dockershim.sock",
+];
+/// Variables that point a client at an engine (or carry its credentials).
+pub(super) const ENGINE_VARIABLES: &[&str] = &[
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+    "CONTAINERD_ADDRESS",
+    "CONTAINER_HOST",
+    "BUILDKIT_HOST",
+];
+
+/// A mount source or target that gives access to an engine: an engine
+/// socket itself (the configured one, a known path, a known name), or a
+/// directory that holds one (`-v /var/run:/var/run`, `-v /:/host`).
+pub(super) fn reaches_engine(path: &str, socket: &Path) -> bool {
+    let trimmed = path.trim_end_matches('/');
+    if path.is_empty() {
+        return false;
+    }
+    if trimmed.is_empty() {
+        return true; // the root: everything under it
+    }
+    let path = Path::new(trimmed);
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| ENGINE_SOCKET_NAMES.contains(&n));
+    named
+        || ENGINE_SOCKETS
+            .iter()
+            .map(Path::new)
+            .chain([socket])
+            .any(|engine| engine.starts_with(path))
+}
+
+/// An environment entry (`NAME=value`) that points at an engine.
+pub(super) fn is_engine_variable(entry: &str) -> bool {
+    let name = entry.split_once('=').map_or(entry, |(name, _)| name);
+    ENGINE_VARIABLES.contains(&name)
 }
 
 /// Joins the networks beyond the one the container was created on.

@@ -13,10 +13,18 @@
 //! default dependency patterns matches the image's (a changed Dockerfile is
 //! never hot-loaded). With neither there is nothing to compare with, and the
 //! build is refused too.
+//!
+//! What is hashed is what the builder reads: the Dockerfile must be a
+//! regular file reached through no symlink inside the release. A commit's
+//! `Dockerfile -> ../<served sha>/Dockerfile` would otherwise hash the
+//! served release's file on cutover's disk while the builder, resolving the
+//! link inside the build context, builds another one the commit brought.
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -66,6 +74,43 @@ pub(super) fn verdict(dockerfile: &str, new: &str, baseline: &Baseline) -> Resul
     }
 }
 
+/// The bytes of `release/dockerfile`, a regular file reached through no
+/// symlink and no `..`; else why not.
+pub(super) fn read_in_release(release: &Path, dockerfile: &str) -> Result<Vec<u8>, String> {
+    let mut path = release.to_path_buf();
+    for component in Path::new(dockerfile).components() {
+        let Component::Normal(name) = component else {
+            return Err(format!(
+                "{dockerfile} must be a path inside the release, without `..`"
+            ));
+        };
+        path.push(name);
+        let meta = fs::symlink_metadata(&path)
+            .map_err(|e| format!("no {dockerfile} in the release {}: {e}", release.display()))?;
+        if meta.file_type().is_symlink() {
+            let to = fs::read_link(&path).unwrap_or_default();
+            return Err(format!(
+                "the release's {dockerfile} is reached through a symlink (`{}` -> `{}`): the \
+                 builder would read another file than the one checked; refused",
+                path.strip_prefix(release).unwrap_or(&path).display(),
+                to.display()
+            ));
+        }
+    }
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(format!("the release's {dockerfile} is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(bytes)
+}
+
 /// The served release, when `release_dir` is `<root>/releases/<sha>` and
 /// `<root>/current` points at a release.
 pub(super) fn served_release(release_dir: &Path) -> Option<PathBuf> {
@@ -89,12 +134,12 @@ pub(super) async fn check(
     let (dir, dockerfile) = (request.release_dir.clone(), cfg.dockerfile.clone());
     // File reads block: off the runtime thread.
     let (new, baseline) = tokio::task::spawn_blocking(move || {
-        let new = fs::read(dir.join(&dockerfile)).map(|b| digest(&b));
+        let new = read_in_release(&dir, &dockerfile).map(|b| digest(&b));
         let baseline = match label {
             Some(label) => Baseline::Label(label),
             None => served_release(&dir)
                 .and_then(|served| {
-                    let old = fs::read(served.join(&dockerfile)).ok()?;
+                    let old = read_in_release(&served, &dockerfile).ok()?;
                     Some(Baseline::Served(digest(&old), served))
                 })
                 .unwrap_or(Baseline::Unknown),
@@ -106,13 +151,9 @@ pub(super) async fn check(
         step: "check the Dockerfile".into(),
         message: e.to_string(),
     })?;
-    let new = new.map_err(|e| RedeployError::Build {
+    let new = new.map_err(|reason| RedeployError::Build {
         image: image.to_string(),
-        reason: format!(
-            "no {} in the release {}: {e}",
-            cfg.dockerfile,
-            request.release_dir.display()
-        ),
+        reason,
     })?;
     if cfg.allow_dockerfile_change {
         return Ok(new);
@@ -156,6 +197,34 @@ mod tests {
         assert!(
             why.starts_with("cannot tell whether Dockerfile changed"),
             "{why}"
+        );
+    }
+
+    /// The finding: a symlinked Dockerfile pointing at the served release's
+    /// hashes that file while the builder builds the commit's own.
+    #[test]
+    fn a_dockerfile_reached_through_a_symlink_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let served = root.path().join("releases/aaaa");
+        let new = root.path().join("releases/bbbb");
+        std::fs::create_dir_all(&served).unwrap();
+        std::fs::write(served.join("Dockerfile"), "FROM good\n").unwrap();
+        std::fs::create_dir_all(new.join("aaaa")).unwrap();
+        std::fs::write(new.join("aaaa/Dockerfile"), "FROM evil\n").unwrap();
+        std::os::unix::fs::symlink("../aaaa/Dockerfile", new.join("Dockerfile")).unwrap();
+        let why = read_in_release(&new, "Dockerfile").unwrap_err();
+        assert!(why.contains("through a symlink"), "{why}");
+        assert!(why.contains("../aaaa/Dockerfile"), "{why}");
+        // A symlinked directory on the way is refused too.
+        std::os::unix::fs::symlink("aaaa", new.join("docker")).unwrap();
+        let why = read_in_release(&new, "docker/Dockerfile").unwrap_err();
+        assert!(why.contains("`docker` -> `aaaa`"), "{why}");
+        let why = read_in_release(&new, "../aaaa/Dockerfile").unwrap_err();
+        assert!(why.contains("without `..`"), "{why}");
+        // A plain file is read as it is.
+        assert_eq!(
+            read_in_release(&served, "Dockerfile").unwrap(),
+            b"FROM good\n"
         );
     }
 

@@ -123,6 +123,7 @@ pub(super) async fn replace(
         Some(id) => docker.inspect_image(id).await.ok(),
         None => None,
     };
+    refuse_own_commit(old_image.as_ref(), request)?;
     let repository = match &cfg.image {
         Some(r) => r.clone(),
         None => {
@@ -175,14 +176,8 @@ pub(super) async fn replace(
     info!(container = %old_name, image = %tag, "redeploy: building the new image");
     build(&docker, cfg, request, &tag, &dockerfile_digest).await?;
 
-    let new_name = format!("{old_name}-{}", request.short_sha());
-    // Left over from an earlier attempt at the same sha.
-    let _ = docker
-        .remove_container(
-            &new_name,
-            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-        )
-        .await;
+    let new_name = format!("{}-{}", base_name(&old_name), request.short_sha());
+    clear_earlier_attempt(&docker, &new_name, request).await?;
     let image_config = old_image.and_then(|i| i.config);
     let (body, extra_networks) = new_container_body(&old, image_config.as_ref(), &tag, cfg);
     let created = docker
@@ -246,6 +241,82 @@ pub(super) async fn replace(
         image: tag,
         gap: None,
     })
+}
+
+/// Refuses to build for the commit the running image was itself built for:
+/// that image's container found the commit still needing an image, so the
+/// build did not make one that fits, and another build would make the same.
+fn refuse_own_commit(
+    image: Option<&bollard::models::ImageInspect>,
+    request: &Redeploy,
+) -> Result<(), RedeployError> {
+    let built_for = image
+        .and_then(|i| i.config.as_ref())
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|l| l.get(build::COMMIT_LABEL));
+    if built_for.map(String::as_str) == Some(request.sha.as_str()) {
+        let image = image
+            .and_then(|i| i.repo_tags.as_ref())
+            .and_then(|t| t.first().cloned())
+            .or_else(|| image.and_then(|i| i.id.clone()))
+            .unwrap_or_default();
+        return Err(RedeployError::ImageDoesNotFit {
+            sha: request.sha.clone(),
+            image,
+        });
+    }
+    Ok(())
+}
+
+/// A container already named `name` for this commit: one that runs is
+/// another redeploy under way (refused: one at a time); one that does not
+/// is left over from an attempt that failed, and removed.
+async fn clear_earlier_attempt(
+    docker: &Docker,
+    name: &str,
+    request: &Redeploy,
+) -> Result<(), RedeployError> {
+    let Ok(found) = docker.inspect_container(name, None).await else {
+        return Ok(());
+    };
+    let state = found.state.as_ref();
+    let running = state.is_some_and(|s| {
+        s.running == Some(true) || s.restarting == Some(true) || s.paused == Some(true)
+    });
+    if running {
+        return Err(RedeployError::AlreadyUnderWay {
+            sha: request.sha.clone(),
+            name: name.to_string(),
+            state: state
+                .and_then(|s| s.status)
+                .map_or_else(|| "running".to_string(), |s| s.to_string()),
+        });
+    }
+    let _ = docker
+        .remove_container(
+            name,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await;
+    Ok(())
+}
+
+/// The name new containers are derived from: `name` without the
+/// `-<short sha>` suffixes earlier redeploys gave it, so that names stay
+/// bounded whatever happened to a hand-over's rename.
+pub(super) fn base_name(name: &str) -> &str {
+    let mut base = name;
+    while let Some((head, tail)) = base.rsplit_once('-') {
+        let is_short_sha = tail.len() == 12
+            && tail
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !is_short_sha || head.is_empty() {
+            break;
+        }
+        base = head;
+    }
+    base
 }
 
 async fn connect(socket: &Path) -> Result<Docker, RedeployError> {

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerConfig, ContainerInspectResponse, EndpointSettings, ImageConfig};
 
-use super::container::{is_docker_socket, is_parked_predecessor, new_container_body};
+use super::container::{
+    is_engine_variable, is_parked_predecessor, new_container_body, reaches_engine,
+};
 use super::*;
 use crate::config::DockerPin;
 use bollard::models::{HostConfig, Mount, NetworkSettings};
@@ -59,8 +61,31 @@ fn docker_sockets_are_recognised() {
         ("/run/engine.sock.bak", false),
         ("/srv", false),
         ("", false),
+        // directories that hold an engine socket
+        ("/var/run", true),
+        ("/var/run/", true),
+        ("/run", true),
+        ("/var", true),
+        ("/", true),
+        ("/run/containerd", true),
+        // other engines' sockets, by name wherever they are
+        ("/hostrun/containerd.sock", true),
+        ("/x/podman.sock", true),
+        // neighbours that hold none
+        ("/run/cutover", false),
+        ("/var/lib/app", false),
+        ("/srv/app/docker.sock.d", false),
     ] {
-        assert_eq!(is_docker_socket(path, socket), is, "{path}");
+        assert_eq!(reaches_engine(path, socket), is, "{path}");
+    }
+    for (entry, is) in [
+        ("DOCKER_HOST=tcp://10.0.0.1:2375", true),
+        ("CONTAINERD_ADDRESS=/run/containerd/containerd.sock", true),
+        ("DOCKER_CERT_PATH=/certs", true),
+        ("DOCKER_HOSTNAME=x", false),
+        ("PATH=/usr/bin", false),
+    ] {
+        assert_eq!(is_engine_variable(entry), is, "{entry}");
     }
 }
 
@@ -304,4 +329,21 @@ fn published_ports_call_for_a_health_gated_replace() {
         "ignored under the host network: side by side"
     );
     assert_eq!(super::replace::published_ports(&plain_old()), None);
+}
+
+#[test]
+fn new_container_names_stay_bounded() {
+    use super::base_name;
+    assert_eq!(base_name("app"), "app");
+    assert_eq!(base_name("app-27bcc692045a"), "app");
+    assert_eq!(
+        base_name("app-27bcc692045a-27bcc692045a-0123456789ab"),
+        "app"
+    );
+    // not a short sha: kept
+    assert_eq!(base_name("my-app-v2"), "my-app-v2");
+    assert_eq!(base_name("app-27BCC692045A"), "app-27BCC692045A");
+    assert_eq!(base_name("web-27bcc692045"), "web-27bcc692045");
+    // a name that is only a short sha stays a name
+    assert_eq!(base_name("27bcc692045a"), "27bcc692045a");
 }

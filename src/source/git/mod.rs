@@ -65,9 +65,16 @@ pub struct RemoteSpec {
     url: String,
     settings: Arc<Settings>,
     depth: u32,
+    /// The largest tree the connectivity check inflates.
+    max_tree: u64,
 }
 
 impl RemoteSpec {
+    /// The largest tree the connectivity check inflates.
+    pub fn max_tree(&self) -> u64 {
+        self.max_tree
+    }
+
     /// `reaper` waits for the ssh client of an ssh remote.
     pub fn new(config: &SourceConfig, reaper: Option<Reaper>) -> RemoteSpec {
         let (user_in_url, password_in_url) = url_userinfo(&config.repo);
@@ -84,6 +91,7 @@ impl RemoteSpec {
         RemoteSpec {
             url: config.repo.clone(),
             depth: config.depth,
+            max_tree: super::release::tree_size_limit(&config.limits),
             settings: Arc::new(Settings {
                 username: config.username.clone().or(user_in_url),
                 password: token.or(password_in_url),
@@ -187,7 +195,7 @@ impl RemoteSpec {
             // Errors (a concurrent gc on the remote, a full disk) leave the
             // work to libgit2's transport below. A copy that succeeded was
             // checked complete in its quarantine.
-            if copy_objects(&objects, cache, expected).is_ok() {
+            if copy_objects(&objects, cache, expected, self.max_tree).is_ok() {
                 let _ = cache.reference(FETCHED, expected, true, "cutover: local copy");
                 return Ok(expected);
             }
@@ -245,7 +253,7 @@ impl RemoteSpec {
                 .map_err(|_| GitError::MissingCommit(expected.to_string()))?
                 .id()
         };
-        if !complete(cache, commit) {
+        if !complete(cache, commit, self.max_tree) {
             return Err(GitError::Incomplete(commit.to_string()));
         }
         Ok(commit)
@@ -280,7 +288,12 @@ fn local_objects(url: &str) -> Option<PathBuf> {
 /// exists, i.e. once the push that wrote it finished writing it. A copy
 /// killed at any point leaves nothing that git reads half written, and what
 /// it leaves in the quarantine goes with the next copy.
-fn copy_objects(from: &Path, cache: &Repository, commit: Oid) -> std::io::Result<()> {
+fn copy_objects(
+    from: &Path,
+    cache: &Repository,
+    commit: Oid,
+    max_tree: u64,
+) -> std::io::Result<()> {
     let to = cache.path().join("objects");
     let incoming = cache.path().join(INCOMING);
     // Fetches are serialised by the source actor: anything here is left
@@ -350,7 +363,7 @@ fn copy_objects(from: &Path, cache: &Repository, commit: Oid) -> std::io::Result
     // The connectivity check, on a handle that sees the quarantine.
     let checked = Repository::open_bare(cache.path()).and_then(|r| {
         r.odb()?.add_disk_alternate(&quarantine.to_string_lossy())?;
-        Ok(complete(&r, commit))
+        Ok(complete(&r, commit, max_tree))
     });
     if !matches!(checked, Ok(true)) {
         let _ = std::fs::remove_dir_all(&incoming);
@@ -386,11 +399,19 @@ fn link_or_copy(from: &Path, to: &Path, tmp: &Path) -> std::io::Result<bool> {
 
 /// Whether `commit`, its tree, every subtree and every blob are in `repo`:
 /// what a release needs, checked before the cache is trusted with it. Trees
-/// and blobs shared by many paths are looked at once.
-pub fn complete(repo: &Repository, commit: Oid) -> bool {
+/// and blobs shared by many paths are looked at once. A tree over
+/// `max_tree` bytes (see `release::tree_size_limit`) is
+/// only checked present, never inflated: writing the release refuses it.
+pub fn complete(repo: &Repository, commit: Oid, max_tree: u64) -> bool {
     let Ok(odb) = repo.odb() else {
         return false;
     };
+    match odb.read_header(commit) {
+        Ok((size, _)) if size as u64 <= max_tree => {}
+        // A commit too big to read is refused when the release is written.
+        Ok(_) => return true,
+        Err(_) => return false,
+    }
     let Ok(root) = repo.find_commit(commit).map(|c| c.tree_id()) else {
         return false;
     };
@@ -399,6 +420,11 @@ pub fn complete(repo: &Repository, commit: Oid) -> bool {
     while let Some(oid) = trees.pop() {
         if !seen.insert(oid) {
             continue;
+        }
+        match odb.read_header(oid) {
+            Ok((size, _)) if size as u64 <= max_tree => {}
+            Ok(_) => continue,
+            Err(_) => return false,
         }
         let Ok(tree) = repo.find_tree(oid) else {
             return false;

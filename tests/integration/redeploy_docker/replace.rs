@@ -421,7 +421,7 @@ fn a_pushed_dependency_change_is_replaced_through_the_pipeline() {
 }
 
 /// Removes an image when dropped.
-struct RemoveImage(String);
+pub(super) struct RemoveImage(pub(super) String);
 
 impl Drop for RemoveImage {
     fn drop(&mut self) {

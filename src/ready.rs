@@ -38,8 +38,9 @@ const ATTEMPT_LIMIT: Duration = Duration::from_secs(5);
 const LOST_AFTER: u32 = 3;
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// `[ready] grace` where an old instance may answer the probe too.
-const SHARED_SOCKET_GRACE: Duration = Duration::from_secs(1);
+/// `[ready] grace` where an old instance may answer the probe too, or where
+/// there is no check but surviving it.
+const DEFAULT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
@@ -145,9 +146,17 @@ impl Probe {
     /// `[ready] grace`, or its default: none where the check speaks for this
     /// instance alone (its own READY=1; no other instance running; http/tcp
     /// probes that all reach its own socket and no command), 1 s where an
-    /// old instance may answer.
+    /// old instance may answer, and 1 s without any check (surviving it is
+    /// the check).
     fn grace(&self) -> Duration {
         self.config.grace.unwrap_or_else(|| {
+            let c = &self.config;
+            let checked = c.notify || c.http.is_some() || c.tcp.is_some() || c.command.is_some();
+            if !checked {
+                // Surviving the grace is the only check there is: a release
+                // that crashes at start still fails its reload.
+                return DEFAULT_GRACE;
+            }
             if self.alone {
                 return Duration::ZERO;
             }
@@ -168,7 +177,7 @@ impl Probe {
             if self.config.notify || exact_probes {
                 Duration::ZERO
             } else {
-                SHARED_SOCKET_GRACE
+                DEFAULT_GRACE
             }
         })
     }

@@ -47,6 +47,8 @@ pub enum ProgramState {
     Unready,
     Reloading,
     BackingOff,
+    /// Not started yet: its workdir does not exist (no release deployed).
+    WaitingForRelease,
     Stopping,
     Stopped,
 }
@@ -59,6 +61,7 @@ impl ProgramState {
             ProgramState::Unready => "unready",
             ProgramState::Reloading => "reloading",
             ProgramState::BackingOff => "backing-off",
+            ProgramState::WaitingForRelease => "waiting-for-release",
             ProgramState::Stopping => "stopping",
             ProgramState::Stopped => "stopped",
         }

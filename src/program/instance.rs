@@ -76,6 +76,9 @@ pub(super) struct Instance {
     pub watchdog: Option<Watchdog>,
     /// Which of the program's per-instance sockets it took.
     pub generation: Generation,
+    /// Started with no other instance of the program running (a first
+    /// start, a restart): nothing else can answer its readiness check.
+    pub alone: bool,
 }
 
 /// Awaits the watchdog's verdict if there is one; never resolves otherwise.
@@ -95,11 +98,13 @@ pub(super) async fn ready_of(check: &mut Option<ReadyCheck>) -> Result<Duration,
 }
 
 impl Program {
-    /// Starts an instance on `generation`'s sockets.
+    /// Starts an instance on `generation`'s sockets; `alone` when no other
+    /// instance of the program runs beside it.
     pub(super) async fn launch(
         &mut self,
         dir_choice: &Dir,
         generation: Generation,
+        alone: bool,
     ) -> Result<Instance, SpawnError> {
         self.launched += 1;
         let dir = match dir_choice {
@@ -169,6 +174,7 @@ impl Program {
             ready: None,
             watchdog: None,
             generation,
+            alone,
         };
         self.check_readiness(&mut instance, true);
         Ok(instance)
@@ -179,6 +185,10 @@ impl Program {
     /// An instance that users do not reach yet is probed through its own
     /// sockets, so that the old instance cannot answer for it.
     pub(super) fn check_readiness(&self, instance: &mut Instance, fresh: bool) {
+        if !fresh {
+            // Reloaded by signal: its old workers may answer for the new ones.
+            instance.alone = false;
+        }
         let notify = instance
             .notify
             .as_ref()
@@ -202,9 +212,9 @@ impl Program {
     ) -> Probe {
         // Users reach another instance: this one's own, or (a holder's
         // group before the first steer) another container's or nobody.
-        let alone =
+        let reached =
             instance.generation == self.serving_generation && !self.sockets.users_elsewhere();
-        let routes = if alone {
+        let routes = if reached {
             Vec::new()
         } else {
             self.sockets
@@ -219,7 +229,7 @@ impl Program {
             user: self.config.user.clone(),
             env: self.config.env.clone(),
             routes,
-            alone,
+            alone: instance.alone && reached,
         }
     }
 

@@ -34,6 +34,9 @@ use crate::status::{ProgramReload, ProgramState, ProgramStatus};
 use instance::{Dir, Instance};
 use reload::ReloadRequest;
 
+/// How often a program waiting for its first release looks for its workdir.
+const WORKDIR_POLL: Duration = Duration::from_millis(250);
+
 #[derive(Debug)]
 enum Command {
     /// Pass a signal to the running instance's process group.
@@ -267,11 +270,15 @@ impl Program {
 
     async fn lifecycle(&mut self) -> ExitStatus {
         let mut dir = Dir::Resolve;
-        let mut reload_on_start: Option<ReloadRequest> = None;
+        let mut reload_on_start = match self.wait_for_workdir().await {
+            Some(request) => request,
+            // Stopped before it ever ran.
+            None => return ExitStatus::Exited(0),
+        };
         loop {
             self.set_state(ProgramState::Starting);
             let started = Instant::now();
-            let status = match self.launch(&dir, self.serving_generation).await {
+            let status = match self.launch(&dir, self.serving_generation, true).await {
                 Ok(instance) => {
                     self.update(|s| s.serving = Some(Serving::of(&instance)));
                     let ended = match reload_on_start.take() {
@@ -450,6 +457,63 @@ impl Program {
 
     /// Sleeps out the restart delay. None if told to stop meanwhile; a reload
     /// request cuts the delay short (it should start the new code now).
+    /// Before the first start: a workdir that does not exist yet is a
+    /// release still to come (a host that deploys into an empty volume, the
+    /// first run of a playbook), so the program waits for it instead of
+    /// failing to start in a loop. Commands are answered meanwhile; a reload
+    /// (the touch after the first checkout) starts it at once. None when
+    /// stopped meanwhile, else the reload to answer once started.
+    async fn wait_for_workdir(&mut self) -> Option<Option<ReloadRequest>> {
+        let Some(workdir) = self.config.workdir.clone() else {
+            return Some(None);
+        };
+        // Off the runtime thread (a volume may be slow); follows symlinks:
+        // a `current` that points at nothing is no release.
+        let exists = || {
+            let workdir = workdir.clone();
+            async move {
+                tokio::task::spawn_blocking(move || workdir.exists())
+                    .await
+                    .unwrap_or(false)
+            }
+        };
+        if exists().await {
+            return Some(None);
+        }
+        info!(
+            program = %self.config.name,
+            workdir = %workdir.display(),
+            "waiting for the first release: the workdir does not exist yet; the program \
+             starts once it does (or on a reload)"
+        );
+        self.set_state(ProgramState::WaitingForRelease);
+        loop {
+            tokio::select! {
+                () = sleep(WORKDIR_POLL) => {
+                    if exists().await {
+                        return Some(None);
+                    }
+                }
+                command = self.commands.recv(), if !self.commands.is_closed() => {
+                    match self.answer(command, &[]) {
+                        None => {}
+                        Some(Flow::Stop { .. }) => return None,
+                        Some(Flow::Reload(request)) if exists().await => {
+                            return Some(Some(request));
+                        }
+                        Some(Flow::Reload(request)) => {
+                            self.update(|s| s.reload_failures += 1);
+                            request.refuse(
+                                &self.config,
+                                "no release yet: the workdir does not exist",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     async fn wait_backoff(&mut self, delay: Duration) -> Option<Option<ReloadRequest>> {
         let wake = sleep(delay);
         tokio::pin!(wake);

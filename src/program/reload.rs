@@ -324,7 +324,8 @@ impl Program {
         let stopped_in = stopping.elapsed();
         let action = request.received.elapsed().saturating_sub(stopped_in);
         let started = Instant::now();
-        let mut new = match self.launch(&Dir::Resolve, next).await {
+        // The old instance has stopped: the new one is alone.
+        let mut new = match self.launch(&Dir::Resolve, next, true).await {
             Ok(i) => i,
             Err(e) => {
                 return self.fall_back(fallback, ReloadError::Start(e)).await;
@@ -364,7 +365,7 @@ impl Program {
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "its workdir".into());
         warn!(program = %self.config.name, error = %why, dir = %shown, "new code failed; starting the previous code again");
-        match self.launch(&target, self.serving_generation).await {
+        match self.launch(&target, self.serving_generation, true).await {
             Ok(instance) => (
                 After::Running(instance),
                 Err(ReloadError::FellBack {
@@ -394,7 +395,7 @@ impl Program {
             Ok(next) => next,
             Err(e) => return (After::Running(old), Err(ReloadError::Sockets(e))),
         };
-        let mut new = match self.launch(&Dir::Resolve, next).await {
+        let mut new = match self.launch(&Dir::Resolve, next, false).await {
             Ok(i) => i,
             Err(e) => {
                 self.abandon(next).await;

@@ -14,6 +14,7 @@ mod django;
 mod environment;
 mod exit_codes;
 mod fingerprint;
+mod first_release;
 mod forge_fixture;
 mod forges;
 mod forges_ssh;

@@ -67,7 +67,8 @@ pub enum HookError {
     Timeout { hook: String, timeout: Duration },
 }
 
-fn last_words(output: &Option<String>) -> String {
+/// `: <line>` for an error that ends with a process's last line of output.
+pub(crate) fn last_words(output: &Option<String>) -> String {
     output
         .as_ref()
         .map(|line| format!(": {line}"))

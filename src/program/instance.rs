@@ -2,6 +2,7 @@
 //! inherits (held sockets, its own NOTIFY_SOCKET), its readiness check, and
 //! the graceful stop of its whole process group.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -9,6 +10,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
+use super::stderr::StderrTail;
 use super::{Flow, Program, now};
 use crate::exit::ExitStatus;
 use crate::group::{group_alive, signal_group, wait_group_empty};
@@ -79,6 +81,16 @@ pub(super) struct Instance {
     /// Started with no other instance of the program running (a first
     /// start, a restart): nothing else can answer its readiness check.
     pub alone: bool,
+    /// Its stderr, relayed, with the last line kept (see `stderr`).
+    pub stderr: Option<StderrTail>,
+}
+
+impl Instance {
+    /// The last line it wrote to stderr, for an error that says why it
+    /// died (None without a relay, or if it wrote nothing).
+    pub async fn last_words(&mut self) -> Option<String> {
+        self.stderr.as_mut()?.last_line().await
+    }
 }
 
 /// Awaits the watchdog's verdict if there is one; never resolves otherwise.
@@ -143,6 +155,17 @@ impl Program {
             extra_env.push(("NOTIFY_SOCKET".to_string(), n.path().display().to_string()));
         }
         let passed = self.sockets.passed(generation);
+        let relay = if StderrTail::wanted(self.context.foreground_tty) {
+            match StderrTail::start() {
+                Ok(relay) => Some(relay),
+                Err(e) => {
+                    warn!(program = %self.config.name, error = %e, "cannot relay the instance's stderr; it writes to cutover's directly");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let spec = LaunchSpec {
             command: &self.config.command,
             workdir: dir.as_deref(),
@@ -153,10 +176,12 @@ impl Program {
             foreground_tty: self.context.foreground_tty,
             output: None,
             input: None,
-            errors: None,
+            errors: relay.as_ref().map(|(_, write)| write.as_fd()),
         };
         let forked_at = Instant::now();
         let forked = fork_exec(&spec)?;
+        // The child has its copy; ours would keep the pipe from ever ending.
+        let stderr = relay.map(|(tail, _write)| tail);
         let exit = self.context.reaper.watch(forked.pid, forked_at);
         let pid = forked.confirm().await?;
         info!(
@@ -175,6 +200,7 @@ impl Program {
             watchdog: None,
             generation,
             alone,
+            stderr,
         };
         self.check_readiness(&mut instance, true);
         Ok(instance)

@@ -5,11 +5,13 @@
 //! `ProgramHandle` sends it commands. When the program is finished for good
 //! (it ended and will not be restarted, or it was stopped) the task reports
 //! `Finished` to the supervisor. `instance` starts and stops processes,
-//! `reload` carries out the reload strategies.
+//! `reload` carries out the reload strategies, `stderr` relays each
+//! instance's stderr and keeps its last line for errors.
 
 mod handover;
 mod instance;
 mod reload;
+mod stderr;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -467,17 +469,19 @@ impl Program {
         let Some(workdir) = self.config.workdir.clone() else {
             return Some(None);
         };
-        // Off the runtime thread (a volume may be slow); follows symlinks:
-        // a `current` that points at nothing is no release.
-        let exists = || {
+        // Off the runtime thread: a volume may be slow.
+        let look = |what: fn(&std::path::Path) -> bool| {
             let workdir = workdir.clone();
             async move {
-                tokio::task::spawn_blocking(move || workdir.exists())
+                tokio::task::spawn_blocking(move || what(&workdir))
                     .await
                     .unwrap_or(false)
             }
         };
-        if exists().await {
+        // Follows symlinks: a `current` that points at nothing is no release.
+        let exists = || look(std::path::Path::exists);
+        if exists().await || !look(awaits_release).await {
+            // There, or wrong (its directory is missing too): launching says so.
             return Some(None);
         }
         info!(
@@ -530,6 +534,15 @@ impl Program {
             }
         }
     }
+}
+
+/// A missing `workdir` that a release will fill: a symlink that points at
+/// nothing yet, or a name in a directory that exists (the mounted volume
+/// before its first checkout). One whose directory is missing too is a
+/// mistake in the config, which fails to start at once.
+fn awaits_release(workdir: &std::path::Path) -> bool {
+    let dangling = std::fs::symlink_metadata(workdir).is_ok_and(|m| m.file_type().is_symlink());
+    dangling || workdir.parent().is_some_and(std::path::Path::is_dir)
 }
 
 fn now() -> SystemTime {

@@ -21,6 +21,7 @@ use super::{Ended, Flow, Program};
 use crate::clock::ms;
 use crate::config::{ProgramConfig, ReloadStrategy};
 use crate::exit::ExitStatus;
+use crate::hooks::last_words;
 use crate::ready::NotReady;
 use crate::spawn::SpawnError;
 use crate::status::{ProgramReload, ProgramState};
@@ -66,8 +67,12 @@ pub(crate) enum ReloadError {
     Sockets(#[source] std::io::Error),
     #[error(transparent)]
     NotReady(#[from] NotReady),
-    #[error("the new instance {0} before it was ready")]
-    NewExited(ExitStatus),
+    #[error("the new instance {status} before it was ready{}", last_words(.said))]
+    NewExited {
+        status: ExitStatus,
+        /// Its last line on stderr: usually the exception that killed it.
+        said: Option<String>,
+    },
     #[error("the program {0} while reloading")]
     Died(ExitStatus),
     #[error("{why}; restarted the previous code in {dir}")]
@@ -155,10 +160,11 @@ impl Program {
             Wait::Ready => Ok(self.accept(&new, action, started, started.elapsed())),
             Wait::NotReady(why) => Err(why.into()),
             Wait::Exited(status) => {
+                let said = new.last_words().await;
                 self.finish_reload(
                     &After::Ended(Ended::Exited(status)),
                     None,
-                    Err(ReloadError::NewExited(status)),
+                    Err(ReloadError::NewExited { status, said }),
                     request,
                 );
                 return self.exited(new, status).await;
@@ -343,8 +349,9 @@ impl Program {
                 self.fall_back(fallback, why.into()).await
             }
             Wait::Exited(status) => {
+                let said = new.last_words().await;
                 self.clear_leftovers(new.pid).await;
-                self.fall_back(fallback, ReloadError::NewExited(status))
+                self.fall_back(fallback, ReloadError::NewExited { status, said })
                     .await
             }
             Wait::Stop { kill } => (
@@ -442,9 +449,13 @@ impl Program {
                 (After::Running(old), Err(why.into()))
             }
             Wait::Exited(status) => {
+                let said = new.last_words().await;
                 self.clear_leftovers(new.pid).await;
                 self.abandon(next).await;
-                (After::Running(old), Err(ReloadError::NewExited(status)))
+                (
+                    After::Running(old),
+                    Err(ReloadError::NewExited { status, said }),
+                )
             }
             Wait::Stop { kill } => {
                 self.stop(new, kill).await;

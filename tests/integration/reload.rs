@@ -215,9 +215,26 @@ fn overlap_into_broken_code_keeps_the_old_instance_serving() {
     let (code, _, err) = client(&s.dir, &["reload", "--wait"]);
     let result = load.finish();
     assert_eq!(code, 1, "{err}\n{}", s.cutover.stderr());
+    // The error says why, in the app's own last words on stderr.
     assert!(
-        err.contains("exited with status 3 before it was ready"),
+        err.contains("exited with status 3 before it was ready: fdserver: broken release, exiting"),
         "{err}"
+    );
+    let st = status(&s.dir);
+    let error = st["reload"]["last"]["programs"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.ends_with(": fdserver: broken release, exiting"),
+        "{st}"
+    );
+    // ... and the line still reaches cutover's stderr (the container log).
+    assert!(
+        s.cutover
+            .stderr()
+            .contains("fdserver: broken release, exiting"),
+        "{}",
+        s.cutover.stderr()
     );
     assert!(
         result.failed.is_empty(),

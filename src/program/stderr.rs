@@ -1,0 +1,148 @@
+//! An instance's stderr, relayed to cutover's own as it comes, with its
+//! last line kept: a new instance that dies before it is ready then says
+//! why in the reload error (`the new instance exited with status 3 before
+//! it was ready: RuntimeError: DATABASE_URL is not set`), in `cutover
+//! status` and in a playbook's output, as a failed hook does, instead of
+//! only in `docker logs`.
+//!
+//! Only where the relay changes nothing a user sees: not when cutover's own
+//! stderr is a terminal (programs would lose their colours and line
+//! buffering), and not with `foreground_tty`. Whole lines are written, so
+//! a program's lines and cutover's own log lines do not cut into each other.
+
+use std::io::{IsTerminal, Write};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+/// The longest last line an error carries.
+const LAST_LINE_MAX: usize = 300;
+/// A line longer than this is written out unfinished.
+const LINE_MAX: usize = 64 * 1024;
+/// How long a reader waits for the relay to reach the end of the output
+/// after the instance exited (its last words may still be in the pipe).
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// What the relay saw so far.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    last_line: Option<String>,
+    /// The pipe reached its end: every process holding it exited.
+    closed: bool,
+}
+
+/// The reading end of an instance's stderr relay.
+pub(super) struct StderrTail {
+    seen: watch::Receiver<Seen>,
+}
+
+impl StderrTail {
+    /// Whether instances get a relayed stderr in this process.
+    pub fn wanted(foreground_tty: bool) -> bool {
+        !foreground_tty && !std::io::stderr().is_terminal()
+    }
+
+    /// A pipe for the child's stderr and the task that relays it; the
+    /// returned descriptor is the child's end (close it once forked).
+    pub fn start() -> std::io::Result<(StderrTail, OwnedFd)> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
+        let (tx, seen) = watch::channel(Seen::default());
+        tokio::spawn(relay(reader, tx));
+        Ok((StderrTail { seen }, write))
+    }
+
+    /// The last non-empty line the instance wrote to stderr, once the relay
+    /// read all of it (or after a moment, if some process still holds it).
+    pub async fn last_line(&mut self) -> Option<String> {
+        let _ = tokio::time::timeout(SETTLE, self.seen.wait_for(|s| s.closed)).await;
+        self.seen.borrow().last_line.clone()
+    }
+}
+
+async fn relay(mut reader: tokio::net::unix::pipe::Receiver, seen: watch::Sender<Seen>) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        let complete = match pending.iter().rposition(|&b| b == b'\n') {
+            Some(end) => end + 1,
+            None if pending.len() >= LINE_MAX => pending.len(),
+            None => continue,
+        };
+        write_out(&pending[..complete]);
+        note_last_line(&seen, &pending[..complete]);
+        pending.drain(..complete);
+    }
+    if !pending.is_empty() {
+        write_out(&pending);
+        note_last_line(&seen, &pending);
+    }
+    seen.send_modify(|s| s.closed = true);
+}
+
+/// To cutover's own stderr, as it is.
+fn write_out(bytes: &[u8]) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(bytes);
+    let _ = err.flush();
+}
+
+fn note_last_line(seen: &watch::Sender<Seen>, bytes: &[u8]) {
+    let Some(line) = String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .map(|l| l.chars().take(LAST_LINE_MAX).collect::<String>())
+    else {
+        return;
+    };
+    seen.send_modify(|s| s.last_line = Some(line));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_last_line_is_kept_once_the_writer_is_gone() {
+        let (mut tail, write) = StderrTail::start().unwrap();
+        let mut file = std::fs::File::from(write);
+        file.write_all(b"Traceback (most recent call last):\n  File \"app.py\", line 1\n")
+            .unwrap();
+        file.write_all(b"RuntimeError: DATABASE_URL is not set\n\n  \n")
+            .unwrap();
+        drop(file);
+        assert_eq!(
+            tail.last_line().await.as_deref(),
+            Some("RuntimeError: DATABASE_URL is not set")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_last_line_counts_and_long_lines_are_cut() {
+        let (mut tail, write) = StderrTail::start().unwrap();
+        let mut file = std::fs::File::from(write);
+        file.write_all(format!("{}\nno newline at the end", "x".repeat(1000)).as_bytes())
+            .unwrap();
+        drop(file);
+        assert_eq!(
+            tail.last_line().await.as_deref(),
+            Some("no newline at the end")
+        );
+        let (mut tail, write) = StderrTail::start().unwrap();
+        let mut file = std::fs::File::from(write);
+        file.write_all("é".repeat(1000).as_bytes()).unwrap();
+        drop(file);
+        assert_eq!(
+            tail.last_line().await.map(|l| l.chars().count()),
+            Some(LAST_LINE_MAX)
+        );
+    }
+}

@@ -17,7 +17,9 @@
 //! - when no live taker serves, users wait in the member they were last
 //!   steered to (at first, the holder's own socket), and the next instance
 //!   that asks for a socket is given that very socket, queue and all: the
-//!   parked connections are served without moving anywhere.
+//!   parked connections are served without moving anywhere;
+//! - when a taker goes while another serves, what its members still hold
+//!   is accepted by the holder and relayed to the serving one (`rescue`).
 //!
 //! Probe routes are one per taker, so that two takers probing at once never
 //! wipe each other's route.
@@ -28,7 +30,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::Offered;
+use super::{Offered, rescue};
 use crate::listen::bind_tcp;
 use crate::steer::{self, ProbeFrom};
 
@@ -76,6 +78,8 @@ struct Member {
     fd: OwnedFd,
     /// The taker whose instance has it; None while idle (or parked).
     lease: Option<u64>,
+    /// The holder accepts from it until then (see `rescue`): not given out.
+    rescued_until: Option<std::time::Instant>,
 }
 
 struct Group {
@@ -177,6 +181,7 @@ impl Group {
                 id: HOLDERS,
                 fd,
                 lease: None,
+                rescued_until: None,
             }],
             users: HOLDERS,
             serving: Vec::new(),
@@ -224,6 +229,8 @@ impl Group {
                     m.lease.is_none()
                         && m.id != self.users
                         && !self.probes.iter().any(|(_, _, p)| *p == m.id)
+                        && m.rescued_until
+                            .is_none_or(|t| t <= std::time::Instant::now())
                 })
                 .map(|m| m.id)
         };
@@ -244,6 +251,7 @@ impl Group {
                     id,
                     fd,
                     lease: None,
+                    rescued_until: None,
                 });
                 id
             }
@@ -374,6 +382,30 @@ impl Group {
         if let Err(e) = self.attach() {
             warn!(error = %e, "after a taker went away");
         }
+        for id in theirs {
+            self.rescue(id);
+        }
+    }
+
+    /// What `member` still holds goes to the member users go to now, unless
+    /// that is this very one (users wait in it for the next instance).
+    fn rescue(&mut self, member: u64) {
+        if member == self.users {
+            return;
+        }
+        let (name, address) = (self.name.clone(), self.address);
+        let Some(m) = self.members.iter_mut().find(|m| m.id == member) else {
+            return;
+        };
+        match m.fd.try_clone() {
+            Ok(fd) => {
+                m.rescued_until = Some(std::time::Instant::now() + rescue::WINDOW);
+                rescue::start(name, member, fd, address);
+            }
+            Err(e) => {
+                warn!(listen = %name, member, error = %e, "cannot take the connections left in a gone taker's socket")
+            }
+        }
     }
 }
 
@@ -413,8 +445,9 @@ mod tests {
         panic!("no member took the connection");
     }
 
-    #[test]
-    fn members_stay_users_follow_live_takers_and_parked_sockets_are_handed_on() {
+    // A runtime: a gone taker's members are rescued by a task.
+    #[tokio::test]
+    async fn members_stay_users_follow_live_takers_and_parked_sockets_are_handed_on() {
         let mut g = group();
         let mut next = 1;
         // The first instance gets the holder's own socket, where users wait.

@@ -17,6 +17,7 @@
 mod groups;
 mod http;
 pub(crate) mod link;
+mod rescue;
 mod server;
 pub(crate) mod take;
 mod wire;

@@ -360,6 +360,11 @@ stop_timeout = "2s"
     let c = Cutover::run_config(Mode::Subreaper, &dir, &toml);
     c.wait_for_log("ready program=root", SECS_20);
     c.wait_for_log("ready program=nobody", SECS_20);
+    // READY=1 may be read before the probe's next line is printed.
+    wait_for(SECS_20, || {
+        (c.stdout().matches("SENT").count() >= 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("both probes never said SENT: {}", c.stdout()));
     let stdout = c.stdout();
     // Both programs write to the same stdout: a line of one may be cut by
     // the other's, so records are found by their marker, not by lines.

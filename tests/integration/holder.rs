@@ -445,8 +445,11 @@ fn a_taker_killed_while_serving_leaves_users_with_the_one_that_stays() {
     second.wait_for_log("users steered to this container", SECS_20);
     wait_version(s.port, "v2", &second, SECS_20);
     sleep(Duration::from_millis(300));
-    // Everything of the second container at once, no grace.
-    crate::fixture::procs::kill_tree(second.pid());
+    // Everything of the second container at once, no grace: its cutover
+    // (the taker, whose connection to the holder closes) and its app.
+    let cutover = second.pid();
+    crate::fixture::procs::kill_tree(cutover);
+    crate::fixture::procs::signal(cutover, libc::SIGKILL);
     wait_version(s.port, "v1", &first, SECS_20);
     sleep(Duration::from_millis(500));
     let r = load.finish();

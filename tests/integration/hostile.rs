@@ -70,6 +70,9 @@ fn closed_by_peer(
         match s.read(&mut buf) {
             Ok(0) => return Ok(got),
             Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A read with a timeout fails with EINTR after a stop and
+            // continue of this process (signal(7)): not the peer's doing.
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
                 return Ok(got);
             }

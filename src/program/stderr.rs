@@ -9,12 +9,16 @@
 //! stderr is a terminal (programs would lose their colours and line
 //! buffering), and not with `foreground_tty`. Whole lines are written, so
 //! a program's lines and cutover's own log lines do not cut into each other.
+//!
+//! The relay runs on a thread of its own per instance, never on the
+//! runtime: a chatty program whose log reader (Docker's logging driver) is
+//! slow blocks that thread's writes, never a probe, `cutover status`, the
+//! reaper or signal forwarding.
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 /// The longest last line an error carries.
@@ -48,9 +52,11 @@ impl StderrTail {
     /// returned descriptor is the child's end (close it once forked).
     pub fn start() -> std::io::Result<(StderrTail, OwnedFd)> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
         let (tx, seen) = watch::channel(Seen::default());
-        tokio::spawn(relay(reader, tx));
+        std::thread::Builder::new()
+            .name("stderr-relay".into())
+            .stack_size(64 * 1024)
+            .spawn(move || relay(std::fs::File::from(read), tx))?;
         Ok((StderrTail { seen }, write))
     }
 
@@ -62,13 +68,16 @@ impl StderrTail {
     }
 }
 
-async fn relay(mut reader: tokio::net::unix::pipe::Receiver, seen: watch::Sender<Seen>) {
+/// Blocking: copies the pipe to cutover's stderr until every writer is gone.
+fn relay(mut reader: std::fs::File, seen: watch::Sender<Seen>) {
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        let n = match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
         pending.extend_from_slice(&chunk[..n]);
         let complete = match pending.iter().rposition(|&b| b == b'\n') {

@@ -418,6 +418,18 @@ fn plan(repo: &Repository, sha: &Sha, limits: &ReleaseLimits) -> Result<TreePlan
         allowed,
         found,
     };
+    // Blobs and trees alike count towards `max_bytes`.
+    let count = |total: &mut u64, size: u64| {
+        *total += size;
+        if *total > limits.bytes {
+            return Err(over(
+                "max_bytes",
+                limits.bytes,
+                format!("more than {} bytes in all (trees included)", limits.bytes),
+            ));
+        }
+        Ok(())
+    };
     let odb = repo.odb().map_err(&git_err)?;
     let max_tree = tree_size_limit(limits);
     let (commit_size, _) = odb.read_header(sha.oid()).map_err(&git_err)?;
@@ -464,14 +476,7 @@ fn plan(repo: &Repository, sha: &Sha, limits: &ReleaseLimits) -> Result<TreePlan
                 ),
             ));
         }
-        bytes += size;
-        if bytes > limits.bytes {
-            return Err(over(
-                "max_bytes",
-                limits.bytes,
-                format!("more than {} bytes in all (trees included)", limits.bytes),
-            ));
-        }
+        count(&mut bytes, size)?;
         let tree = repo.find_tree(oid).map_err(&git_err)?;
         if depth > limits.depth {
             return Err(over(
@@ -526,14 +531,7 @@ fn plan(repo: &Repository, sha: &Sha, limits: &ReleaseLimits) -> Result<TreePlan
                     format!("`{}` is {size} bytes", path.display()),
                 ));
             }
-            bytes += size;
-            if bytes > limits.bytes {
-                return Err(over(
-                    "max_bytes",
-                    limits.bytes,
-                    format!("more than {} bytes in all (trees included)", limits.bytes),
-                ));
-            }
+            count(&mut bytes, size)?;
             if entry.filemode() == 0o120000 {
                 if size > MAX_LINK {
                     return Err(over(

@@ -92,6 +92,20 @@ socket = "{control}"
         c
     }
 
+    /// A second app cutover beside the first, not waited for; it and its
+    /// control socket.
+    fn second_app(&self) -> (Cutover, std::path::PathBuf) {
+        let cfg = self.dir.write("app2.toml", &self.app_config("app2.sock"));
+        let control = self.dir.join("app2.sock");
+        let second = Cutover::start_with(
+            Mode::Subreaper,
+            &self.dir,
+            &["run", "-c", cfg.to_str().unwrap()],
+            &[("CUTOVER_SOCKET", control.to_str().unwrap())],
+        );
+        (second, control)
+    }
+
     fn status(&self) -> serde_json::Value {
         let (code, out, err) = run_cutover(
             &self.dir,
@@ -346,14 +360,7 @@ fn a_second_app_beside_the_first_takes_over_without_a_failure() {
     let load = Load::paced(s.port);
     sleep(Duration::from_millis(300));
     std::fs::write(s.dir.join("version"), "v2").unwrap();
-    let cfg = s.dir.write("app2.toml", &s.app_config("app2.sock"));
-    let control = s.dir.join("app2.sock");
-    let second = Cutover::start_with(
-        Mode::Subreaper,
-        &s.dir,
-        &["run", "-c", cfg.to_str().unwrap()],
-        &[("CUTOVER_SOCKET", control.to_str().unwrap())],
-    );
+    let (second, _) = s.second_app();
     wait_version(s.port, "v2", &second, SECS_20);
     second.wait_for_log("users steered to this container", SECS_20);
     sleep(Duration::from_millis(300));
@@ -385,14 +392,7 @@ fn a_taker_that_reloads_and_goes_leaves_users_with_the_one_that_stays() {
     let mut first = s.app(1);
     let load = Load::paced(s.port);
     std::fs::write(s.dir.join("version"), "v2").unwrap();
-    let cfg = s.dir.write("app2.toml", &s.app_config("app2.sock"));
-    let control = s.dir.join("app2.sock");
-    let second = Cutover::start_with(
-        Mode::Subreaper,
-        &s.dir,
-        &["run", "-c", cfg.to_str().unwrap()],
-        &[("CUTOVER_SOCKET", control.to_str().unwrap())],
-    );
+    let (second, control) = s.second_app();
     second.wait_for_log("users steered to this container", SECS_20);
     wait_version(s.port, "v2", &second, SECS_20);
     // The first container reloads (a push, a touch): users follow it.
@@ -434,14 +434,7 @@ fn a_taker_killed_while_serving_leaves_users_with_the_one_that_stays() {
     let first = s.app(1);
     let load = Load::paced(s.port);
     std::fs::write(s.dir.join("version"), "v2").unwrap();
-    let cfg = s.dir.write("app2.toml", &s.app_config("app2.sock"));
-    let control = s.dir.join("app2.sock");
-    let second = Cutover::start_with(
-        Mode::Subreaper,
-        &s.dir,
-        &["run", "-c", cfg.to_str().unwrap()],
-        &[("CUTOVER_SOCKET", control.to_str().unwrap())],
-    );
+    let (second, _) = s.second_app();
     second.wait_for_log("users steered to this container", SECS_20);
     wait_version(s.port, "v2", &second, SECS_20);
     sleep(Duration::from_millis(300));

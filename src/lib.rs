@@ -17,6 +17,7 @@ pub mod cli;
 pub(crate) mod clock;
 pub(crate) mod config;
 pub(crate) mod control;
+pub(crate) mod deployer;
 pub(crate) mod exit;
 pub(crate) mod fingerprint;
 pub(crate) mod group;

@@ -125,6 +125,20 @@ enum Command {
         #[arg(long, requires = "http")]
         http_status: bool,
     },
+    /// Build and replace app containers on their behalf, holding the engine's
+    /// socket so that they need none: the trusted side of `[redeploy]
+    /// deployer`, in a container whose image no commit builds. Runs until
+    /// SIGTERM.
+    Deployer {
+        /// Its file, with a `[deployer]` section and nothing else.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/cutover/deployer.toml"
+        )]
+        config: PathBuf,
+    },
     /// Print (or write as the image's baseline) the digest of a release's
     /// dependency files and the files that went into it.
     Fingerprint {
@@ -229,6 +243,10 @@ pub fn main() -> ExitCode {
             backlog,
             http.map(|address| (address, http_status)),
         ),
+        Command::Deployer { config } => match Config::load_deployer(&config) {
+            Ok(deployer) => run_to_end("cutover deployer", crate::deployer::run(deployer)),
+            Err(e) => config_failure(&e),
+        },
         Command::Fingerprint { dir, write, config } => {
             fingerprint(&dir, write.as_deref(), config.as_deref())
         }

@@ -5,6 +5,7 @@
 //! is checked before anything starts, so a broken config starts nothing.
 
 mod dependencies;
+mod deployer;
 mod known_hosts;
 mod problems;
 mod raw;
@@ -103,6 +104,9 @@ pub enum RedeployAction {
     Webhook(WebhookTarget),
     /// Build a new image and replace this container through the Docker API.
     Docker(DockerRedeploy),
+    /// Ask a `cutover deployer` (which alone holds the engine's socket) to
+    /// build the release and replace this container.
+    Deployer { socket: PathBuf },
     /// Stop gracefully and exit with this code (1..=255).
     Exit(u8),
 }
@@ -143,6 +147,50 @@ pub struct DockerRedeploy {
     /// Keep mounts of the Docker socket in the new container (default: yes,
     /// so it can redeploy again).
     pub keep_docker_socket: bool,
+    /// Set by `cutover deployer` only: what the new container may not have.
+    pub confine: Option<Confinement>,
+}
+
+/// The deployer's limits on a container it starts for an app: the engine's
+/// sockets, `--privileged` and the host settings below never pass, unless
+/// `keep` names them; the user is always `user`, by number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confinement {
+    /// `uid:gid`, numeric: a name would be looked up in the new image.
+    pub user: String,
+    pub keep: Vec<Keep>,
+}
+
+/// `[deployer] keep`: host settings of the old container the deployer may
+/// carry over, each of which can give a container more than its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// `--cap-add`.
+    CapAdd,
+    /// `--device`, device cgroup rules and requests (GPUs).
+    Devices,
+    /// `--security-opt` (seccomp, AppArmor, SELinux labels).
+    SecurityOpt,
+    /// `--group-add`.
+    GroupAdd,
+    /// `--pid/--ipc/--uts/--userns/--cgroupns host`.
+    HostNamespaces,
+    /// `--volumes-from`: another container's mounts, unchecked.
+    VolumesFrom,
+}
+
+/// `[deployer]`: `cutover deployer`'s own file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployerConfig {
+    /// Where app containers ask (a unix socket on a volume they share).
+    pub socket: PathBuf,
+    /// The code volume's releases directory as this container sees it:
+    /// requests name a release in it, never a path.
+    pub releases: PathBuf,
+    /// Peers allowed by user id: 0 and the confinement's user by default.
+    pub allow_uids: Vec<u32>,
+    /// The build and the replace, with `container` and `confine` set.
+    pub docker: DockerRedeploy,
 }
 
 /// `[redeploy] docker.pin`: a setting of the old container that the new one
@@ -552,6 +600,18 @@ impl Config {
             source,
         })?;
         validate::parse_dependencies(&text).map_err(|problems| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            problems,
+        })
+    }
+
+    /// Reads `cutover deployer`'s file: only `[deployer]`, all of it checked.
+    pub fn load_deployer(path: &Path) -> Result<DeployerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        validate::parse_deployer(&text).map_err(|problems| ConfigError::Invalid {
             origin: path.display().to_string(),
             problems,
         })

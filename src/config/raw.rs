@@ -31,6 +31,21 @@ pub struct RawConfig {
     pub dependencies: Option<RawDependencies>,
     /// What to do when a release needs a new image.
     pub redeploy: Option<RawRedeploy>,
+    /// `cutover deployer`'s own file; refused by `cutover run`.
+    pub deployer: Option<RawDeployer>,
+}
+
+/// `[deployer]`: the trusted side of a docker redeploy (`cutover deployer`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployer {
+    pub socket: Option<String>,
+    pub releases: Option<String>,
+    pub container: Option<String>,
+    pub user: Option<String>,
+    pub allow_uids: Option<Vec<u32>>,
+    pub keep: Option<Vec<String>>,
+    pub docker: Option<RawDocker>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,7 +107,8 @@ pub struct RawDependencies {
     pub baseline: Option<String>,
 }
 
-/// `[redeploy]`: exactly one of `command`, `webhook`, `docker`, `exit`.
+/// `[redeploy]`: exactly one of `command`, `webhook`, `docker`, `deployer`,
+/// `exit`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedeploy {
@@ -103,6 +119,8 @@ pub struct RawRedeploy {
     /// For `command` and `webhook`.
     pub timeout: Option<String>,
     pub docker: Option<RawDocker>,
+    /// The socket of a `cutover deployer` that builds and replaces for us.
+    pub deployer: Option<String>,
     /// Integer, checked by validation (1..=255).
     pub exit: Option<i64>,
     /// Upper bound of the retry backoff.

@@ -26,6 +26,7 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
         ("command", raw.command.is_some()),
         ("webhook", raw.webhook.is_some()),
         ("docker", raw.docker.is_some()),
+        ("deployer", raw.deployer.is_some()),
         ("exit", raw.exit.is_some()),
     ]
     .into_iter()
@@ -35,7 +36,7 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
         [] => p.add(
             &path,
             "give one action: command = [...], webhook = \"https://...\", \
-             docker = { ... } or exit = 75",
+             docker = { ... }, deployer = \"/run/cutover/deployer/deployer.sock\" or exit = 75",
         ),
         [_] => {}
         several => p.add(
@@ -122,6 +123,18 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
         }))
     } else if let Some(docker) = raw.docker {
         docker_action(&child(&path, "docker"), docker, p).map(RedeployAction::Docker)
+    } else if let Some(socket) = raw.deployer {
+        let socket = PathBuf::from(socket);
+        if socket.is_relative() {
+            p.add(
+                &child(&path, "deployer"),
+                format!(
+                    "`{}` is not an absolute path to a `cutover deployer` socket",
+                    socket.display()
+                ),
+            );
+        }
+        Some(RedeployAction::Deployer { socket })
     } else if let Some(code) = raw.exit {
         match u8::try_from(code) {
             Ok(c) if c > 0 => Some(RedeployAction::Exit(c)),
@@ -164,7 +177,11 @@ fn check_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("`{shown}` is not a valid URL: {e}"))
 }
 
-fn docker_action(path: &[Segment], raw: RawDocker, p: &mut Problems) -> Option<DockerRedeploy> {
+pub(super) fn docker_action(
+    path: &[Segment],
+    raw: RawDocker,
+    p: &mut Problems,
+) -> Option<DockerRedeploy> {
     let socket = PathBuf::from(
         raw.socket
             .as_deref()
@@ -244,6 +261,7 @@ fn docker_action(path: &[Segment], raw: RawDocker, p: &mut Problems) -> Option<D
         pin,
         allow_dockerfile_change: raw.allow_dockerfile_change.unwrap_or(false),
         keep_docker_socket: raw.keep_docker_socket.unwrap_or(true),
+        confine: None,
     })
 }
 
@@ -345,6 +363,7 @@ mod tests {
                 pin: vec![],
                 allow_dockerfile_change: false,
                 keep_docker_socket: true,
+                confine: None,
             })
         );
         let RedeployAction::Docker(hardened) = action(

@@ -12,8 +12,8 @@ use super::problems::{Locator, Problem, Problems, Segment};
 use super::raw::{RawConfig, RawProgram};
 use super::values::{child, env_name_ok, env_table, key, parse_duration};
 use super::{
-    Backoff, ChildEnv, Config, ControlConfig, DependenciesConfig, ForwardTo, ProgramConfig,
-    ReadyConfig, RedeployAction, ReloadStrategy, RestartPolicy, sections,
+    Backoff, ChildEnv, Config, ControlConfig, DependenciesConfig, DeployerConfig, ForwardTo,
+    ProgramConfig, ReadyConfig, RedeployAction, ReloadStrategy, RestartPolicy, sections,
 };
 use crate::signals::parse_signal;
 use crate::user::resolve_user;
@@ -55,6 +55,26 @@ pub(super) fn parse_control(text: &str) -> Result<ControlConfig, Vec<Problem>> {
     let mut problems = Problems::new(&locator);
     let raw = deserialize_reporting_unknown_keys(&mut table, &mut problems);
     let config = raw.map(|raw| sections::control(raw.control, &mut problems));
+    match config {
+        Some(c) if problems.list.is_empty() => Ok(c),
+        _ => Err(problems.list),
+    }
+}
+
+/// `cutover deployer`'s file: `[deployer]` and nothing else.
+pub(super) fn parse_deployer(text: &str) -> Result<DeployerConfig, Vec<Problem>> {
+    let locator = Locator::new(text);
+    let mut table = parse_table(text, &locator)?;
+    let mut problems = Problems::new(&locator);
+    for key in table.keys().filter(|k| *k != "deployer") {
+        problems.add(
+            &[Segment::Key(key.clone())],
+            "a deployer's file has only [deployer]; the app's settings go in the app's file",
+        );
+    }
+    table.retain(|k, _| k == "deployer");
+    let raw = deserialize_reporting_unknown_keys(&mut table, &mut problems);
+    let config = raw.and_then(|raw| super::deployer::deployer(raw.deployer, &mut problems));
     match config {
         Some(c) if problems.list.is_empty() => Ok(c),
         _ => Err(problems.list),
@@ -147,6 +167,13 @@ fn validate(
     command: Option<Vec<String>>,
     problems: &mut Problems,
 ) -> Option<Config> {
+    if raw.deployer.is_some() {
+        problems.add(
+            &[key("deployer")],
+            "[deployer] is read by `cutover deployer --config FILE`, in a container of its own; \
+             the app's file asks it with [redeploy] deployer = \"<its socket>\"",
+        );
+    }
     let secret_env = secret_env_names(&raw);
     let mut entries: Vec<(Vec<Segment>, RawProgram)> = Vec::new();
     let had_app = raw.app.is_some();

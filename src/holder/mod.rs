@@ -20,7 +20,7 @@ pub(crate) mod link;
 mod rescue;
 mod server;
 pub(crate) mod take;
-mod wire;
+pub(crate) mod wire;
 
 use std::net::SocketAddr;
 

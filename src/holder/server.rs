@@ -140,11 +140,16 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
     } else {
         0o660
     };
-    let listener = Listener::bind(&config.socket, mode, config.allow_gids.first().copied())
-        .map_err(|source| HoldError::Socket {
-            path: config.socket.clone(),
-            source,
-        })?;
+    let listener = Listener::bind(
+        &config.socket,
+        mode,
+        None,
+        config.allow_gids.first().copied(),
+    )
+    .map_err(|source| HoldError::Socket {
+        path: config.socket.clone(),
+        source,
+    })?;
     let mut allowed_uids = config.allow_uids.clone();
     if allowed_uids.is_empty() && config.allow_gids.is_empty() {
         allowed_uids.push(nix::unistd::geteuid().as_raw());

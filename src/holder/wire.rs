@@ -1,6 +1,7 @@
-//! The wire between `cutover hold` and the cutovers that take its sockets: a
-//! unix SOCK_SEQPACKET socket, one JSON object per message, listening
-//! sockets attached with SCM_RIGHTS.
+//! The wire between `cutover hold` and the cutovers that take its sockets
+//! (and between `cutover deployer` and the cutovers that ask it): a unix
+//! SOCK_SEQPACKET socket, one JSON object per message, listening sockets
+//! attached with SCM_RIGHTS.
 //!
 //! SEQPACKET keeps message boundaries, so a message and the descriptors sent
 //! with it always arrive together, and a peer that goes away is seen as the
@@ -177,8 +178,13 @@ pub(crate) struct Listener {
 
 impl Listener {
     /// Binds `path` (replacing a stale socket file), with `mode` and, when
-    /// given, group `gid`, before it accepts anyone.
-    pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<Listener> {
+    /// given, owner `uid` and group `gid`, before it accepts anyone.
+    pub fn bind(
+        path: &Path,
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> io::Result<Listener> {
         use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
         if let Ok(meta) = std::fs::symlink_metadata(path)
             && meta.file_type().is_socket()
@@ -208,8 +214,8 @@ impl Listener {
             let staging = private.join("socket");
             socket::bind(fd.as_raw_fd(), &UnixAddr::new(&staging)?)?;
             std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
-            if let Some(gid) = gid {
-                std::os::unix::fs::lchown(&staging, None, Some(gid))?;
+            if uid.is_some() || gid.is_some() {
+                std::os::unix::fs::lchown(&staging, uid, gid)?;
             }
             std::fs::rename(&staging, path)
         })();
@@ -253,7 +259,7 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(&victim, &path).unwrap();
 
-        let _listener = Listener::bind(&path, 0o660, None).unwrap();
+        let _listener = Listener::bind(&path, 0o660, None, None).unwrap();
 
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());

@@ -11,6 +11,7 @@
 //! than that, is the caller's job.
 
 mod command;
+mod deployer;
 mod docker;
 mod webhook;
 
@@ -73,6 +74,9 @@ pub enum RedeployOutcome {
     /// the new one and roll back if that is not healthy. Its log and exit
     /// code have the result.
     DockerReplacing { replacer: String, image: String },
+    /// `deployer`: what the deployer did (it stops this container when it
+    /// replaces it, so this is seen by `cutover redeploy` run elsewhere).
+    Deployed(String),
     /// `exit`: stop the programs gracefully and exit with this code.
     Exit(u8),
 }
@@ -105,6 +109,7 @@ impl fmt::Display for RedeployOutcome {
                 "replacing: container stopping for a health-gated replace to {image} \
                  (`docker logs {replacer}` has the result)"
             ),
+            RedeployOutcome::Deployed(what) => write!(f, "deployer: {what}"),
             RedeployOutcome::Exit(code) => write!(f, "exiting with {code} for a redeploy"),
         }
     }
@@ -156,6 +161,13 @@ pub enum RedeployError {
          installed; not building again for this commit"
     )]
     ImageDoesNotFit { sha: String, image: String },
+    /// The deployer refused or failed; its own words.
+    #[error("deployer at {socket}: {message}")]
+    Deployer {
+        socket: String,
+        message: String,
+        is_final: bool,
+    },
     /// Another container is being started for the same commit.
     #[error(
         "docker: a redeploy for {sha} is already under way (container {name} is {state}); \
@@ -173,7 +185,10 @@ impl RedeployError {
     /// image would only repeat: the caller waits for a newer commit instead
     /// of retrying.
     pub fn is_final(&self) -> bool {
-        matches!(self, RedeployError::ImageDoesNotFit { .. })
+        matches!(
+            self,
+            RedeployError::ImageDoesNotFit { .. } | RedeployError::Deployer { is_final: true, .. }
+        )
     }
 }
 
@@ -238,9 +253,18 @@ impl Redeployer {
             }
             RedeployAction::Webhook(target) => webhook::post(target, request).await,
             RedeployAction::Docker(docker) => docker::replace(docker, request).await,
+            RedeployAction::Deployer { socket } => deployer::ask(socket, request).await,
             RedeployAction::Exit(code) => Ok(RedeployOutcome::Exit(*code)),
         }
     }
+}
+
+/// `[redeploy] docker`'s build and replace, for `cutover deployer`.
+pub(crate) async fn replace_container(
+    cfg: &crate::config::DockerRedeploy,
+    request: &Redeploy,
+) -> Result<RedeployOutcome, RedeployError> {
+    docker::replace(cfg, request).await
 }
 
 /// Delays between retries of a failed redeploy: 1 s, 2 s, 4 s, ... capped at

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use crate::dockercli::{docker, inspect, text};
 use crate::helpers::*;
 
+/// The engine's socket in a `cutover deployer`, not in the app container.
+mod deployer;
 /// Health-gated replace, for a container that publishes host ports.
 mod replace;
 /// A new image that still does not fit its commit.

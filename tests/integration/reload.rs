@@ -204,14 +204,7 @@ fn a_burst_of_200_touches_makes_at_most_two_reloads() {
     // machine can stall this writer (or cutover's watcher) for a few hundred
     // ms, which rightly ends a burst, so the debounce here is well above that.
     let debounce = Duration::from_secs(1);
-    let s = setup_on(
-        free_port(),
-        "restart",
-        None,
-        None,
-        &[],
-        "debounce = \"1s\"",
-    );
+    let s = setup_on(free_port(), "restart", None, None, &[], "debounce = \"1s\"");
     let touch = s.dir.join("reload");
     let started = Instant::now();
     let mut last_write = Instant::now();

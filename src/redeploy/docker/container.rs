@@ -33,7 +33,7 @@ use crate::config::{DockerPin, DockerRedeploy};
 /// says; without `keep_docker_socket` nothing that reaches an engine is
 /// carried over: no mount of an engine socket or of a directory holding one
 /// ([`reaches_engine`]), no variable that points at one
-/// ([`ENGINE_VARIABLES`]).
+/// ([`ENGINE_VARIABLES`]). A deployer's `confine` goes further (`confine`).
 pub(super) fn new_container_body(
     old: &ContainerInspectResponse,
     old_image: Option<&ImageConfig>,
@@ -162,7 +162,7 @@ pub(super) fn new_container_body(
     let networking_config = primary.map(|(name, endpoint)| NetworkingConfig {
         endpoints_config: Some(HashMap::from([(name, endpoint)])),
     });
-    let body = ContainerCreateBody {
+    let mut body = ContainerCreateBody {
         // Docker's default hostname is the short id: the new one gets its own.
         hostname: c.hostname.filter(|h| *h != old_short),
         domainname: c.domainname,
@@ -191,6 +191,9 @@ pub(super) fn new_container_body(
         host_config,
         networking_config,
     };
+    if let Some(rules) = &cfg.confine {
+        super::confine::confine(&mut body, rules);
+    }
     (body, extra)
 }
 

@@ -49,6 +49,7 @@
 //! health-gated replace; this file finds the old one and runs the steps.
 
 mod build;
+mod confine;
 mod container;
 mod dockerfile;
 mod replace;

@@ -24,6 +24,7 @@ fn cfg(pin: &[DockerPin]) -> DockerRedeploy {
         pin: pin.to_vec(),
         allow_dockerfile_change: false,
         keep_docker_socket: true,
+        confine: None,
     }
 }
 

@@ -1,0 +1,58 @@
+//! `[redeploy] deployer`: the app side of `cutover deployer`. This container
+//! has no engine socket; it names the release to the deployer, which alone
+//! decides how it is built and what the new container may have, and waits
+//! for the answer (or for its own SIGTERM, when the deployer replaces it).
+
+use std::path::Path;
+
+use tracing::info;
+
+use super::{Redeploy, RedeployError, RedeployOutcome};
+use crate::deployer::{DeployReply, DeployRequest, outcome};
+use crate::holder::wire::{Conn, discard};
+
+pub(super) async fn ask(
+    socket: &Path,
+    request: &Redeploy,
+) -> Result<RedeployOutcome, RedeployError> {
+    let fail = |message: String| RedeployError::Deployer {
+        socket: socket.display().to_string(),
+        message,
+        is_final: false,
+    };
+    // The deployer sees the volume at its own path: it gets the release's
+    // name, `current` resolved, and finds it in its own releases directory.
+    let dir = request.release_dir.clone();
+    let resolved = tokio::task::spawn_blocking(move || std::fs::canonicalize(&dir))
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(format!("{}: {e}", request.release_dir.display())))?;
+    let release = resolved
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| fail(format!("{} names no release", resolved.display())))?
+        .to_string();
+    let conn = Conn::connect(socket).map_err(|e| {
+        fail(format!(
+            "cannot reach it: {e} (is the deployer container up, with this path on a shared volume?)"
+        ))
+    })?;
+    let message = DeployRequest {
+        release,
+        sha: request.sha.clone(),
+        git_ref: request.git_ref.clone(),
+        changed_files: request.changed_files.clone(),
+    };
+    conn.send(&message, &[])
+        .await
+        .map_err(|e| fail(format!("cannot send the request: {e}")))?;
+    info!(release = %message.release, sha = %message.sha, "redeploy: asked the deployer; it builds and replaces this container");
+    match conn.recv::<DeployReply>().await {
+        Ok(Some((reply, fds))) => {
+            discard(fds);
+            outcome(reply, socket).map(RedeployOutcome::Deployed)
+        }
+        Ok(None) => Err(fail("it went away before answering".into())),
+        Err(e) => Err(fail(format!("unreadable answer: {e}"))),
+    }
+}

@@ -138,6 +138,10 @@ enum Command {
             default_value = "/etc/cutover/deployer.toml"
         )]
         config: PathBuf,
+        /// The container to replace, instead of the file's `container` (so a
+        /// compose file can pass `${APP_CONTAINER}`).
+        #[arg(long, value_name = "NAME")]
+        container: Option<String>,
     },
     /// Print (or write as the image's baseline) the digest of a release's
     /// dependency files and the files that went into it.
@@ -243,10 +247,12 @@ pub fn main() -> ExitCode {
             backlog,
             http.map(|address| (address, http_status)),
         ),
-        Command::Deployer { config } => match Config::load_deployer(&config) {
-            Ok(deployer) => run_to_end("cutover deployer", crate::deployer::run(deployer)),
-            Err(e) => config_failure(&e),
-        },
+        Command::Deployer { config, container } => {
+            match Config::load_deployer(&config, container) {
+                Ok(deployer) => run_to_end("cutover deployer", crate::deployer::run(deployer)),
+                Err(e) => config_failure(&e),
+            }
+        }
         Command::Fingerprint { dir, write, config } => {
             fingerprint(&dir, write.as_deref(), config.as_deref())
         }
@@ -298,7 +304,7 @@ fn control_socket(socket: Option<PathBuf>, client: ClientConfig) -> Result<PathB
         return Ok(socket);
     }
     match client.config.as_deref().map(Config::load_control) {
-        None => Ok(PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET)),
+        None => Ok(crate::config::default_control_socket()),
         Some(Ok(control)) => Ok(control.socket),
         Some(Err(e)) => Err(config_failure(&e)),
     }

@@ -32,7 +32,8 @@ pub(super) fn deployer(raw: Option<RawDeployer>, p: &mut Problems) -> Option<Dep
         None => {
             p.add(
                 &child(&path, "container"),
-                "missing: the name of the app container to replace (compose's container_name)",
+                "missing: the name of the app container to replace (compose's container_name), \
+                 here or as `cutover deployer --container NAME`",
             );
             None
         }
@@ -177,7 +178,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("deployer.toml");
         std::fs::write(&path, text).unwrap();
-        Config::load_deployer(&path).map_err(|e| match e {
+        Config::load_deployer(&path, None).map_err(|e| match e {
             ConfigError::Invalid { problems, .. } => {
                 problems.into_iter().map(|p| (p.path, p.message)).collect()
             }

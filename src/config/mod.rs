@@ -30,6 +30,20 @@ use crate::fingerprint::Patterns;
 
 /// Default path of the control socket (`[control] socket`).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/cutover.sock";
+
+/// The control socket when `[control] socket` is not set: /run/cutover.sock
+/// for root; for another user (a container run with `--user 1000:1000`, as
+/// `cutover deployer` starts them), who cannot create it there,
+/// /tmp/cutover-<uid>.sock. `docker exec` clients run as the same user by
+/// default, so they find the same one.
+pub fn default_control_socket() -> PathBuf {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        PathBuf::from(DEFAULT_CONTROL_SOCKET)
+    } else {
+        std::env::temp_dir().join(format!("cutover-{uid}.sock"))
+    }
+}
 /// Default path of the image's dependency fingerprint (`[dependencies] baseline`).
 pub const DEFAULT_DEPENDENCIES_BASELINE: &str = "/etc/cutover/dependencies";
 
@@ -562,7 +576,7 @@ pub struct ControlConfig {
 impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
-            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            socket: default_control_socket(),
             http: None,
         }
     }
@@ -605,13 +619,17 @@ impl Config {
         })
     }
 
-    /// Reads `cutover deployer`'s file: only `[deployer]`, all of it checked.
-    pub fn load_deployer(path: &Path) -> Result<DeployerConfig, ConfigError> {
+    /// Reads `cutover deployer`'s file: only `[deployer]`, all of it checked;
+    /// `container` (from the command line) replaces its `container`.
+    pub fn load_deployer(
+        path: &Path,
+        container: Option<String>,
+    ) -> Result<DeployerConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        validate::parse_deployer(&text).map_err(|problems| ConfigError::Invalid {
+        validate::parse_deployer(&text, container).map_err(|problems| ConfigError::Invalid {
             origin: path.display().to_string(),
             problems,
         })

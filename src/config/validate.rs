@@ -62,7 +62,10 @@ pub(super) fn parse_control(text: &str) -> Result<ControlConfig, Vec<Problem>> {
 }
 
 /// `cutover deployer`'s file: `[deployer]` and nothing else.
-pub(super) fn parse_deployer(text: &str) -> Result<DeployerConfig, Vec<Problem>> {
+pub(super) fn parse_deployer(
+    text: &str,
+    container: Option<String>,
+) -> Result<DeployerConfig, Vec<Problem>> {
     let locator = Locator::new(text);
     let mut table = parse_table(text, &locator)?;
     let mut problems = Problems::new(&locator);
@@ -74,7 +77,13 @@ pub(super) fn parse_deployer(text: &str) -> Result<DeployerConfig, Vec<Problem>>
     }
     table.retain(|k, _| k == "deployer");
     let raw = deserialize_reporting_unknown_keys(&mut table, &mut problems);
-    let config = raw.and_then(|raw| super::deployer::deployer(raw.deployer, &mut problems));
+    let config = raw.and_then(|raw| {
+        let mut section = raw.deployer;
+        if let (Some(s), Some(c)) = (section.as_mut(), container) {
+            s.container = Some(c);
+        }
+        super::deployer::deployer(section, &mut problems)
+    });
     match config {
         Some(c) if problems.list.is_empty() => Ok(c),
         _ => Err(problems.list),

@@ -16,7 +16,11 @@
 //!   then `up -d --force-recreate` of everything: the holder is a new
 //!   container, requests fail while it restarts (the figures the README
 //!   gives), and the app serves on the new holder's socket: after an
-//!   upgrade without being restarted, and nothing fails once it serves.
+//!   upgrade without being restarted, and nothing fails once it serves;
+//! - a dependency change through the example's deployer service
+//!   (`cutover redeploy` in the app asks it): the release's Dockerfile is
+//!   built, the new container (its user 1000:1000, no socket) starts beside
+//!   the old one on the holder's socket, and no request fails.
 //!
 //! Each runs with the holder's `net.ipv4.tcp_migrate_req` at 0, as the
 //! example ships (a fresh network namespace has it at 0 whatever the host
@@ -574,6 +578,64 @@ fn the_holder_outlives_app_updates(which: Compose, migrate: Migrate) {
     );
     let r = p.under_load(|| std::thread::sleep(Duration::from_secs(2)));
     assert_none_failed(&p, "after up -d --force-recreate", &r);
+
+    // A dependency change, through the example's deployer service: the
+    // release's own Dockerfile is built, and the new container starts beside
+    // the old one on the holder's socket, as deployer.toml says.
+    let old = p.app_id();
+    let sha = format!(
+        "{:0>40x}",
+        u128::from(std::process::id()) << 8 | migrate as u128
+    );
+    std::fs::write(
+        p.dir.join("code/releases/v1/Dockerfile"),
+        format!(
+            "FROM {}
+LABEL cutover.test.deployed=\"{}\"\n",
+            p.app_image, p.name
+        ),
+    )
+    .unwrap();
+    let deployed = format!("myapp:{}", &sha[..12]);
+    p.built.push(deployed.clone());
+    let started = Instant::now();
+    let r = p.under_load(|| {
+        let app = p.app_container();
+        let args = [
+            "exec",
+            &app,
+            "cutover",
+            "redeploy",
+            "--dir",
+            "/srv/app/current",
+        ];
+        // It ends with the container it runs in: its status says little.
+        let asked =
+            docker(&[&args[..], &["--sha", &sha, "--changed", "requirements.txt"]].concat());
+        let new = wait_for(Duration::from_secs(120), || {
+            let id = p.app_id();
+            (id != old && inspect(&id, "{{.Config.Image}}")? == deployed).then_some(id)
+        })
+        .unwrap_or_else(|| panic!("no deployed container: {}\n{}", text(&asked), p.all_logs()));
+        p.wait_steered(&new);
+        wait_for(Duration::from_secs(60), || {
+            (inspect(&old, "{{.State.Running}}")? == "false").then_some(())
+        })
+        .expect("the old app container stops");
+    });
+    eprintln!(
+        "compose_holder {v}: a dependency change through the deployer (old container stopped {} ms after the request): {}",
+        started.elapsed().as_millis(),
+        r.summary()
+    );
+    assert_none_failed(&p, "redeploy through the deployer", &r);
+    let new = p.app_id();
+    assert_eq!(
+        inspect(&new, "{{.Config.User}}").as_deref(),
+        Some("1000:1000")
+    );
+    let mounts = inspect(&new, "{{range .Mounts}}{{.Destination}} {{end}}").unwrap();
+    assert!(!mounts.contains("docker.sock"), "{mounts}");
 
     p.down();
 }

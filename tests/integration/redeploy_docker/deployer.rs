@@ -305,6 +305,11 @@ fn a_deployer_gives_a_commits_build_time_code_no_socket_and_no_root() {
     assert!(mounts.contains("/run/deployer"), "{mounts}");
     assert!(!new("{{json .Config.Env}}").contains("DOCKER_HOST"));
 
+    // cutover runs as uid 1000 there: its control socket moved to /tmp,
+    // where `docker exec` clients (the same user) find it.
+    let status = docker(&["exec", &scene.name, "cutover", "status", "--json"]);
+    assert!(status.status.success(), "{}", text(&status));
+
     // The new container (uid 1000) still reaches the deployer, which will
     // not build the same commit again for the image built for it.
     let again = ask_redeploy(&scene.name);

@@ -32,6 +32,8 @@ use crate::redeploy::{Redeploy, RedeployError};
 /// Longest `changed_files` list and entry a request may carry.
 const MAX_CHANGED: usize = 10_000;
 const MAX_TEXT: usize = 4096;
+/// A peer that connects and says nothing is dropped after this.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What an app's cutover asks.
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,13 +158,14 @@ async fn answer(conn: &Conn, shared: &Shared) -> DeployReply {
             shared.config.allow_uids
         ));
     }
-    let request = match conn.recv::<DeployRequest>().await {
-        Ok(Some((request, fds))) => {
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, conn.recv::<DeployRequest>()).await {
+        Ok(Ok(Some((request, fds)))) => {
             discard(fds);
             request
         }
-        Ok(None) => return refuse("no request".into()),
-        Err(e) => return refuse(format!("unreadable request: {e}")),
+        Ok(Ok(None)) => return refuse("no request".into()),
+        Ok(Err(e)) => return refuse(format!("unreadable request: {e}")),
+        Err(_) => return refuse(format!("no request within {REQUEST_TIMEOUT:?}")),
     };
     let redeploy = match checked(&request, &shared.config.releases) {
         Ok(r) => r,

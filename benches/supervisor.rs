@@ -342,6 +342,8 @@ fn orphan_helper(n: usize, release: &Path) -> ! {
         // SAFETY: this helper process is single-threaded; the children only
         // call fork, read and _exit.
         match unsafe { nix::unistd::fork() }.unwrap() {
+            // SAFETY: in the single-threaded helper's child: fork, read and
+            // _exit only, on a descriptor it owns.
             nix::unistd::ForkResult::Child => unsafe {
                 if let nix::unistd::ForkResult::Parent { .. } = nix::unistd::fork().unwrap() {
                     libc::_exit(0);

@@ -488,8 +488,9 @@ impl ChildSetup<'_> {
     /// # Safety
     /// Call only in the child right after fork. Uses async-signal-safe calls only.
     unsafe fn exec(&self) -> ! {
-        // SAFETY (whole body): plain syscalls on fds and pointers that stay
-        // valid in the child's copy of the parent's memory; no allocation, no locks.
+        // SAFETY: (the whole body) plain syscalls on fds and pointers that
+        // stay valid in the child's copy of the parent's memory; no
+        // allocation, no locks.
         unsafe {
             libc::setpgid(0, 0);
             if self.foreground_tty {
@@ -558,6 +559,9 @@ impl ChildSetup<'_> {
     }
 
     /// Reports the failed stage and errno to the parent and exits.
+    ///
+    /// # Safety
+    /// Call only in the child after fork, like `exec`: async-signal-safe.
     unsafe fn fail(&self, stage: Stage) -> ! {
         // SAFETY: errno location, write and _exit are async-signal-safe.
         unsafe {

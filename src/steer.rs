@@ -372,8 +372,16 @@ mod tests {
         assert_eq!(queued(listener.as_fd()).unwrap(), 0);
         let _a = connect_from(None, addr);
         let _b = connect_from(None, addr);
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(queued(listener.as_fd()).unwrap(), 2);
+        // The handshakes complete in the kernel: wait for them, never a fixed time.
+        let mut count = 0;
+        for _ in 0..1000 {
+            count = queued(listener.as_fd()).unwrap();
+            if count == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(count, 2);
         let _ = listener.accept().unwrap();
         assert_eq!(queued(listener.as_fd()).unwrap(), 1);
     }

@@ -122,6 +122,16 @@ fn reloads(name: &str, strategy: &str) {
         run.close.summary(),
         log_tail(&r.cutover)
     );
+    // The README's bound (Benchmarks, "Keep-alive"): a server that closes
+    // idle kept-alive connections when it stops loses at most the request
+    // each wrk connection sends in that instant, once per reload.
+    let bound = (crate::fixture::servers::WRK_CONNECTIONS as usize * RELOADS) as u64;
+    assert!(
+        (run.keep_alive.failed() as u64) <= bound,
+        "keep-alive: more than one lost request per connection and reload ({bound}): {}\n{}",
+        run.keep_alive.summary(),
+        log_tail(&r.cutover)
+    );
     assert_eq!(example_version(r.port).as_deref(), Ok("v6"));
     assert_eq!(
         status(&r.dir)["reload"]["reloads"],

@@ -20,42 +20,19 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::DeployerConfig;
 use crate::holder::wire::{Conn, Listener, discard};
-use crate::redeploy::{Redeploy, RedeployError};
+use crate::redeploy::{DeployReply, DeployRequest, Redeploy};
 
 /// Longest `changed_files` list and entry a request may carry.
 const MAX_CHANGED: usize = 10_000;
 const MAX_TEXT: usize = 4096;
 /// A peer that connects and says nothing is dropped after this.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// What an app's cutover asks.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DeployRequest {
-    /// A directory name in the deployer's `releases` (never a path).
-    pub release: String,
-    pub sha: String,
-    pub git_ref: String,
-    pub changed_files: Vec<String>,
-}
-
-/// The deployer's answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct DeployReply {
-    /// What was done, or why not.
-    pub message: String,
-    pub ok: bool,
-    /// Asking again for this commit would fail the same way.
-    #[serde(default)]
-    pub is_final: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployerError {
@@ -132,19 +109,19 @@ pub async fn run(config: DeployerConfig) -> Result<i32, DeployerError> {
 
 async fn serve(conn: Conn, shared: Arc<Shared>) {
     let reply = answer(&conn, &shared).await;
-    if reply.ok {
-        info!(outcome = %reply.message, "redeploy done");
-    } else {
-        warn!(error = %reply.message, "redeploy refused or failed");
+    match &reply {
+        DeployReply::Done(what) => info!(outcome = %what, "redeploy done"),
+        DeployReply::Failed { message, .. } => {
+            warn!(error = %message, "redeploy refused or failed")
+        }
     }
     // The asker may be the container just stopped: nobody to tell then.
     let _ = conn.send(&reply, &[]).await;
 }
 
 async fn answer(conn: &Conn, shared: &Shared) -> DeployReply {
-    let refuse = |message: String| DeployReply {
+    let refuse = |message: String| DeployReply::Failed {
         message,
-        ok: false,
         is_final: false,
     };
     let peer = match conn.peer() {
@@ -179,15 +156,10 @@ async fn answer(conn: &Conn, shared: &Shared) -> DeployReply {
         changed = ?redeploy.changed_files, "redeploy requested"
     );
     match crate::redeploy::replace_container(&shared.config.docker, &redeploy).await {
-        Ok(outcome) => DeployReply {
-            message: outcome.to_string(),
-            ok: true,
-            is_final: false,
-        },
-        Err(e) => DeployReply {
+        Ok(outcome) => DeployReply::Done(outcome.to_string()),
+        Err(e) => DeployReply::Failed {
             is_final: e.is_final(),
             message: e.to_string(),
-            ok: false,
         },
     }
 }
@@ -233,19 +205,6 @@ fn checked(request: &DeployRequest, releases: &Path) -> Result<Redeploy, String>
 /// Full lowercase hex of SHA-1 or SHA-256.
 fn is_commit_id(s: &str) -> bool {
     matches!(s.len(), 40 | 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Turns a reply into the app side's result.
-pub(crate) fn outcome(reply: DeployReply, socket: &Path) -> Result<String, RedeployError> {
-    if reply.ok {
-        Ok(reply.message)
-    } else {
-        Err(RedeployError::Deployer {
-            socket: socket.display().to_string(),
-            message: reply.message,
-            is_final: reply.is_final,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -5,11 +5,45 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{Redeploy, RedeployError, RedeployOutcome};
-use crate::deployer::{DeployReply, DeployRequest, outcome};
 use crate::holder::wire::{Conn, discard};
+
+/// What an app's cutover asks.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// A directory name in the deployer's `releases` (never a path).
+    pub release: String,
+    pub sha: String,
+    pub git_ref: String,
+    pub changed_files: Vec<String>,
+}
+
+/// The deployer's answer: one or the other, never both.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployReply {
+    /// What it did.
+    Done(String),
+    /// Why not; `is_final` when asking again for this commit would fail the
+    /// same way.
+    Failed { message: String, is_final: bool },
+}
+
+/// Turns a reply into the app side's result.
+fn outcome(reply: DeployReply, socket: &Path) -> Result<String, RedeployError> {
+    match reply {
+        DeployReply::Done(what) => Ok(what),
+        DeployReply::Failed { message, is_final } => Err(RedeployError::Deployer {
+            socket: socket.display().to_string(),
+            message,
+            is_final,
+        }),
+    }
+}
 
 pub(super) async fn ask(
     socket: &Path,

@@ -15,6 +15,7 @@ mod deployer;
 mod docker;
 mod webhook;
 
+pub use deployer::{DeployReply, DeployRequest};
 pub use docker::{ReplacerArgs, run_replacer};
 
 use std::fmt;

@@ -127,7 +127,7 @@ fn reloads(name: &str, strategy: &str) {
     // each wrk connection sends in that instant, once per reload.
     let bound = (crate::fixture::servers::WRK_CONNECTIONS as usize * RELOADS) as u64;
     assert!(
-        (run.keep_alive.failed() as u64) <= bound,
+        run.keep_alive.failed() <= bound,
         "keep-alive: more than one lost request per connection and reload ({bound}): {}\n{}",
         run.keep_alive.summary(),
         log_tail(&r.cutover)

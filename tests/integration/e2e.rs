@@ -32,7 +32,7 @@ fn app_image() -> String {
 const REQUIREMENTS: &str = include_str!("../../examples/gunicorn/requirements.txt");
 const EXAMPLE_APP: &str = include_str!("../../examples/gunicorn/app/app.py");
 /// The example app (examples/gunicorn/app/app.py) with another VERSION.
-fn app_py(version: &str) -> String {
+pub(crate) fn app_py(version: &str) -> String {
     assert!(
         EXAMPLE_APP.contains("VERSION = \"v1\"\n"),
         "VERSION line not found"

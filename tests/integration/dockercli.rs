@@ -15,6 +15,16 @@ pub fn docker(args: &[&str]) -> Output {
     bounded(cmd, &format!("docker {args:?}"))
 }
 
+/// `docker build ARGS` with Docker's legacy builder (DOCKER_BUILDKIT=0: the
+/// engine's BuildKit wants a bridge network and newer clients a buildx
+/// plugin, neither of which is there; scripts/build-test-image says more).
+pub fn docker_build(args: &[&str]) -> Output {
+    let client = std::env::var("DOCKER").unwrap_or_else(|_| "docker".to_string());
+    let mut cmd = Command::new(client);
+    cmd.arg("build").args(args).env("DOCKER_BUILDKIT", "0");
+    bounded(cmd, &format!("docker build {args:?}"))
+}
+
 /// Runs `cmd` (a docker or compose client) with no stdin, its output
 /// captured; killed (and the test failed) after `DOCKER_TIMEOUT`. `what`
 /// names it in that failure.

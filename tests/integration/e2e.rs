@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::dockercli::{docker, inspect, text};
+use crate::dockercli::{docker, docker_build, inspect, text};
 use crate::fixture::forge::{Cert, HttpsForge};
 use crate::gitrepo::{Repo, git};
 use crate::helpers::*;
@@ -32,7 +32,7 @@ fn app_image() -> String {
 const REQUIREMENTS: &str = include_str!("../../examples/gunicorn/requirements.txt");
 const EXAMPLE_APP: &str = include_str!("../../examples/gunicorn/app/app.py");
 /// The example app (examples/gunicorn/app/app.py) with another VERSION.
-fn app_py(version: &str) -> String {
+pub(crate) fn app_py(version: &str) -> String {
     assert!(
         EXAMPLE_APP.contains("VERSION = \"v1\"\n"),
         "VERSION line not found"
@@ -117,10 +117,14 @@ impl Scene {
     /// Writes the config to /cfg/cutover.toml and runs the app image with
     /// the code volume, the config and `extra` docker arguments.
     fn start(&self, config: &str, extra: &[&str]) -> String {
+        self.start_image(config, extra, &app_image())
+    }
+
+    /// [`Scene::start`] with another image.
+    fn start_image(&self, config: &str, extra: &[&str], image: &str) -> String {
         std::fs::write(self.dir.join("cfg/cutover.toml"), config).unwrap();
         let srv = format!("{}:/srv/app", self.srv().display());
         let cfg = format!("{}:/cfg:ro", self.dir.join("cfg").display());
-        let image = app_image();
         let mut args = vec![
             "run",
             "-d",
@@ -136,7 +140,7 @@ impl Scene {
             &cfg,
         ];
         args.extend_from_slice(extra);
-        args.push(&image);
+        args.push(image);
         let out = docker(&args);
         assert!(out.status.success(), "docker run failed: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -501,6 +505,72 @@ fn release_dockerfile() -> String {
          && cutover fingerprint /build/deps --write /etc/cutover/dependencies\n",
         app_image()
     )
+}
+
+/// Issue 4: an app repository with its own Dockerfile (examples/ansible/
+/// app/Dockerfile), built with the commit's files as the context, bakes the
+/// baseline over those files: with the default dependency patterns, which
+/// include `Dockerfile`, a code-only commit matches it and is hot-reloaded
+/// in the same container. (A baseline over requirements.txt alone would
+/// differ by the Dockerfile, and `[redeploy] exit = 75` would stop it.)
+#[test]
+fn a_code_only_commit_to_a_repository_with_its_own_dockerfile_is_hot_reloaded() {
+    let scene = Scene::new("own-dockerfile");
+    let (repo, v1) = scene.repo(&[
+        (
+            "gunicorn.conf.py",
+            include_str!("../../examples/gunicorn/gunicorn.conf.py"),
+        ),
+        (
+            "Dockerfile",
+            include_str!("../../examples/ansible/app/Dockerfile"),
+        ),
+        (
+            ".dockerignore",
+            include_str!("../../examples/ansible/app/.dockerignore"),
+        ),
+    ]);
+    let image = format!("{}:{v1}", scene.repository);
+    let mut build = crate::ansible::build_args();
+    build.extend(["--tag".to_string(), image.clone()]);
+    build.push(repo.work.display().to_string());
+    let build: Vec<&str> = build.iter().map(String::as_str).collect();
+    let out = docker_build(&build);
+    assert!(out.status.success(), "docker build: {}", text(&out));
+
+    let source = SOURCE.replace("[dependencies]\nfiles = [\"requirements.txt\"]\n", "");
+    assert!(!source.contains("[dependencies]"), "{source}");
+    let config = scene.config("", &format!("{source}\n[redeploy]\nexit = 75\n"));
+    let mount = scene.repo_mount(&repo);
+    let id = scene.start_image(&config, &["-v", &mount], &image);
+    wait_version(scene.port, "v1", Duration::from_secs(60), &scene);
+    scene.wait_settled();
+
+    let load = probe(scene.port);
+    std::thread::sleep(Duration::from_millis(300));
+    let app = app_py("v2");
+    let v2 = repo.commit("v2: code only", &[("app.py", app.as_str())]);
+    repo.push();
+    wait_version(scene.port, "v2", Duration::from_secs(30), &scene);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_no_failures(&load.finish(), &scene);
+    let st = wait_for(Duration::from_secs(30), || {
+        let st = scene.status();
+        (st["source"]["current"] == v2.as_str()).then_some(st)
+    })
+    .unwrap_or_else(|| panic!("{v2} never current: {}", scene.status()));
+    assert!(
+        st["source"]["dependencies"]["redeploy_required"].is_null(),
+        "{st}"
+    );
+    assert_eq!(
+        inspect(&scene.name, "{{.Id}}").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        inspect(&scene.name, "{{.State.Running}} {{.RestartCount}}").as_deref(),
+        Some("true 0")
+    );
 }
 
 /// Story 4a: a commit that changes requirements.txt is not hot-loaded; with

@@ -37,6 +37,8 @@ mod status_escapes;
 mod watch_symlinks;
 
 #[cfg(feature = "container-tests")]
+mod ansible;
+#[cfg(feature = "container-tests")]
 mod compose_holder;
 #[cfg(feature = "container-tests")]
 mod container;

@@ -86,10 +86,10 @@ pub(super) struct Instance {
 }
 
 impl Instance {
-    /// The last line it wrote to stderr, for an error that says why it
+    /// The last lines it wrote to stderr, for an error that says why it
     /// died (None without a relay, or if it wrote nothing).
     pub async fn last_words(&mut self) -> Option<String> {
-        self.stderr.as_mut()?.last_line().await
+        self.stderr.as_mut()?.last_lines().await
     }
 }
 

@@ -1,9 +1,11 @@
 //! An instance's stderr, relayed to cutover's own as it comes, with its
-//! last line kept: a new instance that dies before it is ready then says
+//! last lines kept: a new instance that dies before it is ready then says
 //! why in the reload error (`the new instance exited with status 3 before
 //! it was ready: RuntimeError: DATABASE_URL is not set`), in `cutover
-//! status` and in a playbook's output, as a failed hook does, instead of
-//! only in `docker logs`.
+//! status` and in a playbook's output, instead of only in `docker logs`.
+//! Several lines, because servers often end with their own words after the
+//! app's (gunicorn: `Worker failed to boot.` four lines below the
+//! exception).
 //!
 //! Only where the relay changes nothing a user sees: not when cutover's own
 //! stderr is a terminal (programs would lose their colours and line
@@ -21,8 +23,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-/// The longest last line an error carries.
+/// The longest line an error carries.
 const LAST_LINE_MAX: usize = 300;
+/// How many of the last non-empty lines an error carries.
+const LAST_LINES: usize = 8;
 /// A line longer than this is written out unfinished.
 const LINE_MAX: usize = 64 * 1024;
 /// How long a reader waits for the relay to reach the end of the output
@@ -32,7 +36,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// What the relay saw so far.
 #[derive(Debug, Clone, Default)]
 struct Seen {
-    last_line: Option<String>,
+    last_lines: std::collections::VecDeque<String>,
     /// The pipe reached its end: every process holding it exited.
     closed: bool,
 }
@@ -60,11 +64,14 @@ impl StderrTail {
         Ok((StderrTail { seen }, write))
     }
 
-    /// The last non-empty line the instance wrote to stderr, once the relay
-    /// read all of it (or after a moment, if some process still holds it).
-    pub async fn last_line(&mut self) -> Option<String> {
+    /// The last non-empty lines the instance wrote to stderr, joined by
+    /// ` | `, once the relay read all of it (or after a moment, if some
+    /// process still holds it).
+    pub async fn last_lines(&mut self) -> Option<String> {
         let _ = tokio::time::timeout(SETTLE, self.seen.wait_for(|s| s.closed)).await;
-        self.seen.borrow().last_line.clone()
+        let seen = self.seen.borrow();
+        let lines: Vec<&str> = seen.last_lines.iter().map(String::as_str).collect();
+        (!lines.is_empty()).then(|| lines.join(" | "))
     }
 }
 
@@ -86,12 +93,12 @@ fn relay(mut reader: std::fs::File, seen: watch::Sender<Seen>) {
             None => continue,
         };
         write_out(&pending[..complete]);
-        note_last_line(&seen, &pending[..complete]);
+        note_last_lines(&seen, &pending[..complete]);
         pending.drain(..complete);
     }
     if !pending.is_empty() {
         write_out(&pending);
-        note_last_line(&seen, &pending);
+        note_last_lines(&seen, &pending);
     }
     seen.send_modify(|s| s.closed = true);
 }
@@ -103,16 +110,25 @@ fn write_out(bytes: &[u8]) {
     let _ = err.flush();
 }
 
-fn note_last_line(seen: &watch::Sender<Seen>, bytes: &[u8]) {
-    let Some(line) = String::from_utf8_lossy(bytes)
+fn note_last_lines(seen: &watch::Sender<Seen>, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let new: Vec<String> = text
         .lines()
         .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .map(|l| l.chars().take(LAST_LINE_MAX).collect::<String>())
-    else {
+        .filter(|l| !l.is_empty())
+        .map(|l| l.chars().take(LAST_LINE_MAX).collect())
+        .collect();
+    if new.is_empty() {
         return;
-    };
-    seen.send_modify(|s| s.last_line = Some(line));
+    }
+    seen.send_modify(|s| {
+        for line in new.into_iter().rev().take(LAST_LINES).rev() {
+            if s.last_lines.len() == LAST_LINES {
+                s.last_lines.pop_front();
+            }
+            s.last_lines.push_back(line);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -120,7 +136,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_last_line_is_kept_once_the_writer_is_gone() {
+    async fn the_last_lines_are_kept_once_the_writer_is_gone() {
         let (mut tail, write) = StderrTail::start().unwrap();
         let mut file = std::fs::File::from(write);
         file.write_all(b"Traceback (most recent call last):\n  File \"app.py\", line 1\n")
@@ -129,9 +145,21 @@ mod tests {
             .unwrap();
         drop(file);
         assert_eq!(
-            tail.last_line().await.as_deref(),
-            Some("RuntimeError: DATABASE_URL is not set")
+            tail.last_lines().await.as_deref(),
+            Some(
+                "Traceback (most recent call last): | File \"app.py\", line 1 | \
+                 RuntimeError: DATABASE_URL is not set"
+            )
         );
+        let (mut tail, write) = StderrTail::start().unwrap();
+        let mut file = std::fs::File::from(write);
+        for i in 0..20 {
+            file.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        drop(file);
+        let kept = tail.last_lines().await.unwrap();
+        assert!(kept.starts_with("line 12 | line 13"), "{kept}");
+        assert!(kept.ends_with("| line 19"), "{kept}");
     }
 
     #[tokio::test]
@@ -141,16 +169,15 @@ mod tests {
         file.write_all(format!("{}\nno newline at the end", "x".repeat(1000)).as_bytes())
             .unwrap();
         drop(file);
-        assert_eq!(
-            tail.last_line().await.as_deref(),
-            Some("no newline at the end")
-        );
+        let kept = tail.last_lines().await.unwrap();
+        assert!(kept.ends_with(" | no newline at the end"), "{kept}");
+        assert_eq!(kept.len(), LAST_LINE_MAX + " | no newline at the end".len());
         let (mut tail, write) = StderrTail::start().unwrap();
         let mut file = std::fs::File::from(write);
         file.write_all("é".repeat(1000).as_bytes()).unwrap();
         drop(file);
         assert_eq!(
-            tail.last_line().await.map(|l| l.chars().count()),
+            tail.last_lines().await.map(|l| l.chars().count()),
             Some(LAST_LINE_MAX)
         );
     }

@@ -424,11 +424,12 @@ fn the_playbook_deploys_code_and_images_without_a_failed_request() {
         let (ok, out) = s.play(&["-e", "app_version=broken"]);
         assert!(!ok, "the play succeeded with a broken release:\n{out}");
         assert!(out.contains("is current again"), "{out}");
-        // The reload error ends with the instance's last line of output:
-        // gunicorn's, whose master exits with 3 or 1 and says why in one of
-        // two ways (neither names the exception: that is in `docker logs`).
+        // The reload error ends with the instance's last lines of output:
+        // the app's exception, then gunicorn's own words below it.
         assert!(
-            out.contains(" before it was ready: ") && out.contains("Worker failed to boot"),
+            out.contains(" before it was ready: ")
+                && out.contains("RuntimeError: broken release")
+                && out.contains("Worker failed to boot"),
             "the instance's output is missing:\n{out}"
         );
     });

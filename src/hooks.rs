@@ -23,10 +23,10 @@ use tokio::time::timeout;
 use tracing::{info, warn};
 
 use crate::config::{ChildEnv, RunAs};
-use crate::exit::ExitStatus;
-use crate::group::signal_group;
-use crate::reaper::Reaper;
-use crate::spawn::{LaunchSpec, fork_exec};
+use crate::process::exit::ExitStatus;
+use crate::process::group::signal_group;
+use crate::process::reaper::Reaper;
+use crate::process::spawn::{LaunchSpec, fork_exec};
 
 /// Which hooks: a typo in a string cannot run the wrong ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

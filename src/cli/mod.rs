@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 
 mod oneshot;
 
+use crate::api::control::{self, Request, Response};
 use crate::config::{Config, ConfigError};
-use crate::control::{self, Request, Response};
 use crate::logging::{self, LogFormat};
 use oneshot::{check, fingerprint, hold, holder_status, redeploy};
 
@@ -249,7 +249,10 @@ pub fn main() -> ExitCode {
         ),
         Command::Deployer { config, container } => {
             match Config::load_deployer(&config, container) {
-                Ok(deployer) => run_to_end("cutover deployer", crate::deployer::run(deployer)),
+                Ok(deployer) => run_to_end(
+                    "cutover deployer",
+                    crate::redeploy::deployer::server::run(deployer),
+                ),
                 Err(e) => config_failure(&e),
             }
         }

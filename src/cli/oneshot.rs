@@ -104,7 +104,7 @@ pub(super) fn redeploy(
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let reaper = crate::reaper::Reaper::start().map_err(|e| format!("reaper: {e}"))?;
+        let reaper = crate::process::reaper::Reaper::start().map_err(|e| format!("reaper: {e}"))?;
         Redeployer::new(redeploy, reaper)
             .run(&request)
             .await

@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use nix::unistd::{Gid, Uid};
 
+pub use crate::process::spawn::ChildEnv;
+pub use crate::process::user::RunAs;
 pub use problems::ConfigError;
 pub use source::proxy_variables;
 
@@ -65,32 +66,6 @@ pub struct Config {
     /// `webhook_secret_env`, ...): read once at load, never passed to a
     /// child. Already in every `ChildEnv::withheld` below.
     pub secret_env: Vec<String>,
-}
-
-/// What a child (program, hook, readiness or redeploy command) starts with,
-/// built before fork by `crate::spawn`: cutover's own environment (with
-/// `clear`, only the `pass` names of it), minus cutover's protocol
-/// variables and the `withheld` secret sources, then `set` over it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChildEnv {
-    /// `env_clear`: start from an empty environment.
-    pub clear: bool,
-    /// `pass_env`: names kept from cutover's environment under `clear`.
-    pub pass: Vec<String>,
-    /// `env`: set over what is inherited.
-    pub set: Vec<(String, String)>,
-    /// Secret sources (`Config::secret_env`): never inherited.
-    pub withheld: Vec<String>,
-}
-
-impl ChildEnv {
-    /// The same environment with `more` set over it (a hook: its
-    /// program's environment, then `[hooks] env`).
-    pub fn with(&self, more: &[(String, String)]) -> ChildEnv {
-        let mut env = self.clone();
-        env.set.extend_from_slice(more);
-        env
-    }
 }
 
 /// `[redeploy]`: how cutover gets a new image when a release's dependencies
@@ -360,17 +335,6 @@ pub enum ReloadStrategy {
 }
 
 impl ReloadStrategy {
-    /// The strategy without its parameters, as status reports it.
-    pub fn kind(self) -> crate::status::Strategy {
-        use crate::status::Strategy;
-        match self {
-            ReloadStrategy::Signal(_) => Strategy::Signal,
-            ReloadStrategy::Restart => Strategy::Restart,
-            ReloadStrategy::Overlap => Strategy::Overlap,
-            ReloadStrategy::None => Strategy::None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             ReloadStrategy::Signal(_) => "signal",
@@ -519,17 +483,6 @@ impl std::fmt::Display for ListenAddress {
             ListenAddress::Holder(p) => write!(f, "from the holder at {}", p.display()),
         }
     }
-}
-
-/// The account a program runs as, resolved when the config is loaded so that
-/// an unknown user is a config error rather than a failure at fork time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
-    pub name: String,
-    pub uid: Uid,
-    pub gid: Gid,
-    pub groups: Vec<Gid>,
-    pub home: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

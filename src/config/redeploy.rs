@@ -10,7 +10,7 @@ use super::problems::{Problems, Segment};
 use super::raw::{RawDocker, RawRedeploy};
 use super::values::{child, parse_duration, scalar_string, secret};
 use super::{ChildEnv, DockerPin, DockerRedeploy, RedeployAction, RedeployConfig, WebhookTarget};
-use crate::user::resolve_user;
+use crate::process::user::resolve_user;
 
 /// Default Docker engine socket.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";

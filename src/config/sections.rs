@@ -13,7 +13,7 @@ use super::{
     ControlConfig, HttpTarget, ListenAddress, ListenConfig, ReadyConfig, ReloadConfig,
     ReloadStrategy,
 };
-use crate::signals::parse_signal;
+use crate::process::signals::parse_signal;
 
 pub(super) fn reload(raw: Option<RawReload>, p: &mut Problems) -> (ReloadConfig, ReloadStrategy) {
     let raw = raw.unwrap_or_default();

@@ -15,8 +15,8 @@ use super::{
     Backoff, ChildEnv, Config, ControlConfig, DependenciesConfig, DeployerConfig, ForwardTo,
     ProgramConfig, ReadyConfig, RedeployAction, ReloadStrategy, RestartPolicy, sections,
 };
-use crate::signals::parse_signal;
-use crate::user::resolve_user;
+use crate::process::signals::parse_signal;
+use crate::process::user::resolve_user;
 
 const MAX_PASSES: usize = 64;
 

@@ -17,13 +17,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use super::groups::Op;
-use super::wire::{Conn, Listener};
-use super::{HeldStatus, HolderInfo, HolderStatus, Offered, Reply, Request, Taker};
-use crate::accept::{Full, Slot, Slots};
+use super::members::Op;
+use crate::api::accept::{Full, Slot, Slots};
 use crate::clock::timestamp;
-use crate::listen::bind_tcp;
-use crate::steer;
+use crate::sockets::held::bind_tcp;
+use crate::sockets::protocol::{
+    HeldStatus, HolderInfo, HolderStatus, Offered, Reply, Request, Taker,
+};
+use crate::sockets::steer;
+use crate::sockets::wire::{Conn, Listener};
 
 /// Connections to the unix socket at once: one per app container (its
 /// lease), and status requests; a silent one makes room for a newcomer.
@@ -133,7 +135,7 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
             Ok((h.name.clone(), h.address, config.backlog, fd, h.offset))
         })
         .collect::<Result<Vec<_>, HoldError>>()?;
-    let groups = super::groups::start(group_sockets);
+    let groups = super::members::start(group_sockets);
     let held = Arc::new(held);
     let mode = if config.allow_gids.is_empty() {
         0o600
@@ -173,7 +175,7 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
             let held = held.clone();
             let queued: Arc<dyn Fn() -> Vec<HeldStatus> + Send + Sync> =
                 Arc::new(move || queued_now(&held));
-            Some(AbortOnDrop(tokio::spawn(super::http::serve(
+            Some(AbortOnDrop(tokio::spawn(super::endpoint::serve(
                 listener,
                 published.clone(),
                 queued,
@@ -373,7 +375,7 @@ async fn serve(conn: Conn, id: u64, shared: Arc<Shared>, slot: Slot) {
         let request = match received {
             Ok(Some((request, fds))) if fds.is_empty() => request,
             Ok(Some((_, fds))) => {
-                super::wire::discard(fds);
+                crate::sockets::wire::discard(fds);
                 let _ = conn
                     .send(&failure("requests carry no descriptors".into()), &[])
                     .await;

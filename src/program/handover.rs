@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::instance::Instance;
 use super::{Flow, Program};
 use crate::config::ReloadStrategy;
-use crate::handoff::Generation;
+use crate::sockets::handoff::Generation;
 
 /// How often the drain looks at the old instance's accept queue.
 const DRAIN_POLL: Duration = Duration::from_millis(5);

@@ -10,16 +10,16 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
+use super::state::ProgramState;
 use super::stderr::StderrTail;
 use super::{Flow, Program, now};
-use crate::exit::ExitStatus;
-use crate::group::{group_alive, signal_group, wait_group_empty};
-use crate::handoff::Generation;
-use crate::notify::NotifySocket;
-use crate::ready::{NotReady, Probe, ReadyCheck, Watchdog};
-use crate::reaper::ExitWatch;
-use crate::spawn::{LaunchSpec, SpawnError, fork_exec};
-use crate::status::ProgramState;
+use crate::process::exit::ExitStatus;
+use crate::process::group::{group_alive, signal_group, wait_group_empty};
+use crate::process::reaper::ExitWatch;
+use crate::process::spawn::{LaunchSpec, SpawnError, fork_exec};
+use crate::program::notify::NotifySocket;
+use crate::program::ready::{NotReady, Probe, ReadyCheck, Watchdog};
+use crate::sockets::handoff::Generation;
 
 /// How long to wait for a group to vanish after SIGKILL before moving on
 /// (a process in uninterruptible sleep can outlive it).

@@ -10,8 +10,12 @@
 
 mod handover;
 mod instance;
-mod reload;
+pub(crate) mod notify;
+pub(crate) mod ready;
+pub(crate) mod restart;
+pub(crate) mod state;
 mod stderr;
+mod strategy;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,17 +28,17 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::timestamp;
 use crate::config::{ForwardTo, ProgramConfig};
-use crate::exit::ExitStatus;
-use crate::group::signal_group;
-use crate::handoff::{Generation, ProgramSockets};
-use crate::holder::link::HolderLink;
-use crate::listen::HeldSocket;
-use crate::reaper::Reaper;
-use crate::restart::{Decision, RestartTracker};
-use crate::status::{ProgramReload, ProgramState, ProgramStatus};
+use crate::process::exit::ExitStatus;
+use crate::process::group::signal_group;
+use crate::process::reaper::Reaper;
+use crate::program::restart::{Decision, RestartTracker};
+use crate::sockets::handoff::{Generation, ProgramSockets};
+use crate::sockets::held::HeldSocket;
+use crate::sockets::link::HolderLink;
+use state::{ProgramReload, ProgramState, ProgramStatus};
 
 use instance::{Dir, Instance};
-use reload::ReloadRequest;
+use strategy::ReloadRequest;
 
 /// How often a program waiting for its first release looks for its workdir.
 const WORKDIR_POLL: Duration = Duration::from_millis(250);
@@ -229,7 +233,7 @@ impl Stats {
             name: config.name.clone(),
             state: self.state.unwrap_or(ProgramState::Starting),
             pid: self.serving.as_ref().map(|s| s.pid),
-            strategy: config.reload.kind(),
+            strategy: config.reload.into(),
             release: self
                 .serving
                 .as_ref()
@@ -298,7 +302,7 @@ impl Program {
                     if let Some(request) = reload_on_start.take() {
                         self.update(|s| s.reload_failures += 1);
                         let report =
-                            request.report(&self.config, Err(reload::ReloadError::Start(e)));
+                            request.report(&self.config, Err(strategy::ReloadError::Start(e)));
                         let _ = request.reply.send(report);
                     }
                     status
@@ -379,8 +383,8 @@ impl Program {
                         return Ended::Stopped(self.stop(instance, kill).await);
                     }
                     Some(Flow::Reload(request)) => match self.reload(instance, request).await {
-                        reload::After::Running(next) => instance = next,
-                        reload::After::Ended(ended) => return ended,
+                        strategy::After::Running(next) => instance = next,
+                        strategy::After::Ended(ended) => return ended,
                     },
                 },
             }
@@ -397,7 +401,11 @@ impl Program {
         Ended::Exited(status)
     }
 
-    fn on_ready(&mut self, instance: &Instance, result: Result<Duration, crate::ready::NotReady>) {
+    fn on_ready(
+        &mut self,
+        instance: &Instance,
+        result: Result<Duration, crate::program::ready::NotReady>,
+    ) {
         match result {
             Ok(took) => {
                 info!(program = %self.config.name, pid = %instance.pid, ms = took.as_millis() as u64, "ready");

@@ -21,7 +21,7 @@ use tracing::warn;
 use super::{Redeploy, RedeployError, RedeployOutcome};
 use crate::config::{ChildEnv, RunAs};
 use crate::hooks::{HookError, LoggedCommand, run_logged};
-use crate::reaper::Reaper;
+use crate::process::reaper::Reaper;
 
 /// `name` with `%`, `\`, every control character, and every byte outside
 /// printable ASCII written as `%XX` (upper-case hex of each UTF-8 byte), so

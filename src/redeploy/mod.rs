@@ -11,9 +11,9 @@
 //! than that, is the caller's job.
 
 mod command;
-mod deployer;
+pub(crate) mod deployer;
 mod docker;
-mod webhook;
+mod post;
 
 pub use deployer::{DeployReply, DeployRequest};
 pub use docker::{ReplacerArgs, run_replacer};
@@ -23,8 +23,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{RedeployAction, RedeployConfig};
-use crate::exit::ExitStatus;
-use crate::reaper::Reaper;
+use crate::process::exit::ExitStatus;
+use crate::process::reaper::Reaper;
 
 /// One release that needs a new image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,7 +252,7 @@ impl Redeployer {
                 };
                 command::run(&spec, request, &self.reaper).await
             }
-            RedeployAction::Webhook(target) => webhook::post(target, request).await,
+            RedeployAction::Webhook(target) => post::post(target, request).await,
             RedeployAction::Docker(docker) => docker::replace(docker, request).await,
             RedeployAction::Deployer { socket } => deployer::ask(socket, request).await,
             RedeployAction::Exit(code) => Ok(RedeployOutcome::Exit(*code)),

@@ -16,8 +16,8 @@ use super::progress::Phase;
 use super::release::{Blame, ReleaseError};
 use super::{Source, SourceError, retry_delay};
 use crate::hooks::HookKind;
+use crate::reload::trigger::Trigger;
 use crate::sha::Sha;
-use crate::trigger::Trigger;
 
 /// What `decide` found.
 enum Decision {

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::RedeployRequired;
-use super::release::Volume;
+use super::release::{ExitedFor, Volume};
 use crate::clock::timestamp;
 use crate::redeploy::{Redeploy, RedeployOutcome, Redeployer};
 use crate::sha::Sha;
@@ -72,26 +72,6 @@ pub struct ImageStatus {
     /// `state` is `waiting-for-image`.
     #[serde(default)]
     pub exited_for: Option<ExitedFor>,
-}
-
-/// An `exit = N` cutover asked for to get a new image, as recorded in the
-/// volume just before it exited.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitedFor {
-    /// The commit that needed a new image.
-    pub sha: Sha,
-    /// The image as cutover can tell it apart: the digest of its dependency
-    /// baseline (the baked file, or without one the adopted release's).
-    pub image: String,
-    pub code: u8,
-    pub time: String,
-}
-
-impl ExitedFor {
-    /// Whether this exit already answered a request for `sha` on `image`.
-    fn holds(&self, sha: &Sha, image: &str) -> bool {
-        &self.sha == sha && self.image == image
-    }
 }
 
 /// One release that needs an image, with the image it cannot run on.

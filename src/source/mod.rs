@@ -31,11 +31,11 @@ use tracing::{info, warn};
 
 use crate::clock::timestamp;
 use crate::config::{Config, HooksConfig, SourceConfig};
+use crate::process::reaper::Reaper;
 use crate::program::{ProgramEvent, ProgramHandle};
-use crate::reaper::Reaper;
 use crate::reload::ReloadQueue;
+use crate::reload::trigger::Trigger;
 use crate::sha::Sha;
-use crate::trigger::Trigger;
 
 use dependencies::DependencyGate;
 pub use dependencies::{DependencyStatus, RedeployRequired};
@@ -433,7 +433,7 @@ struct Opened {
     current_fits_image: bool,
     /// The last `[redeploy] exit`, so a restart of the same image does not
     /// exit again for the same commit.
-    exited_for: Option<image::ExitedFor>,
+    exited_for: Option<release::ExitedFor>,
 }
 
 impl Opened {

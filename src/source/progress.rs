@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use super::SourceStatus;
 use crate::clock::timestamp;
 use crate::hooks::HookKind;
+use crate::reload::trigger::Trigger;
 use crate::sha::Sha;
-use crate::trigger::Trigger;
 
 /// A step of the deploy pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use git2::{ObjectType, Oid, Repository};
 use serde::{Deserialize, Serialize};
 
-use super::image::ExitedFor;
 use crate::config::ReleaseLimits;
 use crate::sha::Sha;
 
@@ -648,6 +647,26 @@ fn write_blob(
                 .map_err(io_err("cannot write", path))?;
             Ok(blob.data().len() as u64)
         }
+    }
+}
+
+/// An `exit = N` cutover asked for to get a new image, as recorded in the
+/// volume just before it exited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitedFor {
+    /// The commit that needed a new image.
+    pub sha: Sha,
+    /// The image as cutover can tell it apart: the digest of its dependency
+    /// baseline (the baked file, or without one the adopted release's).
+    pub image: String,
+    pub code: u8,
+    pub time: String,
+}
+
+impl ExitedFor {
+    /// Whether this exit already answered a request for `sha` on `image`.
+    pub(super) fn holds(&self, sha: &Sha, image: &str) -> bool {
+        &self.sha == sha && self.image == image
     }
 }
 

@@ -14,8 +14,8 @@ use super::dependencies::Verdict;
 use super::history::{DeployRecord, Outcome, Record};
 use super::progress::Phase;
 use crate::program::ProgramHandle;
+use crate::reload::trigger::Trigger;
 use crate::sha::Sha;
-use crate::trigger::Trigger;
 
 /// Where a rollback goes.
 pub(super) enum Target {

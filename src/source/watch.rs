@@ -54,7 +54,7 @@ pub(super) fn git_push_watcher(
             (p.starts_with(&refs) || p == &packed) && p.extension().is_none_or(|e| e != "lock")
         });
         if relevant {
-            handle.deploy(crate::trigger::Trigger::Push);
+            handle.deploy(crate::reload::trigger::Trigger::Push);
         }
     })
     .ok()?;

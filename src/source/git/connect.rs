@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::error::TransportError;
-use super::transport::Settings;
+use super::session::{Settings, USER_AGENT};
 use crate::redact::redact_url;
 use crate::tls::TlsSetupError;
 
@@ -200,7 +200,7 @@ async fn tunnel(
     let target = endpoint.address();
     let mut request = format!(
         "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: {}\r\n",
-        super::http::USER_AGENT
+        USER_AGENT
     )
     .into_bytes();
     if let Some(auth) = auth {

@@ -25,11 +25,10 @@ use hyper_util::rt::TokioIo;
 
 use super::connect::{self, Endpoint, TlsOnce};
 use super::error::{TransportError, detail};
-use super::transport::Shared;
+use super::session::{Shared, USER_AGENT};
 use crate::redact::without_userinfo;
 
 /// Forges look at the agent: GitHub serves smart http to `git/` agents.
-pub const USER_AGENT: &str = concat!("git/2.0 (cutover ", env!("CARGO_PKG_VERSION"), ")");
 /// A server silent for this long mid-transfer is taken for dead.
 const STALL: Duration = Duration::from_secs(120);
 /// git's own limit (`http.followRedirects = initial`) is the first request.

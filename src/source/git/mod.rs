@@ -12,6 +12,7 @@
 mod connect;
 mod error;
 mod http;
+mod session;
 mod ssh;
 mod transport;
 
@@ -21,10 +22,11 @@ use std::sync::Arc;
 use git2::{AutotagOption, FetchOptions, Oid, Repository};
 
 use crate::config::SourceConfig;
-use crate::reaper::Reaper;
+use crate::process::reaper::Reaper;
 use crate::redact::{UrlRedactor, url_userinfo};
 pub use error::TransportError;
-use transport::{Settings, SshSettings, with_session};
+use session::{Settings, SshSettings};
+use transport::with_session;
 
 /// Where fetched commits land in the cache (never a branch: nothing checks it out).
 /// Where objects taken from a local remote wait to be renamed into place.

@@ -27,12 +27,12 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::error::TransportError;
-use super::transport::{Shared, SshSettings};
+use super::session::{Shared, SshSettings};
 use crate::config::ChildEnv;
 use crate::config::remote_url::{RemoteUrl, SshTarget, shell_quote};
-use crate::exit::ExitStatus;
-use crate::reaper::ExitWatch;
-use crate::spawn::{LaunchSpec, fork_exec};
+use crate::process::exit::ExitStatus;
+use crate::process::reaper::ExitWatch;
+use crate::process::spawn::{LaunchSpec, fork_exec};
 
 /// How long ssh may take to exit once its output has ended.
 const EXIT_WAIT: Duration = Duration::from_secs(10);

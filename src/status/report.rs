@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use crate::redact::escape_controls;
+
 use crate::source::ImageState;
 use crate::status::{ProgramState, ProgramStatus, Status};
 
@@ -18,32 +20,6 @@ macro_rules! emit {
 fn push_line(out: &mut String, line: &str) {
     out.push_str(&escape_controls(line));
     out.push('\n');
-}
-
-/// Control characters (C0 with ESC, DEL, C1) and the bidirectional overrides
-/// that reorder what a terminal shows, as Rust-style escapes: `\x1b`, `\n`,
-/// `\u{202e}`. Everything else, including non-ASCII text, stays as it is.
-pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(|c| c.is_control() || bidi(c)) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c if bidi(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 impl Status {

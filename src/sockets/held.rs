@@ -17,9 +17,9 @@ use std::sync::Once;
 use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::{info, warn};
 
-use crate::holder::link::HolderLink;
-use crate::holder::take::{WAIT_FOR_HOLDER, fresh, take};
-use crate::steer::{self, Route};
+use crate::sockets::link::HolderLink;
+use crate::sockets::steer::{self, Route};
+use crate::sockets::take::{WAIT_FOR_HOLDER, fresh, take};
 
 use crate::config::{ListenAddress, ListenConfig};
 
@@ -78,7 +78,7 @@ pub enum ListenError {
     #[error("listen `{name}`: {source}")]
     Take {
         name: String,
-        source: crate::holder::take::TakeError,
+        source: crate::sockets::take::TakeError,
     },
 }
 
@@ -133,7 +133,7 @@ pub async fn bind_all(
                     .await
                     .map_err(|why| ListenError::Take {
                         name: c.name.clone(),
-                        source: crate::holder::take::TakeError::Refused {
+                        source: crate::sockets::take::TakeError::Refused {
                             path: path.to_path_buf(),
                             why,
                         },

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::protocol::{HolderInfo, Reply, Request};
 use super::wire::Conn;
-use super::{HolderInfo, Reply, Request};
 
 type Answer = Result<(Reply, Vec<OwnedFd>), String>;
 
@@ -96,7 +96,7 @@ pub(super) async fn exchange(conn: &Conn, request: &Request) -> Answer {
     let sent = conn.send(request, &[]).await;
     match conn.recv::<Reply>().await {
         Ok(Some((_, fds))) if !fds.iter().all(super::wire::is_listening_tcp) => {
-            super::wire::discard(fds);
+            crate::sockets::wire::discard(fds);
             Err("it sent a descriptor that is not a listening TCP socket".into())
         }
         Ok(Some(answer)) => Ok(answer),

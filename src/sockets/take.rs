@@ -13,8 +13,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::link::{HolderLink, exchange};
+use super::protocol::{HolderStatus, Offered, Request};
 use super::wire::Conn;
-use super::{HolderStatus, Offered, Request};
 
 /// How long a starting cutover waits for the holder (compose may start the
 /// app container first).
@@ -132,62 +132,6 @@ pub(crate) async fn fresh(
         (Some(offered), Some(fd), Some(member)) => Ok((offered, fd, member)),
         _ => Err("the holder's answer lacks the socket".into()),
     }
-}
-
-/// Watches the holders sockets were taken from. When one goes away, waits
-/// for it to come back, takes its new sockets, gives them to the programs
-/// and has them reloaded onto them: cutover itself never restarts.
-pub(crate) fn keep_taking(
-    leases: Vec<(HolderLink, Vec<String>)>,
-    configs: Vec<crate::config::ListenConfig>,
-    programs: Vec<crate::program::ProgramHandle>,
-    queue: crate::reload::ReloadQueue,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    leases
-        .into_iter()
-        .map(|(link, names)| {
-            let configs = configs.clone();
-            let programs = programs.clone();
-            let queue = queue.clone();
-            tokio::spawn(async move {
-                let mut lease = link;
-                loop {
-                    lease.closed().await;
-                    let lost = tokio::time::Instant::now();
-                    warn!(holder = %lease.path.display(), instance = %lease.holder.instance, "the socket holder went away: its sockets receive nothing now; waiting for it");
-                    let (next, taken) = loop {
-                        match take(&lease.path, &names, &[], WAIT_FOR_HOLDER).await {
-                            Ok(taken) => break taken,
-                            Err(e) => {
-                                warn!(error = %e, "still no socket holder");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        }
-                    };
-                    let sockets: Vec<std::sync::Arc<crate::listen::HeldSocket>> = taken
-                        .into_iter()
-                        .map(|(offered, fd)| {
-                            let programs = configs
-                                .iter()
-                                .find(|c| c.name == offered.name)
-                                .and_then(|c| c.programs.clone());
-                            std::sync::Arc::new(crate::listen::HeldSocket::taken(
-                                offered.name,
-                                fd,
-                                programs,
-                            ))
-                        })
-                        .collect();
-                    info!(holder = %next.path.display(), instance = %next.holder.instance, after_ms = lost.elapsed().as_millis() as u64, "took the new holder's sockets; reloading onto them");
-                    for program in &programs {
-                        program.replace_sockets(sockets.clone(), next.clone());
-                    }
-                    queue.trigger(crate::trigger::Trigger::HolderReplaced);
-                    lease = next;
-                }
-            })
-        })
-        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]

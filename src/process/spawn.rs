@@ -17,7 +17,7 @@
 //! Exec failures travel back over a close-on-exec pipe, so "command not
 //! found" is reported with its reason instead of a bare exit status.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
@@ -29,17 +29,10 @@ use nix::unistd::{ForkResult, Pid};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::config::{ChildEnv, RunAs};
+pub use super::env::ChildEnv;
+use super::env::{DEFAULT_PATH, build_env};
+use super::user::RunAs;
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Environment cutover sets itself; inherited values would describe cutover's
-/// own sockets, not the program's.
-const RESERVED_ENV: [&str; 4] = [
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-];
 const FIRST_LISTEN_FD: RawFd = 3;
 
 /// A socket handed to the program as fd 3, 4, ... (the systemd protocol).
@@ -126,7 +119,7 @@ enum Stage {
 
 /// Forks and execs `spec`. Register the pid with the reaper, then `confirm`.
 pub fn fork_exec(spec: &LaunchSpec) -> Result<Forked, SpawnError> {
-    let env = build_env(std::env::vars_os(), spec);
+    let env = build_env(std::env::vars_os(), spec.env, spec.user, spec.extra_env);
     let path = resolve_program(&spec.command[0], &env, spec.workdir)?;
     let prepared = Prepared::new(spec, &path, env)?;
 
@@ -380,40 +373,8 @@ impl Prepared {
     }
 }
 
-/// The child's environment: `inherited` (cutover's own; with `env_clear`
-/// only the `pass_env` names of it), minus cutover's protocol variables and
-/// the secrets the config reads, plus the user's HOME/USER/LOGNAME, the
-/// configured values, and what cutover adds.
-fn build_env(
-    inherited: impl Iterator<Item = (OsString, OsString)>,
-    spec: &LaunchSpec,
-) -> Vec<(OsString, OsString)> {
-    let policy = spec.env;
-    let named = |list: &[String], k: &OsStr| list.iter().any(|n| OsStr::new(n) == k);
-    let mut env: Vec<(OsString, OsString)> = inherited
-        .filter(|(k, _)| !RESERVED_ENV.iter().any(|r| OsStr::new(r) == k))
-        .filter(|(k, _)| !named(&policy.withheld, k))
-        .filter(|(k, _)| !policy.clear || named(&policy.pass, k))
-        .collect();
-    let mut set = |k: &str, v: &str| {
-        env.retain(|(key, _)| key != k);
-        env.push((k.into(), v.into()));
-    };
-    if let Some(user) = spec.user {
-        if let Some(home) = &user.home {
-            set("HOME", &home.to_string_lossy());
-        }
-        set("USER", &user.name);
-        set("LOGNAME", &user.name);
-    }
-    for (k, v) in policy.set.iter().chain(spec.extra_env) {
-        set(k, v);
-    }
-    env
-}
-
 /// Looks `program` up in the PATH the child will have, before forking.
-fn resolve_program(
+pub(super) fn resolve_program(
     program: &str,
     env: &[(OsString, OsString)],
     workdir: Option<&Path>,
@@ -610,72 +571,6 @@ mod tests {
         let err = resolve_program("no-such-cmd-xyz", &env, None).unwrap_err();
         assert_eq!(err.exit_code(), 127);
         assert!(err.to_string().contains("no-such-cmd-xyz"));
-    }
-
-    fn spec<'a>(env: &'a ChildEnv, extra: &'a [(String, String)]) -> LaunchSpec<'a> {
-        LaunchSpec {
-            command: &[],
-            workdir: None,
-            env,
-            extra_env: extra,
-            user: None,
-            listen: &[],
-            foreground_tty: false,
-            output: None,
-            input: None,
-            errors: None,
-        }
-    }
-
-    fn names(env: &[(OsString, OsString)]) -> Vec<String> {
-        env.iter()
-            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
-            .collect()
-    }
-
-    fn inherited() -> impl Iterator<Item = (OsString, OsString)> {
-        [
-            ("PATH", "/bin"),
-            ("GIT_TOKEN", "t0ken"),
-            ("LANG", "C.UTF-8"),
-            ("NOTIFY_SOCKET", "/run/cutover-notify"),
-            ("OTHER", "x"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.into(), v.into()))
-    }
-
-    #[test]
-    fn secrets_and_protocol_variables_are_never_inherited() {
-        let env = ChildEnv {
-            set: vec![("OTHER".into(), "y".into())],
-            withheld: vec!["GIT_TOKEN".into()],
-            ..ChildEnv::default()
-        };
-        let extra = [("CUTOVER_PROGRAM".to_string(), "web".to_string())];
-        assert_eq!(
-            names(&build_env(inherited(), &spec(&env, &extra))),
-            [
-                "PATH=/bin",
-                "LANG=C.UTF-8",
-                "OTHER=y",
-                "CUTOVER_PROGRAM=web"
-            ]
-        );
-    }
-
-    #[test]
-    fn env_clear_keeps_only_pass_env_and_env() {
-        let env = ChildEnv {
-            clear: true,
-            pass: vec!["PATH".into(), "GIT_TOKEN".into()],
-            set: vec![("DATABASE_PATH".into(), "/db".into())],
-            withheld: vec!["GIT_TOKEN".into()],
-        };
-        assert_eq!(
-            names(&build_env(inherited(), &spec(&env, &[]))),
-            ["PATH=/bin", "DATABASE_PATH=/db"]
-        );
     }
 
     #[test]

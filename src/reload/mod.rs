@@ -7,6 +7,10 @@
 //! which starts once nothing has arrived for `debounce`. A burst of touches
 //! therefore costs at most two reloads, and reloads never overlap.
 
+pub(crate) mod files;
+pub(crate) mod record;
+pub(crate) mod trigger;
+
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,8 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::clock::timestamp;
 use crate::program::ProgramHandle;
-use crate::status::{ReloadRecord, ReloadStats};
-use crate::trigger::Trigger;
+use record::{ReloadRecord, ReloadStats};
+use trigger::Trigger;
 
 /// Cloneable handle to the reload coordinator.
 #[derive(Clone, Debug)]

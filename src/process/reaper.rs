@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, trace};
 
-use crate::exit::ExitStatus;
+use crate::process::exit::ExitStatus;
 
 /// How many exits of unwatched pids are remembered. A pid is watched right
 /// after fork, but the child may be reaped before the request arrives; after

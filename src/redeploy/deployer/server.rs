@@ -25,8 +25,8 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::DeployerConfig;
-use crate::holder::wire::{Conn, Listener, discard};
 use crate::redeploy::{DeployReply, DeployRequest, Redeploy};
+use crate::sockets::wire::{Conn, Listener, discard};
 
 /// Longest `changed_files` list and entry a request may carry.
 const MAX_CHANGED: usize = 10_000;

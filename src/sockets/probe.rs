@@ -10,9 +10,9 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::holder::Request;
-use crate::holder::link::HolderLink;
-use crate::steer::{self, ProbeFrom, Route};
+use super::protocol::Request;
+use crate::sockets::link::HolderLink;
+use crate::sockets::steer::{self, ProbeFrom, Route};
 
 pub(crate) struct ProbeRoute {
     address: SocketAddr,

@@ -30,9 +30,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::{Offered, rescue};
-use crate::listen::bind_tcp;
-use crate::steer::{self, ProbeFrom};
+use super::rescue;
+use crate::sockets::held::bind_tcp;
+use crate::sockets::protocol::Offered;
+use crate::sockets::steer::{self, ProbeFrom};
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 

@@ -4,10 +4,20 @@
 //! before anything starts and the child after fork only makes syscalls.
 
 use std::ffi::CString;
+use std::path::PathBuf;
 
 use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 
-use crate::config::RunAs;
+/// The account a program runs as, resolved when the config is loaded so that
+/// an unknown user is a config error rather than a failure at fork time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
+    pub home: Option<PathBuf>,
+}
 
 /// Accepts `name`, `name:group`, `uid` and `uid:gid`.
 pub fn resolve_user(spec: &str) -> Result<RunAs, String> {

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backoff, RestartPolicy};
-use crate::exit::ExitStatus;
+use crate::process::exit::ExitStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {

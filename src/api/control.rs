@@ -22,13 +22,12 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::debug;
 
-use crate::accept::{AcceptBackoff, Slot, Slots, next_admitted};
+use crate::api::accept::{AcceptBackoff, Slot, Slots, next_admitted};
 use crate::config::Secret;
 use crate::reload::ReloadQueue;
+use crate::reload::trigger::Trigger;
 use crate::source::{DeployRecord, SourceHandle};
 use crate::status::{ReloadRecord, Status};
-use crate::supervisor::Published;
-use crate::trigger::Trigger;
 use tokio::sync::watch;
 
 /// Requests are small; anything longer is not ours.
@@ -93,6 +92,14 @@ impl Response {
             ..Response::default()
         }
     }
+}
+
+/// What the supervisor publishes for the endpoints: its phase, and the
+/// programs once they run.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub phase: crate::status::SupervisorPhase,
+    pub programs: Vec<crate::program::ProgramHandle>,
 }
 
 /// Reads a `Status` from what the actors published, and passes requests

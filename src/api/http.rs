@@ -27,8 +27,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::accept::{AcceptBackoff, Slots, next_admitted};
-use crate::control::Inventory;
+use crate::api::accept::{AcceptBackoff, Slots, next_admitted};
+use crate::api::control::Inventory;
 use crate::webhook::{self, Delivery, WebhookError};
 
 /// Forges send at most a few hundred KiB for a push; anything larger is
@@ -97,7 +97,7 @@ pub fn serve(
 /// its slot is needed for a newer one.
 async fn connection(
     stream: TcpStream,
-    slot: Arc<crate::accept::Slot>,
+    slot: Arc<crate::api::accept::Slot>,
     inventory: Inventory,
     routes: Routes,
 ) {
@@ -253,7 +253,7 @@ async fn push(req: Request<Incoming>, inventory: &Inventory) -> Response<Full<By
             info!(forge = %push.forge, git_ref = %push.git_ref, after = ?push.after, "webhook push");
             // The configured ref is fetched, not `after`: the remote is the
             // truth, and a delayed delivery must not move current backwards.
-            source.deploy(crate::trigger::Trigger::Webhook(push.forge));
+            source.deploy(crate::reload::trigger::Trigger::Webhook(push.forge));
             text(StatusCode::ACCEPTED, "deploy queued".into())
         }
     }

@@ -17,14 +17,14 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::instance::{Dir, ExitSlot, Instance, ready_of};
+use super::state::{ProgramReload, ProgramState};
 use super::{Ended, Flow, Program};
 use crate::clock::ms;
 use crate::config::{ProgramConfig, ReloadStrategy};
-use crate::exit::ExitStatus;
 use crate::hooks::last_words;
-use crate::ready::NotReady;
-use crate::spawn::SpawnError;
-use crate::status::{ProgramReload, ProgramState};
+use crate::process::exit::ExitStatus;
+use crate::process::spawn::SpawnError;
+use crate::program::ready::NotReady;
 
 #[derive(Debug)]
 pub(crate) struct ReloadRequest {
@@ -105,7 +105,7 @@ impl ReloadRequest {
         };
         ProgramReload {
             program: config.name.clone(),
-            strategy: config.reload.kind(),
+            strategy: config.reload.into(),
             ok: error.is_none(),
             error,
             pid: t.pid,

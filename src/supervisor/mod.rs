@@ -8,6 +8,8 @@
 //! down with it and gives cutover its exit code; after a shutdown signal the
 //! code is that of the first program in the config.
 
+mod holders;
+
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
@@ -18,19 +20,19 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use crate::api::control::{self, Inventory, Published};
+use crate::api::http::Routes;
 use crate::config::Config;
-use crate::control::{self, Inventory};
-use crate::exit::ExitStatus;
-use crate::http::Routes;
-use crate::listen::{self, ListenError};
+use crate::process::exit::ExitStatus;
+use crate::process::reaper::Reaper;
+use crate::process::signals::{self, Incoming};
 use crate::program::{self, Context, Finished, ProgramHandle};
-use crate::reaper::Reaper;
 use crate::reload::ReloadQueue;
-use crate::signals::{self, Incoming};
+use crate::reload::files::{self, WatchError};
+use crate::reload::trigger::Trigger;
+use crate::sockets::held::{self, ListenError};
 use crate::source::{Source, Wiring};
 use crate::status::SupervisorPhase;
-use crate::trigger::Trigger;
-use crate::triggers::{self, WatchError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -78,7 +80,7 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
     // After the endpoints: taking sockets from a holder may wait for it to
     // come up, and probes and `cutover status` answer meanwhile.
     let (sockets, leases) = tokio::select! {
-        bound = listen::bind_all(&config.listen) => bound?,
+        bound = held::bind_all(&config.listen) => bound?,
         Some(Incoming::Shutdown(sig)) = setup.incoming.recv() => {
             info!(signal = %sig, "stopped while waiting for the socket holder");
             return Ok(128 + sig as i32);
@@ -116,7 +118,7 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
     let handles: Vec<ProgramHandle> = config
         .programs
         .iter()
-        .zip(crate::handoff::distribute(
+        .zip(crate::sockets::handoff::distribute(
             sockets,
             &config
                 .programs
@@ -127,7 +129,7 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         .map(|(p, sockets)| program::start(p.clone(), context.clone(), sockets))
         .collect();
     coordinator.start(handles.clone());
-    let _holders = crate::holder::take::keep_taking(
+    let _holders = holders::keep_taking(
         leases,
         config.listen.clone(),
         handles.clone(),
@@ -162,14 +164,6 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
     Ok(code)
 }
 
-/// What the supervisor publishes for the endpoints: its phase, and the
-/// programs once they run.
-#[derive(Clone, Debug)]
-pub struct Published {
-    pub phase: SupervisorPhase,
-    pub programs: Vec<ProgramHandle>,
-}
-
 /// Everything bound and opened before the first program starts.
 struct Setup {
     started: Instant,
@@ -178,7 +172,7 @@ struct Setup {
     runtime_dir: RuntimeDir,
     queue: ReloadQueue,
     coordinator: crate::reload::Unstarted,
-    _triggers: triggers::Triggers,
+    _triggers: files::Triggers,
     http: Option<tokio::net::TcpListener>,
     webhook: Option<tokio::net::TcpListener>,
     source: Option<Source>,
@@ -197,7 +191,7 @@ impl Setup {
             .clone()
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| PathBuf::from("/"));
-        let _triggers = triggers::start(&config.reload, &default_root, &queue)?;
+        let _triggers = files::start(&config.reload, &default_root, &queue)?;
         let http = bind_http(config.control.http).await?;
         let webhook = bind_http(config.source.as_ref().and_then(|s| s.webhook)).await?;
         // `[redeploy] exit = N`: stop the programs and exit with N.
@@ -238,7 +232,7 @@ impl Setup {
             }
         };
         let webhook = self.webhook.take().map(|listener| {
-            AbortOnDrop(crate::http::serve(
+            AbortOnDrop(crate::api::http::serve(
                 listener,
                 inventory.clone(),
                 Routes::WebhookOnly,
@@ -247,7 +241,7 @@ impl Setup {
         let http = self
             .http
             .take()
-            .map(|listener| AbortOnDrop(crate::http::serve(listener, inventory, Routes::All)));
+            .map(|listener| AbortOnDrop(crate::api::http::serve(listener, inventory, Routes::All)));
         Ok(Endpoints {
             _control: control,
             _webhook: webhook,
@@ -279,7 +273,7 @@ async fn bind_http(
     address: Option<std::net::SocketAddr>,
 ) -> Result<Option<tokio::net::TcpListener>, SupervisorError> {
     match address {
-        Some(address) => crate::http::bind(address)
+        Some(address) => crate::api::http::bind(address)
             .await
             .map(Some)
             .map_err(|source| SupervisorError::Http { address, source }),

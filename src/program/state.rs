@@ -1,21 +1,8 @@
-//! The status model: what `cutover status`, /status, /healthz and /metrics
-//! report. Plain data, assembled from the snapshots the actors publish (the
-//! programs, the reload coordinator, the source, the supervisor); nothing
-//! here asks an actor anything. `report` renders it as text or Prometheus
-//! exposition, serde as JSON.
+//! What a program actor publishes: its state and counters (`ProgramStatus`)
+//! and each program's part of a reload (`ProgramReload`), as `cutover
+//! status`, /status and /metrics show them (`crate::status` gathers them).
 
 use serde::{Deserialize, Serialize};
-
-/// What the supervisor as a whole is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SupervisorPhase {
-    Starting,
-    /// No release in the volume yet: fetching the first, then its hooks.
-    WaitingForFirstRelease,
-    Running,
-    Stopping,
-}
 
 /// How a program takes new code (`[reload] strategy`, without parameters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +12,19 @@ pub enum Strategy {
     Restart,
     Overlap,
     None,
+}
+
+impl From<crate::config::ReloadStrategy> for Strategy {
+    /// The strategy without its parameters, as status reports it.
+    fn from(strategy: crate::config::ReloadStrategy) -> Strategy {
+        use crate::config::ReloadStrategy as R;
+        match strategy {
+            R::Signal(_) => Strategy::Signal,
+            R::Restart => Strategy::Restart,
+            R::Overlap => Strategy::Overlap,
+            R::None => Strategy::None,
+        }
+    }
 }
 
 impl std::fmt::Display for Strategy {
@@ -104,64 +104,4 @@ pub struct ProgramReload {
     /// Between taking users off the old instance and its stop signal.
     #[serde(default)]
     pub drain_ms: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReloadRecord {
-    pub id: u64,
-    pub trigger: String,
-    pub started_at: String,
-    /// Trigger seen to reload finished.
-    pub duration_ms: f64,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub programs: Vec<ProgramReload>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ReloadStats {
-    pub in_progress: bool,
-    pub pending: bool,
-    pub triggers: u64,
-    pub reloads: u64,
-    pub failures: u64,
-    pub last: Option<ReloadRecord>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    pub version: String,
-    pub pid: u32,
-    pub uptime_seconds: f64,
-    pub state: SupervisorPhase,
-    pub programs: Vec<ProgramStatus>,
-    pub reload: ReloadStats,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<crate::source::SourceStatus>,
-}
-
-impl Status {
-    /// Healthy when every program has an instance that passed readiness.
-    pub fn health(&self) -> Result<(), String> {
-        if self.state == SupervisorPhase::WaitingForFirstRelease {
-            let step = self
-                .source
-                .as_ref()
-                .and_then(|s| s.deploying.as_ref())
-                .map(|d| format!(" ({} for {:.0} s)", d.phase, d.phase_seconds))
-                .unwrap_or_default();
-            return Err(format!("waiting for the first release{step}"));
-        }
-        let bad: Vec<String> = self
-            .programs
-            .iter()
-            .filter(|p| !matches!(p.state, ProgramState::Running | ProgramState::Reloading))
-            .map(|p| format!("{} is {}", p.name, p.state.as_str()))
-            .collect();
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(bad.join(", "))
-        }
-    }
 }

@@ -25,10 +25,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
 use crate::config::{ChildEnv, HttpTarget, ReadyConfig, RunAs};
-use crate::group::signal_group;
-use crate::handoff::ProbeRoute;
-use crate::reaper::Reaper;
-use crate::spawn::{LaunchSpec, fork_exec};
+use crate::process::group::signal_group;
+use crate::process::reaper::Reaper;
+use crate::process::spawn::{LaunchSpec, fork_exec};
+use crate::sockets::handoff::ProbeRoute;
 
 /// Longest a single probe attempt may take before it counts as failed.
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(5);

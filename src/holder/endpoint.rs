@@ -5,7 +5,7 @@
 //!
 //! Read-only and small on purpose: answers come from the registry's
 //! published snapshot, never from a connection task, and connections are
-//! admitted as cutover's own listeners admit them (`crate::accept`): a
+//! admitted as cutover's own listeners admit them (`crate::api::accept`): a
 //! bounded number, the oldest idle one evicted for a newcomer, a few
 //! seconds for the request line. A flood of silent clients cannot make
 //! `/healthz` unanswerable.
@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::HolderStatus;
-use crate::accept::{AcceptBackoff, Slot, Slots, next_admitted};
+use crate::api::accept::{AcceptBackoff, Slot, Slots, next_admitted};
 
 const MAX_OPEN: usize = 64;
 const READ_TIMEOUT: Duration = Duration::from_secs(3);

@@ -15,13 +15,17 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use nix::sys::socket::{Shutdown, shutdown};
 use tracing::warn;
 
-use super::Generation;
 use super::probe::{ProbeRoute, Way};
-use crate::holder::Request;
-use crate::holder::link::HolderLink;
-use crate::holder::take::fresh;
-use crate::listen::bind_tcp;
-use crate::steer::{self, Route};
+use super::protocol::Request;
+use crate::sockets::held::bind_tcp;
+use crate::sockets::link::HolderLink;
+use crate::sockets::steer::{self, Route};
+use crate::sockets::take::fresh;
+
+/// The instances started on the same per-instance sockets: the first, and
+/// one more for each reload that starts a new instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Generation(pub(super) u64);
 
 pub(super) struct Member {
     pub generation: Generation,

@@ -3,13 +3,15 @@
 //! decides how it is built and what the new container may have, and waits
 //! for the answer (or for its own SIGTERM, when the deployer replaces it).
 
+pub(crate) mod server;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{Redeploy, RedeployError, RedeployOutcome};
-use crate::holder::wire::{Conn, discard};
+use crate::sockets::wire::{Conn, discard};
 
 /// What an app's cutover asks.
 #[derive(Debug, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use tracing::{debug, info};
 
 use crate::config::ReloadConfig;
 use crate::reload::ReloadQueue;
-use crate::trigger::Trigger;
+use crate::reload::trigger::Trigger;
 
 /// Events closer than this on one file are one touch.
 const SAME_TOUCH: Duration = Duration::from_millis(20);

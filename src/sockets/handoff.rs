@@ -21,23 +21,16 @@
 //! users stay where they were, and when this cutover stops they go to
 //! another container's instance first, if one serves.
 
-mod group;
-mod probe;
-
 use std::io;
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::listen::HeldSocket;
-use crate::spawn::PassedFd;
-use group::Group;
-pub(crate) use probe::ProbeRoute;
-
-/// The instances started on the same per-instance sockets: the first, and
-/// one more for each reload that starts a new instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Generation(u64);
+pub(crate) use super::port_group::Generation;
+use super::port_group::Group;
+pub(crate) use super::probe::ProbeRoute;
+use crate::process::spawn::PassedFd;
+use crate::sockets::held::HeldSocket;
 
 /// One program's sockets, in the order of `[[listen]]` (fd 3, 4, ...).
 pub(crate) struct ProgramSockets {
@@ -142,7 +135,7 @@ impl ProgramSockets {
 
     /// A restarted holder: its groups are new ones, users wait in its
     /// backlog until an instance of this program is ready there.
-    pub fn replace_holder(&mut self, link: &crate::holder::link::HolderLink) -> bool {
+    pub fn replace_holder(&mut self, link: &crate::sockets::link::HolderLink) -> bool {
         let mut replaced = false;
         for group in self.groups_mut() {
             replaced |= group.replace_holder(link);
@@ -239,7 +232,7 @@ impl ProgramSockets {
     pub fn queued(&self, generation: Generation) -> u32 {
         self.groups()
             .flat_map(|g| g.members.iter().filter(|m| m.generation == generation))
-            .map(|m| crate::steer::queued(std::os::fd::AsFd::as_fd(&m.fd)).unwrap_or(0))
+            .map(|m| crate::sockets::steer::queued(std::os::fd::AsFd::as_fd(&m.fd)).unwrap_or(0))
             .sum()
     }
 
@@ -257,7 +250,7 @@ impl ProgramSockets {
             self.steer_to(self.users).await;
         }
         if queued > 0 {
-            if crate::steer::migrates_queued() {
+            if crate::sockets::steer::migrates_queued() {
                 info!(
                     queued,
                     "moved connections left in a retired socket to the serving one"
@@ -295,7 +288,7 @@ mod tests {
             per_instance: true,
         };
         let (held, _) = runtime
-            .block_on(crate::listen::bind_all(&[config]))
+            .block_on(crate::sockets::held::bind_all(&[config]))
             .unwrap();
         let (address, _) = held[0].per_instance().expect("steerable here");
         let sockets = distribute(held, &["web"]).pop().unwrap();

@@ -251,7 +251,7 @@ pub fn main() -> ExitCode {
             match Config::load_deployer(&config, container) {
                 Ok(deployer) => run_to_end(
                     "cutover deployer",
-                    crate::redeploy::deployer::server::run(deployer),
+                    crate::redeploy::deployer::trusted::run(deployer),
                 ),
                 Err(e) => config_failure(&e),
             }

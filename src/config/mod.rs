@@ -4,8 +4,8 @@
 //! every problem, `problems` renders them with file:line:col. Everything here
 //! is checked before anything starts, so a broken config starts nothing.
 
-mod dependencies;
 mod deployer;
+mod fingerprints;
 mod known_hosts;
 mod problems;
 mod raw;

@@ -39,7 +39,7 @@ pub(super) fn parse_dependencies(text: &str) -> Result<DependenciesConfig, Vec<P
     table.retain(|k, _| k == "dependencies");
     let mut problems = Problems::new(&locator);
     let raw = deserialize_reporting_unknown_keys(&mut table, &mut problems);
-    let config = raw.map(|raw| super::dependencies::dependencies(raw.dependencies, &mut problems));
+    let config = raw.map(|raw| super::fingerprints::dependencies(raw.dependencies, &mut problems));
     match config {
         Some(c) if problems.list.is_empty() => Ok(c),
         _ => Err(problems.list),
@@ -266,7 +266,7 @@ fn validate(
     let source = raw.source.and_then(|s| super::source::source(s, problems));
     let hooks = super::source::hooks(raw.hooks, problems);
     let rollback_window = super::source::rollback_window(raw.rollback, problems);
-    let dependencies = super::dependencies::dependencies(raw.dependencies, problems);
+    let dependencies = super::fingerprints::dependencies(raw.dependencies, problems);
     let redeploy = raw
         .redeploy
         .and_then(|r| super::redeploy::redeploy(r, problems));

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use tracing::{error, info, warn};
 
-use super::dependencies::{RedeployRequired, Verdict};
+use super::dependency_check::{RedeployRequired, Verdict};
 use super::history::{DeployRecord, Outcome, Record};
 use super::progress::Phase;
 use super::release::{Blame, ReleaseError};

@@ -9,7 +9,7 @@
 //! `deploy` the pipeline, `git` the libgit2 work, `release` the files,
 //! `history` the records, `watch` the timers and the push watch.
 
-mod dependencies;
+mod dependency_check;
 mod deploy;
 mod git;
 mod history;
@@ -37,8 +37,8 @@ use crate::reload::ReloadQueue;
 use crate::reload::trigger::Trigger;
 use crate::sha::Sha;
 
-use dependencies::DependencyGate;
-pub use dependencies::{DependencyStatus, RedeployRequired};
+use dependency_check::DependencyGate;
+pub use dependency_check::{DependencyStatus, RedeployRequired};
 use git::{GitError, RemoteSpec, open_cache};
 /// Also for the redeploy webhook's URL.
 pub use history::{DeployRecord, Outcome};

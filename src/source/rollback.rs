@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::Source;
-use super::dependencies::Verdict;
+use super::dependency_check::Verdict;
 use super::history::{DeployRecord, Outcome, Record};
 use super::progress::Phase;
 use crate::program::ProgramHandle;

@@ -3,7 +3,7 @@
 //! decides how it is built and what the new container may have, and waits
 //! for the answer (or for its own SIGTERM, when the deployer replaces it).
 
-pub(crate) mod server;
+pub(crate) mod trusted;
 
 use std::path::Path;
 

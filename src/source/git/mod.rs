@@ -11,8 +11,8 @@
 
 mod connect;
 mod error;
-mod http;
 mod session;
+mod smart_http;
 mod ssh;
 mod transport;
 

@@ -20,8 +20,8 @@ use std::sync::{Arc, Once};
 use git2::transport::{Transport, register};
 
 use super::error::TransportError;
-use super::http::HttpSubtransport;
 use super::session::{Settings, current, run};
+use super::smart_http::HttpSubtransport;
 use super::ssh::SshSubtransport;
 
 /// Runs `work` (libgit2 calls) with `settings` for the transports it

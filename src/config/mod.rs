@@ -8,6 +8,7 @@ mod deployer;
 mod fingerprints;
 mod known_hosts;
 mod problems;
+mod program;
 mod raw;
 mod redeploy;
 pub mod remote_url;

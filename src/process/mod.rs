@@ -4,6 +4,7 @@
 //! the users programs run as (`user`). Nothing here knows what a program,
 //! a release or a reload is.
 
+mod child;
 pub(crate) mod env;
 pub(crate) mod exit;
 pub(crate) mod group;

@@ -18,6 +18,7 @@ mod progress;
 mod release;
 mod rollback;
 mod steps;
+mod tree;
 mod watch;
 mod writing;
 
@@ -468,7 +469,7 @@ fn recover_current(volume: &Volume, limits: &crate::config::ReleaseLimits) {
     if volume.has_release(&sha) {
         return;
     }
-    let restored = release::materialise(volume, &volume.cache(), sha.oid(), limits);
+    let restored = tree::materialise(volume, &volume.cache(), sha.oid(), limits);
     match restored {
         Ok(_) => warn!(%sha, "release directory was missing; restored it from the cache"),
         Err(e) => {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::progress::Phase;
-use super::{Source, SourceError, git, open_cache, release, writing};
+use super::{Source, SourceError, git, open_cache, writing};
 use crate::hooks::{HookError, HookKind, Hooks};
 use crate::sha::Sha;
 
@@ -67,7 +67,7 @@ impl Source {
                 return Ok(None);
             }
             let _writing = writing::begin(&volume, &target)?;
-            release::materialise(&volume, &volume.cache(), target.oid(), &limits).map(Some)
+            super::tree::materialise(&volume, &volume.cache(), target.oid(), &limits).map(Some)
         })
         .await??;
         if let Some(written) = written {

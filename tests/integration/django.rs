@@ -77,7 +77,7 @@ fn with_priority(version: &str) -> Vec<(&'static str, String)> {
         &file("notes/models.py"),
         "    created = models.DateTimeField(auto_now_add=True)\n",
         // db_default: the old code's INSERTs, which do not name the column,
-        // must still work while it serves (README, "Migrations under overlap")
+        // must still work while it serves (examples/django/README.md, "Migrations under overlap")
         "    created = models.DateTimeField(auto_now_add=True)\n    priority = models.IntegerField(default=0, db_default=0)\n",
     );
     let views = edit(

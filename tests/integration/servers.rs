@@ -122,7 +122,7 @@ fn reloads(name: &str, strategy: &str) {
         run.close.summary(),
         log_tail(&r.cutover)
     );
-    // The README's bound (Benchmarks, "Keep-alive"): a server that closes
+    // The bound docs/benchmarks.md states ("Keep-alive"): a server that closes
     // idle kept-alive connections when it stops loses at most the request
     // each wrk connection sends in that instant, once per reload.
     let bound = (crate::fixture::servers::WRK_CONNECTIONS as usize * RELOADS) as u64;

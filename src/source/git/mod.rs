@@ -93,7 +93,7 @@ impl RemoteSpec {
         RemoteSpec {
             url: config.repo.clone(),
             depth: config.depth,
-            max_tree: super::release::tree_size_limit(&config.limits),
+            max_tree: super::tree::tree_size_limit(&config.limits),
             settings: Arc::new(Settings {
                 username: config.username.clone().or(user_in_url),
                 password: token.or(password_in_url),
@@ -402,7 +402,7 @@ fn link_or_copy(from: &Path, to: &Path, tmp: &Path) -> std::io::Result<bool> {
 /// Whether `commit`, its tree, every subtree and every blob are in `repo`:
 /// what a release needs, checked before the cache is trusted with it. Trees
 /// and blobs shared by many paths are looked at once. A tree over
-/// `max_tree` bytes (see `release::tree_size_limit`) is
+/// `max_tree` bytes (see `tree::tree_size_limit`) is
 /// only checked present, never inflated: writing the release refuses it.
 pub fn complete(repo: &Repository, commit: Oid, max_tree: u64) -> bool {
     let Ok(odb) = repo.odb() else {

@@ -322,9 +322,9 @@ fn a_deployer_gives_a_commits_build_time_code_no_socket_and_no_root() {
     eprintln!("payload in the new container: {lines:?}");
 }
 
-/// The single-container mode, as the README's security model says: the
+/// The single-container mode, as docs/security.md says: the
 /// same commit gets root and the engine's socket. Kept as a test so the
-/// README's table stays true.
+/// table in docs/security.md stays true.
 #[test]
 fn docker_mode_with_the_socket_kept_gives_the_commit_root_and_the_engine() {
     let scene = Scene::new("socket-kept");

@@ -1,0 +1,549 @@
+//! Writing a commit's tree from the cache into `releases/<sha>`.
+//!
+//! A commit is untrusted input: its tree is walked and checked against
+//! `[source]` limits (paths, total and largest object size, depth) from tree
+//! entries and object headers before any content is read, and blobs are
+//! streamed to disk, so a git bomb or a huge blob is refused instead of
+//! exhausting the memory of PID 1. A tree is an object like any other: its
+//! size is read from its header before it is inflated, counts towards
+//! `max_bytes`, and may not exceed what `max_files` entries can take
+//! ([`tree_size_limit`]).
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use git2::{ObjectType, Oid, Repository};
+
+use super::release::{ReleaseError, TEMP_PREFIX, Volume, io_err};
+use crate::config::ReleaseLimits;
+use crate::sha::Sha;
+
+/// The longest tree entry a release can hold: mode (6), space, a name of at
+/// most NAME_MAX (255) bytes, NUL, and the 20-byte id.
+const MAX_TREE_ENTRY: u64 = 6 + 1 + 255 + 1 + 20;
+/// A file or directory name no filesystem takes (NAME_MAX).
+const MAX_NAME: usize = 255;
+
+/// The largest tree object a release within `limits` can have: one whose
+/// entries are all as long as an entry can be, `max_files` of them, and no
+/// larger than `max_file_size`. A bigger one is refused from its header,
+/// without inflating it.
+pub fn tree_size_limit(limits: &ReleaseLimits) -> u64 {
+    limits
+        .files
+        .saturating_mul(MAX_TREE_ENTRY)
+        .min(limits.file_size)
+}
+
+/// What a materialisation wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+struct FileEntry {
+    path: PathBuf,
+    oid: Oid,
+    mode: i32,
+    size: u64,
+}
+
+/// Blobs above this are streamed to disk; smaller ones are read whole,
+/// which is faster and verifies their hash.
+const STREAM_ABOVE: u64 = 8 << 20;
+
+/// The longest symlink target written (PATH_MAX); a longer one cannot be a
+/// working link, and reading it would load an arbitrary blob.
+const MAX_LINK: u64 = 4096;
+
+/// What a commit's tree holds, as found by [`plan`].
+#[derive(Default)]
+struct TreePlan {
+    dirs: Vec<PathBuf>,
+    links: Vec<(PathBuf, Oid)>,
+    files: Vec<FileEntry>,
+}
+
+/// Writes the tree of `commit` from the bare cache to `releases/<sha>`,
+/// within `limits`.
+///
+/// Symlinks are created as git stores them and never followed: files are
+/// opened with O_NOFOLLOW | O_EXCL, so an entry can never write through a
+/// link that another entry created. Whatever fails, the temporary directory
+/// is removed before returning.
+pub fn materialise(
+    volume: &Volume,
+    cache: &Path,
+    commit: Oid,
+    limits: &ReleaseLimits,
+) -> Result<Written, ReleaseError> {
+    let sha = Sha::from(commit);
+    let staging = volume
+        .releases()
+        .join(format!("{TEMP_PREFIX}{sha}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    let result = write_release(cache, &staging, &sha, limits);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+        return result;
+    }
+    let dest = volume.release(&sha);
+    if let Err(e) = fs::rename(&staging, &dest) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(io_err("cannot move release into", &dest)(e));
+    }
+    result
+}
+
+fn git_error(sha: &Sha) -> impl Fn(git2::Error) -> ReleaseError + '_ {
+    move |e| ReleaseError::Git {
+        sha: sha.to_string(),
+        message: e.message().to_string(),
+    }
+}
+
+fn write_release(
+    cache: &Path,
+    staging: &Path,
+    sha: &Sha,
+    limits: &ReleaseLimits,
+) -> Result<Written, ReleaseError> {
+    let git_err = git_error(sha);
+    let repo = Repository::open_bare(cache).map_err(&git_err)?;
+    let tree = plan(&repo, sha, limits)?;
+    fs::create_dir(staging).map_err(io_err("cannot create", staging))?;
+    for dir in &tree.dirs {
+        let p = staging.join(dir);
+        fs::create_dir(&p).map_err(io_err("cannot create", &p))?;
+    }
+    for (path, oid) in &tree.links {
+        let target = repo.find_blob(*oid).map_err(&git_err)?;
+        let p = staging.join(path);
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target.content()), &p)
+            .map_err(io_err("cannot create symlink", &p))?;
+    }
+    write_files(cache, staging, &tree.files, sha)
+}
+
+/// Walks the commit's tree from tree objects and object headers only (no
+/// blob is read), and stops at the first limit exceeded: a tree naming the
+/// same subtree ten times, six levels deep, is a million paths from a few
+/// hundred bytes of objects.
+fn plan(repo: &Repository, sha: &Sha, limits: &ReleaseLimits) -> Result<TreePlan, ReleaseError> {
+    let git_err = git_error(sha);
+    let over = |limit: &'static str, allowed: u64, found: String| ReleaseError::OverLimit {
+        sha: sha.to_string(),
+        limit,
+        allowed,
+        found,
+    };
+    // Blobs and trees alike count towards `max_bytes`.
+    let count = |total: &mut u64, size: u64| {
+        *total += size;
+        if *total > limits.bytes {
+            return Err(over(
+                "max_bytes",
+                limits.bytes,
+                format!("more than {} bytes in all (trees included)", limits.bytes),
+            ));
+        }
+        Ok(())
+    };
+    let odb = repo.odb().map_err(&git_err)?;
+    let max_tree = tree_size_limit(limits);
+    let (commit_size, _) = odb.read_header(sha.oid()).map_err(&git_err)?;
+    if commit_size as u64 > max_tree {
+        return Err(over(
+            "max_file_size",
+            max_tree,
+            format!("the commit object is {commit_size} bytes"),
+        ));
+    }
+    let root = repo
+        .find_commit(sha.oid())
+        .map(|c| c.tree_id())
+        .map_err(&git_err)?;
+    let mut sizes: HashMap<Oid, u64> = HashMap::new();
+    let mut out = TreePlan::default();
+    let (mut paths, mut bytes) = (0_u64, 0_u64);
+    let mut stack = vec![(root, PathBuf::new(), 1_u64)];
+    while let Some((oid, prefix, depth)) = stack.pop() {
+        // The header first: a tree of a few hundred MB packs into a few
+        // hundred KB, and inflating it is what would exhaust the memory.
+        let (size, _) = odb.read_header(oid).map_err(&git_err)?;
+        let size = size as u64;
+        let what = || match prefix.as_os_str().is_empty() {
+            true => "the root tree".to_string(),
+            false => format!("the tree of `{}`", prefix.display()),
+        };
+        if size > max_tree {
+            let limit = if max_tree == limits.file_size {
+                "max_file_size"
+            } else {
+                "max_files"
+            };
+            return Err(over(
+                limit,
+                if limit == "max_files" {
+                    limits.files
+                } else {
+                    max_tree
+                },
+                format!(
+                    "{} is {size} bytes, more than {max_tree} bytes of entries",
+                    what()
+                ),
+            ));
+        }
+        count(&mut bytes, size)?;
+        let tree = repo.find_tree(oid).map_err(&git_err)?;
+        if depth > limits.depth {
+            return Err(over(
+                "max_depth",
+                limits.depth,
+                format!("`{}` is {depth} levels deep", prefix.display()),
+            ));
+        }
+        for entry in tree.iter() {
+            let name = entry.name_bytes();
+            if name.is_empty()
+                || name == b"."
+                || name == b".."
+                || name.contains(&b'/')
+                || name.len() > MAX_NAME
+            {
+                return Err(ReleaseError::UnsafePath {
+                    sha: sha.to_string(),
+                    name: String::from_utf8_lossy(name).into_owned(),
+                });
+            }
+            paths += 1;
+            if paths > limits.files {
+                return Err(over(
+                    "max_files",
+                    limits.files,
+                    format!("more than {} paths", limits.files),
+                ));
+            }
+            let path = prefix.join(std::ffi::OsStr::from_bytes(name));
+            let kind = entry.kind();
+            if kind != Some(ObjectType::Blob) {
+                if kind == Some(ObjectType::Tree) {
+                    stack.push((entry.id(), path.clone(), depth + 1));
+                }
+                // A submodule (commit entry): an empty directory, as git leaves it.
+                out.dirs.push(path);
+                continue;
+            }
+            let size = match sizes.get(&entry.id()) {
+                Some(size) => *size,
+                None => {
+                    let (size, _) = odb.read_header(entry.id()).map_err(&git_err)?;
+                    sizes.insert(entry.id(), size as u64);
+                    size as u64
+                }
+            };
+            if size > limits.file_size {
+                return Err(over(
+                    "max_file_size",
+                    limits.file_size,
+                    format!("`{}` is {size} bytes", path.display()),
+                ));
+            }
+            count(&mut bytes, size)?;
+            if entry.filemode() == 0o120000 {
+                if size > MAX_LINK {
+                    return Err(over(
+                        "symlink target length",
+                        MAX_LINK,
+                        format!("`{}` points at {size} bytes", path.display()),
+                    ));
+                }
+                out.links.push((path, entry.id()));
+            } else {
+                out.files.push(FileEntry {
+                    path,
+                    oid: entry.id(),
+                    mode: entry.filemode(),
+                    size,
+                });
+            }
+        }
+    }
+    // Parents before children: the stack visits a directory's entries after
+    // pushing the directory itself, and sorting by depth keeps that order.
+    out.dirs.sort_by_key(|d| d.components().count());
+    Ok(out)
+}
+
+/// Writes blobs on as many threads as there are cores (up to 4); each
+/// thread has its own handle on the cache (libgit2 handles are not shared).
+fn write_files(
+    cache: &Path,
+    staging: &Path,
+    files: &[FileEntry],
+    sha: &Sha,
+) -> Result<Written, ReleaseError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || -> Result<Written, ReleaseError> {
+                    let git_err = git_error(sha);
+                    let repo = Repository::open_bare(cache).map_err(&git_err)?;
+                    let odb = repo.odb().map_err(&git_err)?;
+                    let mut written = Written::default();
+                    for f in part {
+                        let p = staging.join(&f.path);
+                        let mode = if f.mode & 0o111 != 0 { 0o755 } else { 0o644 };
+                        let mut out = OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(mode)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(&p)
+                            .map_err(io_err("cannot create", &p))?;
+                        written.bytes += write_blob(&odb, f, &mut out, &p, sha)?;
+                        written.files += 1;
+                    }
+                    Ok(written)
+                })
+            })
+            .collect();
+        let mut total = Written::default();
+        let mut first_error = None;
+        for w in workers {
+            match w.join().expect("writer thread panicked") {
+                Ok(part) => {
+                    total.files += part.files;
+                    total.bytes += part.bytes;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(total), Err)
+    })
+}
+
+/// Copies one blob into `out`: a large one streamed from a loose object;
+/// libgit2 cannot stream from a pack, so a packed blob is read whole (at
+/// most `max_file_size`, checked by [`plan`]).
+fn write_blob(
+    odb: &git2::Odb<'_>,
+    file: &FileEntry,
+    out: &mut fs::File,
+    path: &Path,
+    sha: &Sha,
+) -> Result<u64, ReleaseError> {
+    let git_err = git_error(sha);
+    let oid = file.oid;
+    let stream = if file.size > STREAM_ABOVE {
+        odb.reader(oid)
+    } else {
+        Err(git2::Error::from_str("small enough to read whole"))
+    };
+    match stream {
+        Ok((mut reader, _, _)) => io::copy(&mut reader, out).map_err(|e| {
+            // The reader fails with a libgit2 error (a corrupt object), the
+            // file with an OS error (a full disk).
+            if e.raw_os_error().is_some() {
+                io_err("cannot write", path)(e)
+            } else {
+                ReleaseError::Git {
+                    sha: sha.to_string(),
+                    message: e.to_string(),
+                }
+            }
+        }),
+        Err(_) => {
+            let blob = odb.read(oid).map_err(&git_err)?;
+            out.write_all(blob.data())
+                .map_err(io_err("cannot write", path))?;
+            Ok(blob.data().len() as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::release::Blame;
+    use git2::Signature;
+
+    /// A bare repository in a temp dir and a volume next to it.
+    fn setup() -> (tempfile::TempDir, Repository, Volume) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path().join("cache.git")).unwrap();
+        let volume = Volume {
+            root: dir.path().join("srv"),
+        };
+        volume.prepare().unwrap();
+        (dir, repo, volume)
+    }
+
+    fn commit(repo: &Repository, tree: Oid) -> Oid {
+        let sig = Signature::now("t", "t@example.com").unwrap();
+        let tree = repo.find_tree(tree).unwrap();
+        repo.commit(None, &sig, &sig, "t", &tree, &[]).unwrap()
+    }
+
+    /// A tree naming `child` (a blob or tree) `n` times.
+    fn fan(repo: &Repository, child: Oid, mode: i32, n: usize) -> Oid {
+        let mut b = repo.treebuilder(None).unwrap();
+        for i in 0..n {
+            b.insert(format!("e{i}"), child, mode).unwrap();
+        }
+        b.write().unwrap()
+    }
+
+    fn refused(result: Result<Written, ReleaseError>) -> &'static str {
+        match result {
+            Err(ReleaseError::OverLimit { limit, .. }) => limit,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn leftovers(volume: &Volume) -> Vec<String> {
+        fs::read_dir(volume.releases())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_git_bomb_is_refused_before_anything_is_written() {
+        let (_dir, repo, volume) = setup();
+        let blob = repo.blob(b"x").unwrap();
+        let mut tree = fan(&repo, blob, 0o100644, 10);
+        for _ in 0..5 {
+            tree = fan(&repo, tree, 0o040000, 10);
+        }
+        let c = commit(&repo, tree);
+        let limits = ReleaseLimits::default();
+        let result = materialise(&volume, repo.path(), c, &limits);
+        assert_eq!(refused(result), "max_files");
+        assert!(leftovers(&volume).is_empty(), "{:?}", leftovers(&volume));
+    }
+
+    #[test]
+    fn a_tree_too_big_for_max_files_is_refused_from_its_header() {
+        let (_dir, repo, volume) = setup();
+        let limits = ReleaseLimits {
+            files: 10,
+            ..ReleaseLimits::default()
+        };
+        assert_eq!(tree_size_limit(&limits), 10 * MAX_TREE_ENTRY);
+        let blob = repo.blob(b"x").unwrap();
+        // 200 entries of ~40 bytes: more than 10 entries of 283 bytes hold.
+        let wide = fan(&repo, blob, 0o100644, 200);
+        let c = commit(&repo, fan(&repo, wide, 0o040000, 1));
+        match materialise(&volume, repo.path(), c, &limits) {
+            Err(
+                e @ ReleaseError::OverLimit {
+                    limit: "max_files", ..
+                },
+            ) => {
+                let text = e.to_string();
+                assert!(text.contains("the tree of `e0` is"), "{text}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        assert!(leftovers(&volume).is_empty());
+        // The connectivity check does not inflate it either, and still
+        // finds the commit present.
+        assert!(crate::source::git::complete(
+            &repo,
+            c,
+            tree_size_limit(&limits)
+        ));
+        // A name no filesystem takes.
+        let mut b = repo.treebuilder(None).unwrap();
+        b.insert("n".repeat(256), blob, 0o100644).unwrap();
+        let c = commit(&repo, b.write().unwrap());
+        assert!(matches!(
+            materialise(&volume, repo.path(), c, &ReleaseLimits::default()),
+            Err(ReleaseError::UnsafePath { .. })
+        ));
+    }
+
+    #[test]
+    fn every_limit_is_checked() {
+        let (_dir, repo, volume) = setup();
+        let small = ReleaseLimits {
+            files: 100,
+            bytes: 1000,
+            file_size: 600,
+            depth: 3,
+        };
+        let big = repo.blob(&[0_u8; 700]).unwrap();
+        let c = commit(&repo, fan(&repo, big, 0o100644, 1));
+        assert_eq!(
+            refused(materialise(&volume, repo.path(), c, &small)),
+            "max_file_size"
+        );
+        let half = repo.blob(&[1_u8; 400]).unwrap();
+        let c = commit(&repo, fan(&repo, half, 0o100644, 3));
+        assert_eq!(
+            refused(materialise(&volume, repo.path(), c, &small)),
+            "max_bytes"
+        );
+        let mut deep = fan(&repo, half, 0o100644, 1);
+        for _ in 0..3 {
+            deep = fan(&repo, deep, 0o040000, 1);
+        }
+        let c = commit(&repo, deep);
+        assert_eq!(
+            refused(materialise(&volume, repo.path(), c, &small)),
+            "max_depth"
+        );
+        let link = repo.blob(&[b'a'; 5000]).unwrap();
+        let c = commit(&repo, fan(&repo, link, 0o120000, 1));
+        assert_eq!(
+            refused(materialise(
+                &volume,
+                repo.path(),
+                c,
+                &ReleaseLimits::default()
+            )),
+            "symlink target length"
+        );
+        // Within every limit: written.
+        let mut ok = fan(&repo, half, 0o100644, 2);
+        ok = fan(&repo, ok, 0o040000, 1);
+        let c = commit(&repo, ok);
+        let written = materialise(&volume, repo.path(), c, &small).unwrap();
+        assert_eq!((written.files, written.bytes), (2, 800));
+        assert!(volume.has_release(&Sha::from(c)));
+    }
+
+    #[test]
+    fn a_blob_missing_from_the_cache_blames_the_cache_and_leaves_nothing() {
+        let (_dir, repo, volume) = setup();
+        let blobs: Vec<Oid> = (0..20)
+            .map(|i| repo.blob(format!("{i}").as_bytes()).unwrap())
+            .collect();
+        let mut b = repo.treebuilder(None).unwrap();
+        for (i, oid) in blobs.iter().enumerate() {
+            b.insert(format!("f{i}"), *oid, 0o100644).unwrap();
+        }
+        let c = commit(&repo, b.write().unwrap());
+        // One blob gone from the cache, as a kill mid-copy could leave it.
+        let hex = blobs[7].to_string();
+        fs::remove_file(repo.path().join("objects").join(&hex[..2]).join(&hex[2..])).unwrap();
+        let e = materialise(&volume, repo.path(), c, &ReleaseLimits::default()).unwrap_err();
+        assert_eq!(e.blame(), Blame::Cache, "{e}");
+        assert!(leftovers(&volume).is_empty(), "{:?}", leftovers(&volume));
+    }
+}

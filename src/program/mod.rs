@@ -350,6 +350,11 @@ impl Program {
 
     /// Runs commands against the instance until it ends or is stopped.
     async fn supervise(&mut self, mut instance: Instance) -> Ended {
+        // Reloads asked for while this instance, started from the release
+        // they ask for, was still getting ready: a playbook's `reload --wait`
+        // right after the checkout that started the program. This start is
+        // their reload; a second instance would only boot the same code.
+        let mut joined: Vec<ReloadRequest> = Vec::new();
         loop {
             // Every instance that serves passes here: after a start, a
             // reload, or a fall-back to the last good directory.
@@ -358,10 +363,21 @@ impl Program {
             }
             tokio::select! {
                 biased;
-                status = instance.exit.wait() => return self.exited(instance, status).await,
+                status = instance.exit.wait() => {
+                    for request in joined.drain(..) {
+                        let said = instance.last_words().await;
+                        let exited = strategy::ReloadError::NewExited { status, said };
+                        request.answer_with_start(&self.config, &instance, Err(exited));
+                    }
+                    return self.exited(instance, status).await;
+                }
                 result = instance::ready_of(&mut instance.ready) => {
                     instance.ready = None;
                     let ready = result.is_ok();
+                    for request in joined.drain(..) {
+                        let answer = result.clone().map_err(Into::into);
+                        request.answer_with_start(&self.config, &instance, answer);
+                    }
                     self.on_ready(&instance, result);
                     if ready {
                         self.take_users(&instance).await;
@@ -382,6 +398,12 @@ impl Program {
                         let kill = kill || self.leave(&instance).await.unwrap_or(false);
                         return Ended::Stopped(self.stop(instance, kill).await);
                     }
+                    Some(Flow::Reload(request))
+                        if instance.ready.is_some() && self.runs_current(&instance).await =>
+                    {
+                        info!(program = %self.config.name, pid = %instance.pid, "reload: the start under way runs that release; answering once it is ready");
+                        joined.push(request);
+                    }
                     Some(Flow::Reload(request)) => match self.reload(instance, request).await {
                         strategy::After::Running(next) => instance = next,
                         strategy::After::Ended(ended) => return ended,
@@ -389,6 +411,19 @@ impl Program {
                 },
             }
         }
+    }
+
+    /// Whether `instance` was started in the directory the workdir names
+    /// now (`current` resolved, off the runtime thread).
+    async fn runs_current(&self, instance: &Instance) -> bool {
+        let (Some(workdir), Some(dir)) = (self.config.workdir.clone(), instance.dir.clone()) else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || std::fs::canonicalize(workdir).ok())
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|now| now == dir)
     }
 
     async fn exited(&mut self, instance: Instance, status: ExitStatus) -> Ended {

@@ -118,6 +118,25 @@ impl ReloadRequest {
         }
     }
 
+    /// Answers a reload that the start under way already is (it runs the
+    /// release this reload asks for): with that start's readiness, or why it
+    /// failed.
+    pub(super) fn answer_with_start(
+        self,
+        config: &ProgramConfig,
+        instance: &Instance,
+        ready: Result<Duration, ReloadError>,
+    ) {
+        let result = ready.map(|took| Timings {
+            ready: took,
+            pid: Some(instance.pid.as_raw()),
+            release: instance.dir.clone(),
+            ..Timings::default()
+        });
+        let report = self.report(config, result);
+        let _ = self.reply.send(report);
+    }
+
     pub fn refuse(self, config: &ProgramConfig, why: &'static str) {
         let report = self.report(config, Err(ReloadError::Refused(why)));
         let _ = self.reply.send(report);

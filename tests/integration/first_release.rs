@@ -95,3 +95,47 @@ fn a_program_waiting_for_its_release_stops_at_once() {
     c.signal(libc::SIGTERM);
     assert_eq!(c.wait(Duration::from_secs(5)), 0, "{}", c.stderr());
 }
+
+/// The checkout starts the program (its workdir appears), and the
+/// playbook's `reload --wait` arrives while that start is still getting
+/// ready: the start is the reload. Before, a second instance of the same
+/// release was started beside the first.
+#[test]
+fn a_reload_during_the_first_start_of_that_release_waits_for_it() {
+    let dir = TestDir::new();
+    let releases = Releases::new(&dir);
+    let config = format!(
+        r#"[app]
+command = ["sh", "-c", "echo started >> {starts}; sleep 1.5; touch ready-$$; exec sleep 1000"]
+workdir = "{current}"
+
+[reload]
+strategy = "overlap"
+
+[ready]
+command = ["sh", "-c", "test -e ready-$CUTOVER_PID"]
+interval = "50ms"
+timeout = "20s"
+"#,
+        starts = dir.join("starts").display(),
+        current = releases.current().display(),
+    );
+    let mut c = Cutover::run_config(Mode::Subreaper, &dir, &config);
+    wait_for_control(&dir);
+    assert_eq!(program_state(&dir), "waiting-for-release", "{}", c.stderr());
+    releases.add("v1", &[("version", "v1")]);
+    releases.switch("v1");
+    wait_for(SECS_20, || dir.join("starts").exists().then_some(()))
+        .unwrap_or_else(|| panic!("never started\n{}", c.stderr()));
+    assert_eq!(program_state(&dir), "starting", "{}", c.stderr());
+    let (code, out, err) = client(&dir, &["reload", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", c.stderr());
+    assert_eq!(program_state(&dir), "running");
+    assert_eq!(
+        dir.read("starts").lines().count(),
+        1,
+        "one instance started"
+    );
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait(SECS_20), 143, "{}", c.stderr());
+}

@@ -172,6 +172,7 @@ pub fn start(config: ProgramConfig, context: Context, sockets: ProgramSockets) -
         launched: 0,
         sockets,
         serving_generation: ProgramSockets::first(),
+        first_release_starting: false,
         sockets_replaced: false,
     };
     tokio::spawn(program.run());
@@ -194,6 +195,11 @@ struct Program {
     sockets: ProgramSockets,
     /// The sockets a (re)started instance takes: those traffic goes to.
     serving_generation: Generation,
+    /// The first release just appeared in a workdir that was waited for, and
+    /// the instance started from it is not ready yet: a reload for that
+    /// release meanwhile is that start (see `supervise`). Cleared at its
+    /// readiness or exit, and by new sockets (a reload must move onto them).
+    first_release_starting: bool,
     /// The shared sockets were replaced and the running instance still has
     /// the old ones: the next reload must start a new instance.
     sockets_replaced: bool,
@@ -297,6 +303,7 @@ impl Program {
                     }
                 }
                 Err(e) => {
+                    self.first_release_starting = false;
                     error!(program = %self.config.name, error = %e, "cannot start program");
                     let status = ExitStatus::Exited(e.exit_code());
                     if let Some(request) = reload_on_start.take() {
@@ -364,6 +371,7 @@ impl Program {
             tokio::select! {
                 biased;
                 status = instance.exit.wait() => {
+                    self.first_release_starting = false;
                     for request in joined.drain(..) {
                         let said = instance.last_words().await;
                         let exited = strategy::ReloadError::NewExited { status, said };
@@ -373,6 +381,7 @@ impl Program {
                 }
                 result = instance::ready_of(&mut instance.ready) => {
                     instance.ready = None;
+                    self.first_release_starting = false;
                     let ready = result.is_ok();
                     for request in joined.drain(..) {
                         let answer = result.clone().map_err(Into::into);
@@ -399,7 +408,9 @@ impl Program {
                         return Ended::Stopped(self.stop(instance, kill).await);
                     }
                     Some(Flow::Reload(request))
-                        if instance.ready.is_some() && self.runs_current(&instance).await =>
+                        if self.first_release_starting
+                            && instance.ready.is_some()
+                            && self.runs_current(&instance).await =>
                     {
                         info!(program = %self.config.name, pid = %instance.pid, "reload: the start under way runs that release; answering once it is ready");
                         joined.push(request);
@@ -477,6 +488,7 @@ impl Program {
             Some(Command::ReplaceSockets(sockets, holder)) => {
                 let shared = self.sockets.replace_shared(&sockets);
                 if self.sockets.replace_holder(&holder) | shared {
+                    self.first_release_starting = false;
                     info!(program = %self.config.name, "new listening sockets; the next reload starts an instance on them");
                     self.sockets_replaced = true;
                 }
@@ -538,6 +550,7 @@ impl Program {
             tokio::select! {
                 () = sleep(WORKDIR_POLL) => {
                     if exists().await {
+                        self.first_release_starting = true;
                         return Some(None);
                     }
                 }

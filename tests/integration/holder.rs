@@ -452,8 +452,16 @@ fn a_taker_killed_while_serving_leaves_users_with_the_one_that_stays() {
         r.failed
     );
     // The one request the killed instance may have had in hand is lost
-    // (no supervisor can move it); none may hang, none may be refused.
-    assert!(r.failed.len() <= 1, "{:?}\n{}", r.failed, s.holder.stderr());
+    // (no supervisor can move it): it fails, or its answer is cut off before
+    // the body (read as an empty version). None may hang or be refused.
+    let cut_off = r.versions.iter().filter(|v| v.is_empty()).count();
+    assert!(
+        r.failed.len() + cut_off <= 1,
+        "{:?} {:?}\n{}",
+        r.failed,
+        r.versions,
+        s.holder.stderr()
+    );
     assert!(
         r.failed
             .iter()
@@ -465,7 +473,8 @@ fn a_taker_killed_while_serving_leaves_users_with_the_one_that_stays() {
         "{:?}",
         r.failed
     );
-    assert_eq!(r.versions, ["v1", "v2", "v1"], "back to the one that stays");
+    let answered: Vec<&String> = r.versions.iter().filter(|v| !v.is_empty()).collect();
+    assert_eq!(answered, ["v1", "v2", "v1"], "back to the one that stays");
     let st = s.status();
     assert_eq!(
         st["sockets"][0]["queued"], 0,

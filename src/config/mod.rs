@@ -25,6 +25,7 @@ use nix::sys::signal::Signal;
 
 pub use crate::process::spawn::ChildEnv;
 pub use crate::process::user::RunAs;
+pub use deployer::{Confinement, DeployerConfig, Keep};
 pub use problems::ConfigError;
 pub use source::proxy_variables;
 
@@ -139,48 +140,6 @@ pub struct DockerRedeploy {
     pub keep_docker_socket: bool,
     /// Set by `cutover deployer` only: what the new container may not have.
     pub confine: Option<Confinement>,
-}
-
-/// The deployer's limits on a container it starts for an app: the engine's
-/// sockets, `--privileged` and the host settings below never pass, unless
-/// `keep` names them; the user is always `user`, by number.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Confinement {
-    /// `uid:gid`, numeric: a name would be looked up in the new image.
-    pub user: String,
-    pub keep: Vec<Keep>,
-}
-
-/// `[deployer] keep`: host settings of the old container the deployer may
-/// carry over, each of which can give a container more than its own code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    /// `--cap-add`.
-    CapAdd,
-    /// `--device`, device cgroup rules and requests (GPUs).
-    Devices,
-    /// `--security-opt` (seccomp, AppArmor, SELinux labels).
-    SecurityOpt,
-    /// `--group-add`.
-    GroupAdd,
-    /// `--pid/--ipc/--uts/--userns/--cgroupns host`.
-    HostNamespaces,
-    /// `--volumes-from`: another container's mounts, unchecked.
-    VolumesFrom,
-}
-
-/// `[deployer]`: `cutover deployer`'s own file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeployerConfig {
-    /// Where app containers ask (a unix socket on a volume they share).
-    pub socket: PathBuf,
-    /// The code volume's releases directory as this container sees it:
-    /// requests name a release in it, never a path.
-    pub releases: PathBuf,
-    /// Peers allowed by user id: 0 and the confinement's user by default.
-    pub allow_uids: Vec<u32>,
-    /// The build and the replace, with `container` and `confine` set.
-    pub docker: DockerRedeploy,
 }
 
 /// `[redeploy] docker.pin`: a setting of the old container that the new one

@@ -20,6 +20,7 @@ mod endpoint;
 mod members;
 mod rescue;
 mod server;
+mod taker;
 
 use std::net::SocketAddr;
 

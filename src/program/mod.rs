@@ -369,8 +369,13 @@ impl Program {
                 biased;
                 status = instance.exit.wait() => {
                     self.first_release_starting = false;
+                    let said = if joined.is_empty() {
+                        None
+                    } else {
+                        instance.last_words().await
+                    };
                     for request in joined.drain(..) {
-                        let said = instance.last_words().await;
+                        let said = said.clone();
                         let exited = strategy::ReloadError::NewExited { status, said };
                         request.answer_with_start(&self.config, &instance, Err(exited));
                     }

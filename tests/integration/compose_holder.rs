@@ -461,6 +461,25 @@ fn the_holder_outlives_app_updates(which: Compose, migrate: Migrate) {
     );
     let first = p.app_id();
     p.wait_steered(&first);
+    // The README's status command: group 1000 may ask, root may not.
+    let asks = |user: &str| {
+        docker(&[
+            "exec",
+            "-u",
+            user,
+            &holder,
+            "cutover",
+            "status",
+            "--holder",
+            "/run/cutover/sockets",
+        ])
+    };
+    let out = asks("1000:1000");
+    assert!(out.status.success(), "status as 1000: {}", text(&out));
+    assert!(text(&out).contains("holder pid"), "{}", text(&out));
+    let out = asks("0:0");
+    assert!(!out.status.success(), "root was let in: {}", text(&out));
+    assert!(text(&out).contains("--allow-uid"), "{}", text(&out));
 
     // The app recreated by name.
     let started = Instant::now();

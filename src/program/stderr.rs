@@ -5,7 +5,9 @@
 //! status` and in a playbook's output, instead of only in `docker logs`.
 //! Several lines, because servers often end with their own words after the
 //! app's (gunicorn: `Worker failed to boot.` four lines below the
-//! exception).
+//! exception), and, when the app's own exception scrolled out of those,
+//! that exception's line first: a server can print a whole traceback of its
+//! own after the app's (gunicorn, when it halts while reaping a worker).
 //!
 //! Only where the relay changes nothing a user sees: not when cutover's own
 //! stderr is a terminal (programs would lose their colours and line
@@ -37,6 +39,10 @@ const SETTLE: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone, Default)]
 struct Seen {
     last_lines: std::collections::VecDeque<String>,
+    /// How many non-empty lines were seen in all.
+    count: u64,
+    /// The first line that reads like the cause of a crash, and its number.
+    cause: Option<(u64, String)>,
     /// The pipe reached its end: every process holding it exited.
     closed: bool,
 }
@@ -70,7 +76,15 @@ impl StderrTail {
     pub async fn last_lines(&mut self) -> Option<String> {
         let _ = tokio::time::timeout(SETTLE, self.seen.wait_for(|s| s.closed)).await;
         let seen = self.seen.borrow();
-        let lines: Vec<&str> = seen.last_lines.iter().map(String::as_str).collect();
+        let mut lines: Vec<&str> = Vec::with_capacity(LAST_LINES + 2);
+        let first_kept = seen.count - seen.last_lines.len() as u64;
+        if let Some((number, cause)) = &seen.cause {
+            if *number < first_kept {
+                lines.push(cause);
+                lines.push("…");
+            }
+        }
+        lines.extend(seen.last_lines.iter().map(String::as_str));
         (!lines.is_empty()).then(|| lines.join(" | "))
     }
 }
@@ -112,23 +126,64 @@ fn write_out(bytes: &[u8]) {
 
 fn note_last_lines(seen: &watch::Sender<Seen>, bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
-    let new: Vec<String> = text
+    let new: Vec<(bool, String)> = text
         .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| l.chars().take(LAST_LINE_MAX).collect())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            (
+                reads_like_a_cause(l),
+                l.trim().chars().take(LAST_LINE_MAX).collect(),
+            )
+        })
         .collect();
     if new.is_empty() {
         return;
     }
     seen.send_modify(|s| {
-        for line in new.into_iter().rev().take(LAST_LINES).rev() {
+        let skipped = new.len().saturating_sub(LAST_LINES);
+        for (i, (cause, line)) in new.into_iter().enumerate() {
+            let number = s.count;
+            s.count += 1;
+            if cause && s.cause.is_none() {
+                s.cause = Some((number, line.clone()));
+            }
+            if i < skipped {
+                continue;
+            }
             if s.last_lines.len() == LAST_LINES {
                 s.last_lines.pop_front();
             }
             s.last_lines.push_back(line);
         }
     });
+}
+
+/// Whether a line of output names what made a program fail, in the words
+/// of the common runtimes: `RuntimeError: …` and `java.lang.FooException:
+/// …` (Python, Node, the JVM), `…: message (RuntimeError)` (Ruby), a Rust
+/// or Go panic. Only unindented lines: a stack frame quoting code is not a
+/// cause, and log lines that merely say "error" are not either.
+fn reads_like_a_cause(line: &str) -> bool {
+    if line.starts_with(char::is_whitespace) {
+        return false;
+    }
+    let line = line.trim_end();
+    let is_error_name = |name: &str| {
+        (name.ends_with("Error") || name.ends_with("Exception"))
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$')
+    };
+    let python_like = line
+        .split_once(": ")
+        .is_some_and(|(name, _)| is_error_name(name));
+    let ruby_like = line.ends_with(')')
+        && line
+            .rsplit_once(" (")
+            .is_some_and(|(_, name)| is_error_name(name.trim_end_matches(')')));
+    let panic = line.starts_with("panic: ")
+        || (line.starts_with("thread '") && line.contains("' panicked at "));
+    python_like || ruby_like || panic
 }
 
 #[cfg(test)]
@@ -160,6 +215,69 @@ mod tests {
         let kept = tail.last_lines().await.unwrap();
         assert!(kept.starts_with("line 12 | line 13"), "{kept}");
         assert!(kept.ends_with("| line 19"), "{kept}");
+    }
+
+    #[tokio::test]
+    async fn the_apps_exception_is_kept_when_the_servers_own_traceback_follows() {
+        // What gunicorn printed in CI: the app's exception, then the
+        // arbiter's own traceback when it halted while reaping the worker.
+        let output = "[2026-12-02 14:21:27 +0000] [9] [ERROR] Exception in worker process
+Traceback (most recent call last):
+  File \"/srv/app/current/app.py\", line 1, in <module>
+    raise RuntimeError(\"broken release\")
+RuntimeError: broken release
+[2026-12-02 14:21:27 +0000] [9] [INFO] Worker exiting (pid: 9)
+Traceback (most recent call last):
+  File \"arbiter.py\", line 405, in halt
+    self.stop()
+  File \"arbiter.py\", line 485, in stop
+    self.reap_workers()
+  File \"arbiter.py\", line 683, in reap_workers
+    raise HaltServer(reason, self.WORKER_BOOT_ERROR)
+gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>
+";
+        let (mut tail, write) = StderrTail::start().unwrap();
+        let mut file = std::fs::File::from(write);
+        // In two writes, as a pipe may deliver it.
+        let (first, second) = output.split_at(output.find("[INFO]").unwrap());
+        file.write_all(first.as_bytes()).unwrap();
+        file.write_all(second.as_bytes()).unwrap();
+        drop(file);
+        let kept = tail.last_lines().await.unwrap();
+        assert!(
+            kept.starts_with("RuntimeError: broken release | … | "),
+            "{kept}"
+        );
+        assert!(
+            kept.ends_with("<HaltServer 'Worker failed to boot.' 3>"),
+            "{kept}"
+        );
+        assert_eq!(kept.matches(" | ").count(), LAST_LINES + 1, "{kept}");
+    }
+
+    #[test]
+    fn causes_are_told_from_log_lines_and_stack_frames() {
+        for cause in [
+            "RuntimeError: broken release",
+            "ModuleNotFoundError: No module named 'flask'",
+            "Error: Cannot find module 'express'",
+            "java.lang.IllegalStateException: no config",
+            "app.rb:1:in `<main>': broken release (RuntimeError)",
+            "thread 'main' panicked at src/main.rs:2:5:",
+            "panic: runtime error: index out of range",
+        ] {
+            assert!(reads_like_a_cause(cause), "{cause}");
+        }
+        for other in [
+            "[2026-12-02 14:21:27 +0000] [9] [ERROR] Exception in worker process",
+            "    raise RuntimeError(\"broken release\")",
+            "  File \"app.py\", line 1, in <module>",
+            "Traceback (most recent call last):",
+            "error: something (not a name)",
+            "gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>",
+        ] {
+            assert!(!reads_like_a_cause(other), "{other}");
+        }
     }
 
     #[tokio::test]

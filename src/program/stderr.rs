@@ -78,11 +78,9 @@ impl StderrTail {
         let seen = self.seen.borrow();
         let mut lines: Vec<&str> = Vec::with_capacity(LAST_LINES + 2);
         let first_kept = seen.count - seen.last_lines.len() as u64;
-        if let Some((number, cause)) = &seen.cause {
-            if *number < first_kept {
-                lines.push(cause);
-                lines.push("…");
-            }
+        if let Some((_, cause)) = seen.cause.as_ref().filter(|(n, _)| *n < first_kept) {
+            lines.push(cause);
+            lines.push("…");
         }
         lines.extend(seen.last_lines.iter().map(String::as_str));
         (!lines.is_empty()).then(|| lines.join(" | "))

@@ -180,20 +180,7 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
         .map_err(|e| start_err(e.to_string()))?;
     let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(read)
         .map_err(|e| start_err(e.to_string()))?;
-    let hook = name.to_string();
-    let logger = tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
-        let mut last = None;
-        while let Ok(Some(line)) = lines.next_line().await {
-            // Prefixed in the message itself, so the text format shows
-            // the hook first (fields come after the message).
-            info!(hook = %hook, "{hook}: {line}");
-            if !line.trim().is_empty() {
-                last = Some(line);
-            }
-        }
-        last.map(|line| shorten(line.trim()))
-    });
+    let logger = tokio::spawn(log_lines(reader, name.to_string()));
     let status = match timeout(limit, &mut exit).await {
         Ok(status) => status.unwrap_or(ExitStatus::Exited(255)),
         Err(_) => {
@@ -213,6 +200,34 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
         _ => None,
     };
     let ms = forked_at.elapsed().as_millis() as u64;
+    outcome(run, status, output, ms)
+}
+
+/// Logs every line of the command's output under its name `hook`, and
+/// returns the last non-blank one, shortened, for an error.
+async fn log_lines(reader: tokio::net::unix::pipe::Receiver, hook: String) -> Option<String> {
+    let mut lines = BufReader::new(reader).lines();
+    let mut last = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        // Prefixed in the message itself, so the text format shows
+        // the hook first (fields come after the message).
+        info!(hook = %hook, "{hook}: {line}");
+        if !line.trim().is_empty() {
+            last = Some(line);
+        }
+    }
+    last.map(|line| shorten(line.trim()))
+}
+
+/// Logs how the command ended, after `ms`; a non-zero exit is an error
+/// that carries its last line of `output`.
+fn outcome(
+    run: &LoggedCommand<'_>,
+    status: ExitStatus,
+    output: Option<String>,
+    ms: u64,
+) -> Result<(), HookError> {
+    let LoggedCommand { what, name, .. } = *run;
     if status.success() {
         info!(hook = %name, %status, ms, "{what} {name} finished: {status}");
         Ok(())
@@ -220,7 +235,7 @@ pub async fn run_logged(run: &LoggedCommand<'_>) -> Result<(), HookError> {
         warn!(hook = %name, %status, ms, "{what} {name} failed: {status}");
         Err(HookError::Failed {
             hook: name.to_string(),
-            command: command.join(" "),
+            command: run.command.join(" "),
             status,
             output,
         })

@@ -323,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn userinfo_query_values_and_fragments_never_show() {
+    fn userinfo_never_shows() {
         let cases = [
             // A token as the user name, with and without a dummy password.
             (
@@ -350,6 +350,15 @@ mod tests {
                 "https://git.example.com/org/app.git",
                 "https://git.example.com/org/app.git",
             ),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn query_values_and_fragments_never_show() {
+        let cases = [
             // Every query value, whatever its key; empty ones stay empty.
             (
                 "https://ci.example.com/hook?token=abc&x=1&sig=&signature=zz",
@@ -375,7 +384,10 @@ mod tests {
         for (url, shown) in cases {
             assert_eq!(redact_url(url), shown, "{url}");
         }
-        // Tokens in the path: webhook URLs.
+    }
+
+    #[test]
+    fn tokens_in_webhook_paths_never_show() {
         let path_cases = [
             (
                 "https://hooks.slack.com/services/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",
@@ -406,6 +418,10 @@ mod tests {
         let text = "POST failed: 404 for aB3dE6gH9jK2mN5pQ8sT1vW4 at https://hooks.slack.com/x";
         let redacted = UrlRedactor::new(slack).redact(text);
         assert!(!redacted.contains("aB3dE6gH9jK2mN5pQ8sT1vW4"), "{redacted}");
+    }
+
+    #[test]
+    fn url_userinfo_splits_user_and_password() {
         assert_eq!(
             url_userinfo("https://tok@host/x"),
             (Some("tok".to_string()), None)

@@ -206,31 +206,23 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, command } => run(config, command, socket),
-        Command::Reload { wait, config } => match control_socket(socket, config) {
-            Ok(socket) => reload(&socket, wait),
-            Err(code) => code,
-        },
+        Command::Reload { wait, config } => client(socket, config, |s| reload(s, wait)),
         Command::Deploy {
             target,
             wait,
             config,
-        } => match control_socket(socket, config) {
-            Ok(socket) => deploy(&socket, &Request::Deploy { target, wait }),
-            Err(code) => code,
-        },
-        Command::Rollback { to, wait, config } => match control_socket(socket, config) {
-            Ok(socket) => deploy(&socket, &Request::Rollback { to, wait }),
-            Err(code) => code,
-        },
+        } => client(socket, config, |s| {
+            deploy(s, &Request::Deploy { target, wait })
+        }),
+        Command::Rollback { to, wait, config } => client(socket, config, |s| {
+            deploy(s, &Request::Rollback { to, wait })
+        }),
         Command::Status {
             json,
             holder: Some(holder),
             ..
         } => holder_status(&holder, json),
-        Command::Status { json, config, .. } => match control_socket(socket, config) {
-            Ok(socket) => status(&socket, json),
-            Err(code) => code,
-        },
+        Command::Status { json, config, .. } => client(socket, config, |s| status(s, json)),
         Command::Hold {
             listen,
             at,
@@ -247,15 +239,7 @@ pub fn main() -> ExitCode {
             backlog,
             http.map(|address| (address, http_status)),
         ),
-        Command::Deployer { config, container } => {
-            match Config::load_deployer(&config, container) {
-                Ok(deployer) => run_to_end(
-                    "cutover deployer",
-                    crate::redeploy::deployer::trusted::run(deployer),
-                ),
-                Err(e) => config_failure(&e),
-            }
-        }
+        Command::Deployer { config, container } => deployer(&config, container),
         Command::Fingerprint { dir, write, config } => {
             fingerprint(&dir, write.as_deref(), config.as_deref())
         }
@@ -271,22 +255,48 @@ pub fn main() -> ExitCode {
             old,
             new,
             health_timeout,
-        } => {
-            let args = crate::redeploy::ReplacerArgs {
-                engine,
-                old,
-                new,
-                health_timeout,
-            };
-            match runtime() {
-                Ok(rt) => {
-                    let (code, result) = rt.block_on(crate::redeploy::run_replacer(&args));
-                    println!("{result}");
-                    ExitCode::from(code)
-                }
-                Err(code) => code,
-            }
+        } => replace(&crate::redeploy::ReplacerArgs {
+            engine,
+            old,
+            new,
+            health_timeout,
+        }),
+    }
+}
+
+/// A client subcommand: `ask` the running cutover at its control socket.
+fn client(
+    socket: Option<PathBuf>,
+    config: ClientConfig,
+    ask: impl FnOnce(&Path) -> ExitCode,
+) -> ExitCode {
+    match control_socket(socket, config) {
+        Ok(socket) => ask(&socket),
+        Err(code) => code,
+    }
+}
+
+/// `cutover deployer`: runs until SIGTERM.
+fn deployer(config: &Path, container: Option<String>) -> ExitCode {
+    match Config::load_deployer(config, container) {
+        Ok(deployer) => run_to_end(
+            "cutover deployer",
+            crate::redeploy::deployer::trusted::run(deployer),
+        ),
+        Err(e) => config_failure(&e),
+    }
+}
+
+/// `cutover replace` (internal): the replacer container's one job; its
+/// outcome on stdout, for the cutover that started it.
+fn replace(args: &crate::redeploy::ReplacerArgs) -> ExitCode {
+    match runtime() {
+        Ok(rt) => {
+            let (code, result) = rt.block_on(crate::redeploy::run_replacer(args));
+            println!("{result}");
+            ExitCode::from(code)
         }
+        Err(code) => code,
     }
 }
 

@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
+use super::docker_redeploy::docker_action;
 use super::problems::{Problems, Segment};
-use super::raw::RawDeployer;
-use super::redeploy::docker_action;
+use super::raw::{RawDeployer, RawDocker};
 use super::values::{child, key};
 use super::{DockerPin, DockerRedeploy};
 
@@ -65,67 +65,12 @@ pub(super) fn deployer(raw: Option<RawDeployer>, p: &mut Problems) -> Option<Dep
     let before = p.list.len();
     let socket = absolute(&path, "socket", raw.socket, p);
     let releases = absolute(&path, "releases", raw.releases, p);
-    let container = match raw.container {
-        Some(c) if !c.trim().is_empty() => Some(c),
-        Some(_) => {
-            p.add(&child(&path, "container"), "empty container name");
-            None
-        }
-        None => {
-            p.add(
-                &child(&path, "container"),
-                "missing: the name of the app container to replace (compose's container_name), \
-                 here or as `cutover deployer --container NAME`",
-            );
-            None
-        }
-    };
-    let user = match raw.user.as_deref().map(numeric_user) {
-        Some(Ok(ids)) => Some(ids),
-        Some(Err(e)) => {
-            p.add(&child(&path, "user"), e);
-            None
-        }
-        None => {
-            p.add(
-                &child(&path, "user"),
-                "missing: the new containers' user as \"uid:gid\", e.g. \"1000:1000\"",
-            );
-            None
-        }
-    };
-    let mut keep = Vec::new();
-    for (i, name) in raw.keep.unwrap_or_default().iter().enumerate() {
-        match keep_setting(name) {
-            Ok(k) if !keep.contains(&k) => keep.push(k),
-            Ok(_) => {}
-            Err(e) => p.add(&[child(&path, "keep"), vec![Segment::Index(i)]].concat(), e),
-        }
-    }
+    let container = container(&path, raw.container, p);
+    let user = user(&path, raw.user.as_deref(), p);
+    let keep = keep_list(&path, raw.keep.unwrap_or_default(), p);
     let docker_path = child(&path, "docker");
     let raw_docker = raw.docker.unwrap_or_default();
-    // Decided here, never by the app: refuse the keys that would say otherwise.
-    for (set, name, why) in [
-        (
-            raw_docker.container.is_some(),
-            "container",
-            "give [deployer] container",
-        ),
-        (
-            raw_docker.pin.is_some(),
-            "pin",
-            "the deployer always pins user, entrypoint and cmd",
-        ),
-        (
-            raw_docker.keep_docker_socket.is_some(),
-            "keep_docker_socket",
-            "a deployer never passes an engine socket on",
-        ),
-    ] {
-        if set {
-            p.add(&child(&docker_path, name), format!("not here: {why}"));
-        }
-    }
+    refuse_what_the_deployer_decides(&docker_path, &raw_docker, p);
     let docker = docker_action(&docker_path, raw_docker, p);
     if p.list.len() > before {
         return None;
@@ -150,6 +95,81 @@ pub(super) fn deployer(raw: Option<RawDeployer>, p: &mut Problems) -> Option<Dep
         allow_uids,
         docker,
     })
+}
+
+/// `container`: required, here or from the command line.
+fn container(path: &[Segment], raw: Option<String>, p: &mut Problems) -> Option<String> {
+    match raw {
+        Some(c) if !c.trim().is_empty() => Some(c),
+        Some(_) => {
+            p.add(&child(path, "container"), "empty container name");
+            None
+        }
+        None => {
+            p.add(
+                &child(path, "container"),
+                "missing: the name of the app container to replace (compose's container_name), \
+                 here or as `cutover deployer --container NAME`",
+            );
+            None
+        }
+    }
+}
+
+/// `user`: required, numeric (see `numeric_user`).
+fn user(path: &[Segment], raw: Option<&str>, p: &mut Problems) -> Option<(u32, u32)> {
+    match raw.map(numeric_user) {
+        Some(Ok(ids)) => Some(ids),
+        Some(Err(e)) => {
+            p.add(&child(path, "user"), e);
+            None
+        }
+        None => {
+            p.add(
+                &child(path, "user"),
+                "missing: the new containers' user as \"uid:gid\", e.g. \"1000:1000\"",
+            );
+            None
+        }
+    }
+}
+
+/// `keep`: a setting named twice counts once.
+fn keep_list(path: &[Segment], names: Vec<String>, p: &mut Problems) -> Vec<Keep> {
+    let mut keep = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match keep_setting(name) {
+            Ok(k) if !keep.contains(&k) => keep.push(k),
+            Ok(_) => {}
+            Err(e) => p.add(&[child(path, "keep"), vec![Segment::Index(i)]].concat(), e),
+        }
+    }
+    keep
+}
+
+/// Decided here, never by the app: refuse the keys that would say otherwise.
+fn refuse_what_the_deployer_decides(docker_path: &[Segment], raw: &RawDocker, p: &mut Problems) {
+    for (set, name, why) in [
+        (
+            raw.container.is_some(),
+            "container",
+            "give [deployer] container",
+        ),
+        (
+            raw.pin.is_some(),
+            "pin",
+            "the deployer always pins user, entrypoint and cmd",
+        ),
+        (
+            raw.keep_docker_socket.is_some(),
+            "keep_docker_socket",
+            "a deployer never passes an engine socket on",
+        ),
+    ] {
+        if set {
+            p.add(&child(docker_path, name), format!("not here: {why}"));
+        }
+    }
 }
 
 fn absolute(

@@ -5,8 +5,11 @@
 //! is checked before anything starts, so a broken config starts nothing.
 
 mod deployer;
+mod docker_redeploy;
+mod environments;
 mod fingerprints;
 mod known_hosts;
+mod load;
 mod problems;
 mod program;
 mod raw;
@@ -18,7 +21,7 @@ mod validate;
 mod values;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -26,6 +29,7 @@ use nix::sys::signal::Signal;
 pub use crate::process::spawn::ChildEnv;
 pub use crate::process::user::RunAs;
 pub use deployer::{Confinement, DeployerConfig, Keep};
+pub use docker_redeploy::{DockerPin, DockerRedeploy};
 pub use problems::ConfigError;
 pub use source::proxy_variables;
 
@@ -110,45 +114,6 @@ pub struct WebhookTarget {
     /// Signs the body: `X-Cutover-Signature-256: sha256=<hex HMAC-SHA256>`.
     pub secret: Option<Secret>,
     pub timeout: Duration,
-}
-
-/// `[redeploy] docker = { ... }`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DockerRedeploy {
-    /// The Docker engine's unix socket.
-    pub socket: PathBuf,
-    /// Relative to the release directory (the build context).
-    pub dockerfile: String,
-    pub build_args: Vec<(String, String)>,
-    /// Repository of the new image, tagged with the short sha; default: the
-    /// repository of the current container's image.
-    pub image: Option<String>,
-    /// Name or id of the container to replace; default: the one cutover runs in.
-    pub container: Option<String>,
-    /// How long the new container may take to become healthy.
-    pub health_timeout: Duration,
-    /// Network for the build's RUN steps (`host`, `none`, a network name);
-    /// the engine's default (`default`, the bridge) when `None`.
-    pub build_network: Option<String>,
-    /// Taken from the old container whatever the new image says.
-    pub pin: Vec<DockerPin>,
-    /// Build even when the release's Dockerfile differs from the one the
-    /// running image was built from (default: refuse).
-    pub allow_dockerfile_change: bool,
-    /// Keep mounts of the Docker socket in the new container (default: yes,
-    /// so it can redeploy again).
-    pub keep_docker_socket: bool,
-    /// Set by `cutover deployer` only: what the new container may not have.
-    pub confine: Option<Confinement>,
-}
-
-/// `[redeploy] docker.pin`: a setting of the old container that the new one
-/// keeps even when the new image's Dockerfile sets another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DockerPin {
-    User,
-    Entrypoint,
-    Cmd,
 }
 
 /// `[dependencies]`: the files whose fingerprint must match the image's.
@@ -492,78 +457,5 @@ impl Default for ControlConfig {
             socket: default_control_socket(),
             http: None,
         }
-    }
-}
-
-impl Config {
-    /// Reads and validates a config file. `command` (from `run -- CMD`)
-    /// replaces `[app].command`.
-    pub fn load(path: &Path, command: Option<Vec<String>>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, &path.display().to_string(), command)
-    }
-
-    /// Validates config text; `origin` names it in error messages.
-    pub fn parse(
-        text: &str,
-        origin: &str,
-        command: Option<Vec<String>>,
-    ) -> Result<Config, ConfigError> {
-        validate::parse(text, command).map_err(|problems| ConfigError::Invalid {
-            origin: origin.to_string(),
-            problems,
-        })
-    }
-
-    /// Reads only `[dependencies]` of a config file (defaults when absent),
-    /// for `cutover fingerprint` at image build time: the rest of the config
-    /// (users, secrets, programs) need not be valid or available yet.
-    pub fn load_dependencies(path: &Path) -> Result<DependenciesConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        validate::parse_dependencies(&text).map_err(|problems| ConfigError::Invalid {
-            origin: path.display().to_string(),
-            problems,
-        })
-    }
-
-    /// Reads `cutover deployer`'s file: only `[deployer]`, all of it checked;
-    /// `container` (from the command line) replaces its `container`.
-    pub fn load_deployer(
-        path: &Path,
-        container: Option<String>,
-    ) -> Result<DeployerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        validate::parse_deployer(&text, container).map_err(|problems| ConfigError::Invalid {
-            origin: path.display().to_string(),
-            problems,
-        })
-    }
-
-    /// Reads only `[control]` of a config file (defaults when absent), for
-    /// `cutover status -c FILE` and the other clients: they need the socket,
-    /// not the programs' users or the secrets only the supervisor can read.
-    pub fn load_control(path: &Path) -> Result<ControlConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        validate::parse_control(&text).map_err(|problems| ConfigError::Invalid {
-            origin: path.display().to_string(),
-            problems,
-        })
-    }
-
-    /// The config of `cutover run -- CMD` without a file: behave like tini.
-    pub fn for_command(command: Vec<String>) -> Result<Config, ConfigError> {
-        Self::parse("", "command line", Some(command))
     }
 }

@@ -153,11 +153,16 @@ impl<'a> Problems<'a> {
     }
 
     /// Records the error of `result` under `path` and passes the value on.
-    pub fn check<T>(&mut self, path: &[Segment], result: Result<T, String>) -> Option<T> {
+    /// The error's Display text is the problem's message.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        path: &[Segment],
+        result: Result<T, E>,
+    ) -> Option<T> {
         match result {
             Ok(v) => Some(v),
-            Err(msg) => {
-                self.add(path, msg);
+            Err(e) => {
+                self.add(path, e.to_string());
                 None
             }
         }

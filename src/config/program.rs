@@ -32,47 +32,13 @@ pub(super) fn program(
     problems: &mut Problems,
 ) -> Option<ProgramConfig> {
     let before = problems.list.len();
-    let name = match (raw.name, implicit_name) {
-        (Some(n), _) => problems.check(&child(path, "name"), check_name(&n).map(|_| n)),
-        (None, true) => Some("app".to_string()),
-        (None, false) => {
-            problems.add(path, "missing key `name`");
-            None
-        }
-    };
-    let command = match raw.command {
-        None => {
-            problems.add(
-                path,
-                "missing key `command` (the program and its arguments)",
-            );
-            None
-        }
-        Some(c) if c.first().is_none_or(|p| p.trim().is_empty()) => {
-            problems.add(
-                &child(path, "command"),
-                "empty command: give the program and its arguments",
-            );
-            None
-        }
-        Some(c) => Some(c),
-    };
+    let name = program_name(path, raw.name, implicit_name, problems);
+    let command = command(path, raw.command, problems);
     let env = child_env(path, raw.env, raw.env_clear, raw.pass_env, problems);
     let user = raw
         .user
         .and_then(|u| problems.check(&child(path, "user"), resolve_user(&u)));
-    let restart = match raw.restart.as_deref() {
-        None | Some("never") => RestartPolicy::Never,
-        Some("on-failure") => RestartPolicy::OnFailure,
-        Some("always") => RestartPolicy::Always,
-        Some(other) => {
-            problems.add(
-                &child(path, "restart"),
-                format!("unknown policy `{other}`; expected never, on-failure or always"),
-            );
-            RestartPolicy::Never
-        }
-    };
+    let restart = restart_policy(path, raw.restart.as_deref(), problems);
     let stop_signal = match raw.stop_signal {
         None => Some(nix::sys::signal::Signal::SIGTERM),
         Some(s) => problems.check(&child(path, "stop_signal"), parse_signal(&s)),
@@ -103,17 +69,7 @@ pub(super) fn program(
         Some(inherited.strategy),
         problems,
     );
-    let forward_to = match raw.forward_to.as_deref() {
-        None | Some("group") => ForwardTo::Group,
-        Some("main") => ForwardTo::Main,
-        Some(other) => {
-            problems.add(
-                &child(path, "forward_to"),
-                format!("unknown target `{other}`; expected group or main"),
-            );
-            ForwardTo::Group
-        }
-    };
+    let forward_to = forward_to(path, raw.forward_to.as_deref(), problems);
     let ready = match raw.ready {
         Some(own) => sections::ready(&child(path, "ready"), own, problems),
         None => inherited.ready.clone(),
@@ -142,6 +98,79 @@ pub(super) fn program(
         ready,
         forward_to,
     })
+}
+
+/// `name`: `[app]` is named "app"; every `[[program]]` needs one.
+fn program_name(
+    path: &[Segment],
+    name: Option<String>,
+    implicit_name: bool,
+    problems: &mut Problems,
+) -> Option<String> {
+    match (name, implicit_name) {
+        (Some(n), _) => problems.check(&child(path, "name"), check_name(&n).map(|_| n)),
+        (None, true) => Some("app".to_string()),
+        (None, false) => {
+            problems.add(path, "missing key `name`");
+            None
+        }
+    }
+}
+
+/// `command`: required, and its first word names the program.
+fn command(
+    path: &[Segment],
+    command: Option<Vec<String>>,
+    problems: &mut Problems,
+) -> Option<Vec<String>> {
+    match command {
+        None => {
+            problems.add(
+                path,
+                "missing key `command` (the program and its arguments)",
+            );
+            None
+        }
+        Some(c) if c.first().is_none_or(|p| p.trim().is_empty()) => {
+            problems.add(
+                &child(path, "command"),
+                "empty command: give the program and its arguments",
+            );
+            None
+        }
+        Some(c) => Some(c),
+    }
+}
+
+/// `restart`, default `never` (exit with the program, like tini).
+fn restart_policy(path: &[Segment], name: Option<&str>, problems: &mut Problems) -> RestartPolicy {
+    match name {
+        None | Some("never") => RestartPolicy::Never,
+        Some("on-failure") => RestartPolicy::OnFailure,
+        Some("always") => RestartPolicy::Always,
+        Some(other) => {
+            problems.add(
+                &child(path, "restart"),
+                format!("unknown policy `{other}`; expected never, on-failure or always"),
+            );
+            RestartPolicy::Never
+        }
+    }
+}
+
+/// `forward_to`, default the whole process group.
+fn forward_to(path: &[Segment], name: Option<&str>, problems: &mut Problems) -> ForwardTo {
+    match name {
+        None | Some("group") => ForwardTo::Group,
+        Some("main") => ForwardTo::Main,
+        Some(other) => {
+            problems.add(
+                &child(path, "forward_to"),
+                format!("unknown target `{other}`; expected group or main"),
+            );
+            ForwardTo::Group
+        }
+    }
 }
 
 /// `env`, `env_clear` and `pass_env` of a program. `pass_env` without

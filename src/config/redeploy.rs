@@ -6,64 +6,25 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::docker_redeploy::docker_action;
 use super::problems::{Problems, Segment};
-use super::raw::{RawDocker, RawRedeploy};
-use super::values::{child, parse_duration, scalar_string, secret};
-use super::{ChildEnv, DockerPin, DockerRedeploy, RedeployAction, RedeployConfig, WebhookTarget};
+use super::raw::RawRedeploy;
+use super::values::{child, parse_duration, secret};
+use super::{ChildEnv, RedeployAction, RedeployConfig, WebhookTarget};
 use crate::process::user::resolve_user;
 
-/// Default Docker engine socket.
-pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
 
 pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployConfig> {
     let path = [Segment::Key("redeploy".into())];
     let before = p.list.len();
-    let given: Vec<&str> = [
-        ("command", raw.command.is_some()),
-        ("webhook", raw.webhook.is_some()),
-        ("docker", raw.docker.is_some()),
-        ("deployer", raw.deployer.is_some()),
-        ("exit", raw.exit.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(k, set)| set.then_some(k))
-    .collect();
-    match given.as_slice() {
-        [] => p.add(
-            &path,
-            "give one action: command = [...], webhook = \"https://...\", \
-             docker = { ... }, deployer = \"/run/cutover/deployer/deployer.sock\" or exit = 75",
-        ),
-        [_] => {}
-        several => p.add(
-            &child(&path, several[1]),
-            format!(
-                "give exactly one action, not {}",
-                several
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ),
-        ),
-    }
+    check_one_action(&path, &raw, p);
     if raw.user.is_some() && raw.command.is_none() {
         p.add(&child(&path, "user"), "only with `command`");
     }
-    let uses_timeout = raw.command.is_some() || raw.webhook.is_some();
-    if raw.timeout.is_some() && !uses_timeout {
-        p.add(
-            &child(&path, "timeout"),
-            "only for command and webhook (docker has health_timeout)",
-        );
-    }
-    let timeout = raw
-        .timeout
-        .and_then(|t| p.check(&child(&path, "timeout"), parse_duration(&t)));
+    let timeout = action_timeout(&path, &raw, p);
     if raw.webhook.is_none() {
         for key in ["webhook_secret_env", "webhook_secret_file"] {
             let set = match key {
@@ -89,22 +50,7 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
     };
 
     let action = if let Some(command) = raw.command {
-        if command.first().is_none_or(|c| c.trim().is_empty()) {
-            p.add(
-                &child(&path, "command"),
-                "empty command: give the program and its arguments",
-            );
-        }
-        Some(RedeployAction::Command {
-            command,
-            timeout: timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
-            // Default (the hooked program's user) and the secrets to
-            // withhold are filled in once the programs are known.
-            user: raw
-                .user
-                .and_then(|u| p.check(&child(&path, "user"), resolve_user(&u))),
-            env: ChildEnv::default(),
-        })
+        command_action(&path, command, raw.user, timeout, p)
     } else if let Some(url) = raw.webhook {
         if let Err(e) = check_url(&url) {
             p.add(&child(&path, "webhook"), e);
@@ -124,28 +70,9 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
     } else if let Some(docker) = raw.docker {
         docker_action(&child(&path, "docker"), docker, p).map(RedeployAction::Docker)
     } else if let Some(socket) = raw.deployer {
-        let socket = PathBuf::from(socket);
-        if socket.is_relative() {
-            p.add(
-                &child(&path, "deployer"),
-                format!(
-                    "`{}` is not an absolute path to a `cutover deployer` socket",
-                    socket.display()
-                ),
-            );
-        }
-        Some(RedeployAction::Deployer { socket })
+        deployer_action(&path, socket, p)
     } else if let Some(code) = raw.exit {
-        match u8::try_from(code) {
-            Ok(c) if c > 0 => Some(RedeployAction::Exit(c)),
-            _ => {
-                p.add(
-                    &child(&path, "exit"),
-                    format!("exit code {code} is not within 1..=255 (75 is EX_TEMPFAIL)"),
-                );
-                None
-            }
-        }
+        exit_action(&path, code, p)
     } else {
         None
     };
@@ -156,6 +83,107 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
         action: action?,
         retry_max: retry_max?,
     })
+}
+
+/// Exactly one of `command`, `webhook`, `docker`, `deployer` and `exit`:
+/// with two, which one the user meant is a guess.
+fn check_one_action(path: &[Segment], raw: &RawRedeploy, p: &mut Problems) {
+    let given: Vec<&str> = [
+        ("command", raw.command.is_some()),
+        ("webhook", raw.webhook.is_some()),
+        ("docker", raw.docker.is_some()),
+        ("deployer", raw.deployer.is_some()),
+        ("exit", raw.exit.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    match given.as_slice() {
+        [] => p.add(
+            path,
+            "give one action: command = [...], webhook = \"https://...\", \
+             docker = { ... }, deployer = \"/run/cutover/deployer/deployer.sock\" or exit = 75",
+        ),
+        [_] => {}
+        several => p.add(
+            &child(path, several[1]),
+            format!(
+                "give exactly one action, not {}",
+                several
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        ),
+    }
+}
+
+/// `timeout`, which only a command or a webhook can run out of.
+fn action_timeout(path: &[Segment], raw: &RawRedeploy, p: &mut Problems) -> Option<Duration> {
+    let uses_timeout = raw.command.is_some() || raw.webhook.is_some();
+    if raw.timeout.is_some() && !uses_timeout {
+        p.add(
+            &child(path, "timeout"),
+            "only for command and webhook (docker has health_timeout)",
+        );
+    }
+    raw.timeout
+        .as_deref()
+        .and_then(|t| p.check(&child(path, "timeout"), parse_duration(t)))
+}
+
+/// `command = [...]`, with its `user` resolved now.
+fn command_action(
+    path: &[Segment],
+    command: Vec<String>,
+    user: Option<String>,
+    timeout: Option<Duration>,
+    p: &mut Problems,
+) -> Option<RedeployAction> {
+    if command.first().is_none_or(|c| c.trim().is_empty()) {
+        p.add(
+            &child(path, "command"),
+            "empty command: give the program and its arguments",
+        );
+    }
+    Some(RedeployAction::Command {
+        command,
+        timeout: timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+        // Default (the hooked program's user) and the secrets to
+        // withhold are filled in once the programs are known.
+        user: user.and_then(|u| p.check(&child(path, "user"), resolve_user(&u))),
+        env: ChildEnv::default(),
+    })
+}
+
+/// `deployer = "/path/to/deployer.sock"`.
+fn deployer_action(path: &[Segment], socket: String, p: &mut Problems) -> Option<RedeployAction> {
+    let socket = PathBuf::from(socket);
+    if socket.is_relative() {
+        p.add(
+            &child(path, "deployer"),
+            format!(
+                "`{}` is not an absolute path to a `cutover deployer` socket",
+                socket.display()
+            ),
+        );
+    }
+    Some(RedeployAction::Deployer { socket })
+}
+
+/// `exit = CODE`: 0 would tell the orchestrator that all is well.
+fn exit_action(path: &[Segment], code: i64, p: &mut Problems) -> Option<RedeployAction> {
+    match u8::try_from(code) {
+        Ok(c) if c > 0 => Some(RedeployAction::Exit(c)),
+        _ => {
+            p.add(
+                &child(path, "exit"),
+                format!("exit code {code} is not within 1..=255 (75 is EX_TEMPFAIL)"),
+            );
+            None
+        }
+    }
 }
 
 /// `http://` or `https://` with a host.
@@ -177,129 +205,10 @@ fn check_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("`{shown}` is not a valid URL: {e}"))
 }
 
-pub(super) fn docker_action(
-    path: &[Segment],
-    raw: RawDocker,
-    p: &mut Problems,
-) -> Option<DockerRedeploy> {
-    let socket = PathBuf::from(
-        raw.socket
-            .as_deref()
-            .map(|s| s.trim_start_matches("unix://"))
-            .unwrap_or(DEFAULT_DOCKER_SOCKET),
-    );
-    if socket.is_relative() {
-        p.add(
-            &child(path, "socket"),
-            format!("`{}` is not an absolute path", socket.display()),
-        );
-    }
-    let dockerfile = raw.dockerfile.unwrap_or_else(|| "Dockerfile".to_string());
-    if dockerfile.trim().is_empty()
-        || dockerfile.starts_with('/')
-        || dockerfile.split('/').any(|c| c == "..")
-    {
-        p.add(
-            &child(path, "dockerfile"),
-            format!("`{dockerfile}` must be a path inside the release, like \"Dockerfile\""),
-        );
-    }
-    let mut build_args = Vec::new();
-    for (k, v) in raw.build_args {
-        let at = child(&child(path, "build_args"), &k);
-        let Some(value) = p.check(&at, scalar_string(v)) else {
-            continue;
-        };
-        if k.is_empty() || k.contains('=') {
-            p.add(&at, "build argument names must be non-empty without `=`");
-            continue;
-        }
-        build_args.push((k, value));
-    }
-    if let Some(image) = &raw.image
-        && let Err(e) = check_repository(image)
-    {
-        p.add(&child(path, "image"), e);
-    }
-    if raw
-        .container
-        .as_deref()
-        .is_some_and(|c| c.trim().is_empty())
-    {
-        p.add(&child(path, "container"), "empty container name");
-    }
-    if let Some(n) = &raw.build_network
-        && (n.trim().is_empty() || n.trim() != n)
-    {
-        p.add(
-            &child(path, "build_network"),
-            format!("`{n}` is not a network: \"host\", \"none\", \"default\" or a network name"),
-        );
-    }
-    let health_timeout = match raw.health_timeout {
-        None => Some(DEFAULT_HEALTH_TIMEOUT),
-        Some(t) => p.check(&child(path, "health_timeout"), parse_duration(&t)),
-    };
-    let mut pin = Vec::new();
-    for (i, name) in raw.pin.unwrap_or_default().iter().enumerate() {
-        match docker_pin(name) {
-            Ok(setting) if pin.contains(&setting) => {
-                p.add(&child(path, "pin"), format!("`{name}` is listed twice"));
-            }
-            Ok(setting) => pin.push(setting),
-            Err(e) => p.add(&[child(path, "pin"), vec![Segment::Index(i)]].concat(), e),
-        }
-    }
-    Some(DockerRedeploy {
-        socket,
-        dockerfile,
-        build_args,
-        image: raw.image,
-        container: raw.container,
-        health_timeout: health_timeout?,
-        build_network: raw.build_network,
-        pin,
-        allow_dockerfile_change: raw.allow_dockerfile_change.unwrap_or(false),
-        keep_docker_socket: raw.keep_docker_socket.unwrap_or(true),
-        confine: None,
-    })
-}
-
-/// One `pin` entry.
-fn docker_pin(name: &str) -> Result<DockerPin, String> {
-    match name {
-        "user" => Ok(DockerPin::User),
-        "entrypoint" => Ok(DockerPin::Entrypoint),
-        "cmd" => Ok(DockerPin::Cmd),
-        other => Err(format!(
-            "`{other}` cannot be pinned: give \"user\", \"entrypoint\" or \"cmd\""
-        )),
-    }
-}
-
-/// A repository without a tag: `name`, `org/name`, `registry:5000/org/name`.
-fn check_repository(image: &str) -> Result<(), String> {
-    let last = image.rsplit('/').next().unwrap_or("");
-    let ok = !image.is_empty()
-        && !last.is_empty()
-        && !last.contains(':')
-        && !image.contains('@')
-        && image
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{image}` is not an image repository like \"org/app\" \
-             (lowercase, no tag: the tag is the short sha)"
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, ConfigError};
+    use super::super::docker_redeploy::DEFAULT_DOCKER_SOCKET;
+    use super::super::{Config, ConfigError, DockerPin, DockerRedeploy};
     use super::*;
 
     fn parse(redeploy: &str) -> Result<Config, Vec<(String, String)>> {

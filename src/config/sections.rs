@@ -148,91 +148,122 @@ pub(super) fn listen(
 ) -> Vec<ListenConfig> {
     let mut out: Vec<ListenConfig> = Vec::new();
     for (i, l) in raw.into_iter().enumerate() {
-        let path = [Segment::Key("listen".into()), Segment::Index(i)];
-        let named = l.name.is_some();
-        let name = l.name.unwrap_or_else(|| format!("listen{i}"));
-        if name.is_empty() || name.contains(':') || name.len() > 255 {
-            p.add(
-                &child(&path, "name"),
-                "names are 1-255 characters without `:`",
-            );
-        } else if out.iter().any(|o| o.name == name) {
-            p.add(
-                &child(&path, "name"),
-                format!("another socket is already named `{name}`"),
-            );
+        if let Some(socket) = listen_socket(i, l, &out, programs, p) {
+            out.push(socket);
         }
-        let address = match (l.address, l.from) {
-            (Some(_), Some(_)) => {
-                p.add(
-                    &child(&path, "from"),
-                    "either `address` (cutover binds it) or `from` (a holder's socket), not both",
-                );
-                continue;
-            }
-            (None, Some(from)) => {
-                let holder = from.strip_prefix("unix:").unwrap_or(&from);
-                if !holder.starts_with('/') {
-                    p.add(&child(&path, "from"), format!("`{from}` is not the holder's socket; write \"unix:/run/cutover/sockets\""));
-                    continue;
-                }
-                if !named {
-                    p.add(
-                        &path,
-                        "missing key `name`: the name of the holder's socket to take",
-                    );
-                }
-                ListenAddress::Holder(PathBuf::from(holder))
-            }
-            (None, None) => {
-                p.add(&path, "missing key `address` (\"127.0.0.1:8000\", \"[::1]:8000\" or \"unix:/run/app.sock\") or `from` (\"unix:/run/cutover/sockets\", a holder's)");
-                continue;
-            }
-            (Some(a), None) => match parse_listen_address(&a) {
-                Ok(addr) => addr,
-                Err(e) => {
-                    p.add(&child(&path, "address"), e);
-                    continue;
-                }
-            },
-        };
-        let reuse_port = l.reuse_port.unwrap_or(false);
-        if reuse_port && !matches!(address, ListenAddress::Tcp(_)) {
-            p.add(
-                &child(&path, "reuse_port"),
-                "only for TCP addresses (a unix socket path is bound by one process)",
-            );
-        }
-        if let Some(targets) = &l.programs {
-            for (j, t) in targets.iter().enumerate() {
-                if !programs.contains(t) {
-                    let at = [child(&path, "programs"), vec![Segment::Index(j)]].concat();
-                    p.add(&at, format!("no program is named `{t}`"));
-                }
-            }
-        }
-        let receivers = l.programs.as_ref().map_or(programs.len(), Vec::len);
-        let per_instance = match (
-            l.per_instance,
-            per_instance_obstacle(&address, reuse_port, receivers),
-        ) {
-            (Some(true), Some(why)) => {
-                p.add(&child(&path, "per_instance"), why);
-                false
-            }
-            (Some(wanted), _) => wanted,
-            (None, obstacle) => obstacle.is_none(),
-        };
-        out.push(ListenConfig {
-            name,
-            address,
-            backlog: l.backlog.unwrap_or(1024),
-            reuse_port,
-            programs: l.programs,
-            per_instance,
-        });
     }
     out
+}
+
+/// The `i`th `[[listen]]`, after the `earlier` ones; `None` when it has no
+/// usable address (its other problems are still reported).
+fn listen_socket(
+    i: usize,
+    l: RawListen,
+    earlier: &[ListenConfig],
+    programs: &[String],
+    p: &mut Problems,
+) -> Option<ListenConfig> {
+    let path = [Segment::Key("listen".into()), Segment::Index(i)];
+    let named = l.name.is_some();
+    let name = l.name.unwrap_or_else(|| format!("listen{i}"));
+    if name.is_empty() || name.contains(':') || name.len() > 255 {
+        p.add(
+            &child(&path, "name"),
+            "names are 1-255 characters without `:`",
+        );
+    } else if earlier.iter().any(|o| o.name == name) {
+        p.add(
+            &child(&path, "name"),
+            format!("another socket is already named `{name}`"),
+        );
+    }
+    let address = listen_address(&path, l.address, l.from, named, p)?;
+    let reuse_port = l.reuse_port.unwrap_or(false);
+    if reuse_port && !matches!(address, ListenAddress::Tcp(_)) {
+        p.add(
+            &child(&path, "reuse_port"),
+            "only for TCP addresses (a unix socket path is bound by one process)",
+        );
+    }
+    if let Some(targets) = &l.programs {
+        for (j, t) in targets.iter().enumerate() {
+            if !programs.contains(t) {
+                let at = [child(&path, "programs"), vec![Segment::Index(j)]].concat();
+                p.add(&at, format!("no program is named `{t}`"));
+            }
+        }
+    }
+    let receivers = l.programs.as_ref().map_or(programs.len(), Vec::len);
+    let per_instance = match (
+        l.per_instance,
+        per_instance_obstacle(&address, reuse_port, receivers),
+    ) {
+        (Some(true), Some(why)) => {
+            p.add(&child(&path, "per_instance"), why);
+            false
+        }
+        (Some(wanted), _) => wanted,
+        (None, obstacle) => obstacle.is_none(),
+    };
+    Some(ListenConfig {
+        name,
+        address,
+        backlog: l.backlog.unwrap_or(1024),
+        reuse_port,
+        programs: l.programs,
+        per_instance,
+    })
+}
+
+/// `address` (cutover binds it) or `from` (a holder's socket, taken by
+/// name), exactly one of them.
+fn listen_address(
+    path: &[Segment],
+    address: Option<String>,
+    from: Option<String>,
+    named: bool,
+    p: &mut Problems,
+) -> Option<ListenAddress> {
+    match (address, from) {
+        (Some(_), Some(_)) => {
+            p.add(
+                &child(path, "from"),
+                "either `address` (cutover binds it) or `from` (a holder's socket), not both",
+            );
+            None
+        }
+        (None, Some(from)) => {
+            let holder = from.strip_prefix("unix:").unwrap_or(&from);
+            if !holder.starts_with('/') {
+                p.add(
+                    &child(path, "from"),
+                    format!(
+                        "`{from}` is not the holder's socket; write \"unix:/run/cutover/sockets\""
+                    ),
+                );
+                return None;
+            }
+            if !named {
+                p.add(
+                    path,
+                    "missing key `name`: the name of the holder's socket to take",
+                );
+            }
+            Some(ListenAddress::Holder(PathBuf::from(holder)))
+        }
+        (None, None) => {
+            p.add(path, "missing key `address` (\"127.0.0.1:8000\", \"[::1]:8000\" or \"unix:/run/app.sock\") or `from` (\"unix:/run/cutover/sockets\", a holder's)");
+            None
+        }
+        (Some(a), None) => match parse_listen_address(&a) {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                p.add(&child(path, "address"), e);
+                None
+            }
+        },
+    }
 }
 
 /// Why a socket cannot be one per instance, if it cannot.

@@ -3,7 +3,7 @@
 //! webhook secret are read here, so a missing one is a config error before
 //! anything starts.
 
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,43 +16,17 @@ use super::{ChildEnv, HooksConfig, ReleaseLimits, SourceConfig};
 pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
     let path = [Segment::Key("source".into())];
     let before = p.list.len();
-    let defaults = ReleaseLimits::default();
     let repo = raw.repo.filter(|r| !r.trim().is_empty());
-    if repo.is_none() {
-        p.add(
-            &path,
-            "missing key `repo` (a URL or a path to a git repository)",
-        );
-    }
     let root = raw.root.map(PathBuf::from);
-    match &root {
-        None => p.add(
-            &path,
-            "missing key `root` (the volume for releases/ and current)",
-        ),
-        Some(r) if r.is_relative() => p.add(&child(&path, "root"), "must be an absolute path"),
-        _ => {}
-    }
-    let git_ref = raw.git_ref.unwrap_or_else(|| "main".to_string());
-    if git_ref.trim().is_empty() || git_ref.contains("..") || git_ref.contains(' ') {
-        p.add(
-            &child(&path, "ref"),
-            format!("`{git_ref}` is not a branch, tag or commit id"),
-        );
-    }
+    check_repo_and_root(&path, repo.is_none(), root.as_deref(), p);
+    let git_ref = git_ref(&path, raw.git_ref, p);
     let poll = match raw.poll {
         None => None,
         Some(text) => p
             .check(&child(&path, "poll"), parse_duration(&text))
             .filter(|d| !d.is_zero()),
     };
-    let keep = raw.keep.unwrap_or(5);
-    if keep < 2 {
-        p.add(
-            &child(&path, "keep"),
-            "keep at least 2 releases (current and the previous good one)",
-        );
-    }
+    let keep = keep(&path, raw.keep, p);
     let insecure_ignore_host_key = raw.insecure_ignore_host_key.unwrap_or(false);
     let kind = repo
         .as_deref()
@@ -60,48 +34,20 @@ pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
     let ssh_key = raw.ssh_key.map(PathBuf::from);
     let known_hosts = raw.known_hosts.map(PathBuf::from);
     let ca_file = raw.ca_file.map(PathBuf::from);
-    if let Some(k) = &ssh_key {
-        p.check(&child(&path, "ssh_key"), check_ssh_key(k));
-    }
-    if let Some(k) = &known_hosts {
-        p.check(&child(&path, "known_hosts"), check_known_hosts(k));
-    }
-    if let Some(ca) = &ca_file {
-        p.check(
-            &child(&path, "ca_file"),
-            crate::tls::read_ca_file(ca).map_err(|e| {
-                let text = e.to_string();
-                text.strip_prefix(&format!("ca_file `{}`: ", ca.display()))
-                    .map(|why| format!("`{}`: {why}", ca.display()))
-                    .unwrap_or(text)
-            }),
-        );
-    }
-    match &kind {
-        Some(RemoteUrl::Ssh(_)) => {
-            if find_in_path("ssh").is_none() {
-                p.add(
-                    &child(&path, "repo"),
-                    "an ssh remote needs the OpenSSH client `ssh`, which is not in PATH \
-                     (Debian: apt-get install openssh-client)",
-                );
-            }
-            if known_hosts.is_none() && !insecure_ignore_host_key && !default_known_hosts_exist() {
-                p.add(
-                    &child(&path, "known_hosts"),
-                    "no known_hosts for the ssh server: neither ~/.ssh/known_hosts nor \
-                     /etc/ssh/ssh_known_hosts exists; set known_hosts to a file with the \
-                     server's key (ssh-keyscan HOST > known_hosts, then check its fingerprint)",
-                );
-            }
-        }
-        Some(_) if insecure_ignore_host_key => p.add(
-            &child(&path, "insecure_ignore_host_key"),
-            "applies to ssh remotes only: an https certificate is always verified \
-             (for a private CA, set ca_file)",
-        ),
-        _ => {}
-    }
+    check_key_files(
+        &path,
+        ssh_key.as_deref(),
+        known_hosts.as_deref(),
+        ca_file.as_deref(),
+        p,
+    );
+    check_remote_kind(
+        &path,
+        kind.as_ref(),
+        known_hosts.is_some(),
+        insecure_ignore_host_key,
+        p,
+    );
     let token = secret(&path, "token", raw.token_env, raw.token_file, p);
     let webhook_secret = secret(
         &path,
@@ -110,30 +56,15 @@ pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
         raw.webhook_secret_file,
         p,
     );
-    let webhook = raw
-        .webhook
-        .and_then(|w| match w.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(addr)) => Some(addr),
-            _ => {
-                p.add(
-                    &child(&path, "webhook"),
-                    format!("`{w}` is not a host:port address"),
-                );
-                None
-            }
-        });
-    if webhook.is_some() && webhook_secret.is_none() {
-        p.add(
-            &child(&path, "webhook"),
-            "a webhook needs a secret: set webhook_secret_env or webhook_secret_file",
-        );
-    }
-    let limits = ReleaseLimits {
-        files: positive(&path, "max_files", raw.max_files, p).unwrap_or(defaults.files),
-        bytes: size(&path, "max_bytes", raw.max_bytes, p).unwrap_or(defaults.bytes),
-        file_size: size(&path, "max_file_size", raw.max_file_size, p).unwrap_or(defaults.file_size),
-        depth: positive(&path, "max_depth", raw.max_depth, p).unwrap_or(defaults.depth),
-    };
+    let webhook = webhook_address(&path, raw.webhook, webhook_secret.is_some(), p);
+    let limits = release_limits(
+        &path,
+        raw.max_files,
+        raw.max_bytes,
+        raw.max_file_size,
+        raw.max_depth,
+        p,
+    );
     if p.list.len() > before {
         return None;
     }
@@ -154,6 +85,160 @@ pub(super) fn source(raw: RawSource, p: &mut Problems) -> Option<SourceConfig> {
         webhook_secret,
         limits,
     })
+}
+
+/// `repo` and `root` have no default: without them there is nothing to pull
+/// and nowhere to put it.
+fn check_repo_and_root(path: &[Segment], no_repo: bool, root: Option<&Path>, p: &mut Problems) {
+    if no_repo {
+        p.add(
+            path,
+            "missing key `repo` (a URL or a path to a git repository)",
+        );
+    }
+    match root {
+        None => p.add(
+            path,
+            "missing key `root` (the volume for releases/ and current)",
+        ),
+        Some(r) if r.is_relative() => p.add(&child(path, "root"), "must be an absolute path"),
+        _ => {}
+    }
+}
+
+/// `ref`, default `main`: anything git could take for a range or two
+/// arguments is refused.
+fn git_ref(path: &[Segment], raw: Option<String>, p: &mut Problems) -> String {
+    let git_ref = raw.unwrap_or_else(|| "main".to_string());
+    if git_ref.trim().is_empty() || git_ref.contains("..") || git_ref.contains(' ') {
+        p.add(
+            &child(path, "ref"),
+            format!("`{git_ref}` is not a branch, tag or commit id"),
+        );
+    }
+    git_ref
+}
+
+/// `keep`, default 5: a rollback needs the previous release still on disk.
+fn keep(path: &[Segment], raw: Option<u32>, p: &mut Problems) -> u32 {
+    let keep = raw.unwrap_or(5);
+    if keep < 2 {
+        p.add(
+            &child(path, "keep"),
+            "keep at least 2 releases (current and the previous good one)",
+        );
+    }
+    keep
+}
+
+/// The files `ssh_key`, `known_hosts` and `ca_file` are read now, so that a
+/// wrong one is a config error rather than a failure at the first fetch.
+fn check_key_files(
+    path: &[Segment],
+    ssh_key: Option<&Path>,
+    known_hosts: Option<&Path>,
+    ca_file: Option<&Path>,
+    p: &mut Problems,
+) {
+    if let Some(k) = ssh_key {
+        p.check(&child(path, "ssh_key"), check_ssh_key(k));
+    }
+    if let Some(k) = known_hosts {
+        p.check(&child(path, "known_hosts"), check_known_hosts(k));
+    }
+    if let Some(ca) = ca_file {
+        p.check(
+            &child(path, "ca_file"),
+            crate::tls::read_ca_file(ca).map_err(|e| {
+                let text = e.to_string();
+                text.strip_prefix(&format!("ca_file `{}`: ", ca.display()))
+                    .map(|why| format!("`{}`: {why}", ca.display()))
+                    .unwrap_or(text)
+            }),
+        );
+    }
+}
+
+/// What the kind of remote needs: an ssh remote the `ssh` client and the
+/// server's host keys; `insecure_ignore_host_key` means nothing for https.
+fn check_remote_kind(
+    path: &[Segment],
+    kind: Option<&RemoteUrl>,
+    has_known_hosts: bool,
+    insecure_ignore_host_key: bool,
+    p: &mut Problems,
+) {
+    match kind {
+        Some(RemoteUrl::Ssh(_)) => {
+            if find_in_path("ssh").is_none() {
+                p.add(
+                    &child(path, "repo"),
+                    "an ssh remote needs the OpenSSH client `ssh`, which is not in PATH \
+                     (Debian: apt-get install openssh-client)",
+                );
+            }
+            if !has_known_hosts && !insecure_ignore_host_key && !default_known_hosts_exist() {
+                p.add(
+                    &child(path, "known_hosts"),
+                    "no known_hosts for the ssh server: neither ~/.ssh/known_hosts nor \
+                     /etc/ssh/ssh_known_hosts exists; set known_hosts to a file with the \
+                     server's key (ssh-keyscan HOST > known_hosts, then check its fingerprint)",
+                );
+            }
+        }
+        Some(_) if insecure_ignore_host_key => p.add(
+            &child(path, "insecure_ignore_host_key"),
+            "applies to ssh remotes only: an https certificate is always verified \
+             (for a private CA, set ca_file)",
+        ),
+        _ => {}
+    }
+}
+
+/// `webhook`: the address to listen on for push notifications, which are
+/// only believed when signed, so it needs a secret.
+fn webhook_address(
+    path: &[Segment],
+    webhook: Option<String>,
+    has_secret: bool,
+    p: &mut Problems,
+) -> Option<SocketAddr> {
+    let webhook = webhook.and_then(|w| match w.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Some(addr),
+        _ => {
+            p.add(
+                &child(path, "webhook"),
+                format!("`{w}` is not a host:port address"),
+            );
+            None
+        }
+    });
+    if webhook.is_some() && !has_secret {
+        p.add(
+            &child(path, "webhook"),
+            "a webhook needs a secret: set webhook_secret_env or webhook_secret_file",
+        );
+    }
+    webhook
+}
+
+/// `max_files`, `max_bytes`, `max_file_size`, `max_depth`, each defaulting
+/// on its own.
+fn release_limits(
+    path: &[Segment],
+    max_files: Option<u64>,
+    max_bytes: Option<toml::Value>,
+    max_file_size: Option<toml::Value>,
+    max_depth: Option<u64>,
+    p: &mut Problems,
+) -> ReleaseLimits {
+    let defaults = ReleaseLimits::default();
+    ReleaseLimits {
+        files: positive(path, "max_files", max_files, p).unwrap_or(defaults.files),
+        bytes: size(path, "max_bytes", max_bytes, p).unwrap_or(defaults.bytes),
+        file_size: size(path, "max_file_size", max_file_size, p).unwrap_or(defaults.file_size),
+        depth: positive(path, "max_depth", max_depth, p).unwrap_or(defaults.depth),
+    }
 }
 
 /// A deploy key ssh will take: readable, a private key, and not readable
@@ -299,7 +384,7 @@ pub(super) fn hooks(raw: Option<RawHooks>, p: &mut Problems) -> HooksConfig {
         .and_then(|t| p.check(&child(&path, "timeout"), parse_duration(&t)))
         .unwrap_or(Duration::from_secs(300));
     // The program is looked up, and its user and environment added, once
-    // every program is known (`validate::wire_environments`).
+    // every program is known (`environments::wire_environments`).
     let set = env_table(&child(&path, "env"), raw.env, p);
     HooksConfig {
         before_cutover: raw.before_cutover,

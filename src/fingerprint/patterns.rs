@@ -24,23 +24,37 @@ pub const DEFAULT_PATTERNS: &[&str] = &[
     "Dockerfile",
 ];
 
+/// Why a pattern is refused; its text is the reason, ready for a config
+/// problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("empty pattern")]
+    Empty,
+    #[error("patterns are relative to the release: remove the leading `/`")]
+    Absolute,
+    #[error("patterns are relative to the release: no `.` or `..` components")]
+    DotComponent,
+    /// Not a glob (an unclosed class, a bad escape, ...).
+    #[error("{0}")]
+    Glob(globset::ErrorKind),
+}
+
 /// Checks one pattern and compiles it with the matching rules above.
-/// `Err` is the reason, ready for a config problem.
-pub fn compile_pattern(pattern: &str) -> Result<Glob, String> {
+pub fn compile_pattern(pattern: &str) -> Result<Glob, PatternError> {
     if pattern.trim().is_empty() {
-        return Err("empty pattern".to_string());
+        return Err(PatternError::Empty);
     }
     if pattern.starts_with('/') {
-        return Err("patterns are relative to the release: remove the leading `/`".to_string());
+        return Err(PatternError::Absolute);
     }
     if pattern.split('/').any(|c| c == "." || c == "..") {
-        return Err("patterns are relative to the release: no `.` or `..` components".to_string());
+        return Err(PatternError::DotComponent);
     }
     GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map_err(|e| e.kind().to_string())
+        .map_err(|e| PatternError::Glob(e.kind().clone()))
 }
 
 /// A compiled set of patterns. Equal when the pattern texts are equal.
@@ -81,7 +95,7 @@ fn compile_set(patterns: &[String]) -> Result<GlobSet, FingerprintError> {
     for p in patterns {
         let glob = compile_pattern(p).map_err(|reason| FingerprintError::Pattern {
             pattern: p.clone(),
-            reason,
+            reason: reason.to_string(),
         })?;
         builder.add(glob);
     }

@@ -65,11 +65,22 @@ pub fn listen() -> io::Result<mpsc::UnboundedReceiver<Incoming>> {
     Ok(rx)
 }
 
+/// A signal name or number that names no signal; the text is the config
+/// problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    #[error("unknown signal number {0}")]
+    Number(i32),
+    /// As written.
+    #[error("unknown signal `{0}`; write it like \"SIGTERM\" or \"SIGQUIT\"")]
+    Name(String),
+}
+
 /// Parses "SIGTERM", "TERM", "term" or "15".
-pub fn parse_signal(text: &str) -> Result<Signal, String> {
+pub fn parse_signal(text: &str) -> Result<Signal, SignalError> {
     let trimmed = text.trim();
     if let Ok(n) = trimmed.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
+        return Signal::try_from(n).map_err(|_| SignalError::Number(n));
     }
     let upper = trimmed.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -78,7 +89,7 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
         format!("SIG{upper}")
     };
     name.parse::<Signal>()
-        .map_err(|_| format!("unknown signal `{text}`; write it like \"SIGTERM\" or \"SIGQUIT\""))
+        .map_err(|_| SignalError::Name(text.to_string()))
 }
 
 #[cfg(test)]
@@ -90,7 +101,15 @@ mod tests {
         assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
         assert_eq!(parse_signal("quit"), Ok(Signal::SIGQUIT));
         assert_eq!(parse_signal(" 9 "), Ok(Signal::SIGKILL));
-        assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
+        let err = parse_signal("SIGNOPE").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown signal `SIGNOPE`; write it like \"SIGTERM\" or \"SIGQUIT\""
+        );
+        assert_eq!(
+            parse_signal("999").unwrap_err().to_string(),
+            "unknown signal number 999"
+        );
         assert!(parse_signal("999").is_err());
     }
 }

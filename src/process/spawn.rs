@@ -112,26 +112,9 @@ pub fn fork_exec(spec: &LaunchSpec) -> Result<Forked, SpawnError> {
     let path = resolve_program(&spec.command[0], &env, spec.workdir)?;
     let prepared = Prepared::new(spec, &path, env)?;
 
-    let (read_end, write_end) =
+    let (read_end, pipe_write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Fork)?;
-    // Every fd the child touches must sit above the range it dup2s into.
-    let floor = FIRST_LISTEN_FD + spec.listen.len() as RawFd;
-    let write_end = dup_above(write_end.as_raw_fd(), floor).map_err(SpawnError::Fds)?;
-    let sources = spec
-        .listen
-        .iter()
-        .map(|p| dup_above(p.fd.as_raw_fd(), floor))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(SpawnError::Fds)?;
-    let source_fds: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
-    let above = |fd: Option<BorrowedFd>| {
-        fd.map(|fd| dup_above(fd.as_raw_fd(), floor))
-            .transpose()
-            .map_err(SpawnError::Fds)
-    };
-    let output = above(spec.output)?;
-    let input = above(spec.input)?;
-    let errors = above(spec.errors)?;
+    let fds = ChildFds::raise(spec, &pipe_write_end)?;
 
     let argv_ptrs = null_terminated(prepared.argv.iter().map(|a| a.as_ptr()));
     let mut env_bufs = prepared.env;
@@ -144,26 +127,18 @@ pub fn fork_exec(spec: &LaunchSpec) -> Result<Forked, SpawnError> {
     let envp_ptrs = null_terminated(env_ptrs.iter().map(|&p| p.cast_const().cast()));
     let rtmax = libc::SIGRTMAX();
 
-    // Block every signal so that nothing runs cutover's handlers in the child
-    // before it resets them; the parent restores its mask right after fork.
-    let mut old_mask = SigSet::empty();
-    pthread_sigmask(
-        SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::all()),
-        Some(&mut old_mask),
-    )
-    .map_err(SpawnError::Fork)?;
+    let old_mask = block_all_signals()?;
     // SAFETY: the child branch only calls async-signal-safe functions on memory
     // prepared above and never returns (it execs or _exits).
     let forked = unsafe { nix::unistd::fork() };
     match forked {
         Ok(ForkResult::Child) => {
             let child = ChildSetup {
-                status_fd: write_end.as_raw_fd(),
-                source_fds: &source_fds,
-                output: output.as_ref().map(|o| o.as_raw_fd()),
-                input: input.as_ref().map(|i| i.as_raw_fd()),
-                errors: errors.as_ref().map(|e| e.as_raw_fd()),
+                status_fd: fds.status.as_raw_fd(),
+                source_fds: &fds.source_fds,
+                output: fds.output.as_ref().map(|o| o.as_raw_fd()),
+                input: fds.input.as_ref().map(|i| i.as_raw_fd()),
+                errors: fds.errors.as_ref().map(|e| e.as_raw_fd()),
                 listen_pid: listen_pid_ptr,
                 workdir: prepared.workdir.as_ref().map(|w| w.as_ptr()),
                 user: prepared.user.as_ref(),
@@ -181,7 +156,7 @@ pub fn fork_exec(spec: &LaunchSpec) -> Result<Forked, SpawnError> {
             // Also set the group from this side so a signal sent right after
             // fork_exec returns reaches the group even if the child has not run yet.
             let _ = nix::unistd::setpgid(child, child);
-            drop(write_end);
+            drop(fds.status);
             Ok(Forked {
                 pid: child,
                 status_pipe: read_end,
@@ -287,6 +262,61 @@ fn io_errno(e: &std::io::Error) -> Errno {
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// Block every signal so that nothing runs cutover's handlers in the child
+/// before it resets them; the parent restores the returned mask right after
+/// fork.
+fn block_all_signals() -> Result<SigSet, SpawnError> {
+    let mut old_mask = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old_mask),
+    )
+    .map_err(SpawnError::Fork)?;
+    Ok(old_mask)
+}
+
+/// The fds the child dup2s from, duplicated before fork.
+struct ChildFds {
+    /// The write end of the exec status pipe.
+    status: OwnedFd,
+    /// Open until fork_exec returns, so that `source_fds` stay valid.
+    _sources: Vec<OwnedFd>,
+    /// The listening sockets, in the order they become fd 3, 4, ...
+    source_fds: Vec<RawFd>,
+    output: Option<OwnedFd>,
+    input: Option<OwnedFd>,
+    errors: Option<OwnedFd>,
+}
+
+impl ChildFds {
+    /// Every fd the child touches must sit above the range it dup2s into.
+    fn raise(spec: &LaunchSpec, status: &OwnedFd) -> Result<ChildFds, SpawnError> {
+        let floor = FIRST_LISTEN_FD + spec.listen.len() as RawFd;
+        let status = dup_above(status.as_raw_fd(), floor).map_err(SpawnError::Fds)?;
+        let sources = spec
+            .listen
+            .iter()
+            .map(|p| dup_above(p.fd.as_raw_fd(), floor))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SpawnError::Fds)?;
+        let source_fds: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
+        let above = |fd: Option<BorrowedFd>| {
+            fd.map(|fd| dup_above(fd.as_raw_fd(), floor))
+                .transpose()
+                .map_err(SpawnError::Fds)
+        };
+        Ok(ChildFds {
+            status,
+            _sources: sources,
+            source_fds,
+            output: above(spec.output)?,
+            input: above(spec.input)?,
+            errors: above(spec.errors)?,
+        })
+    }
+}
 
 /// Owned C strings for the child; built before fork.
 struct Prepared {

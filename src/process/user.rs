@@ -19,32 +19,57 @@ pub struct RunAs {
     pub home: Option<PathBuf>,
 }
 
+/// Why `user = "..."` names no account; the text is the config problem.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("empty user name")]
+    Empty,
+    #[error("cannot look up uid {uid}: {errno}")]
+    LookupUid { uid: u32, errno: nix::Error },
+    #[error("cannot look up user `{name}`: {errno}")]
+    LookupName { name: String, errno: nix::Error },
+    #[error("unknown user `{0}` (not in the passwd database)")]
+    Unknown(String),
+    #[error("user name `{0}` contains a NUL byte")]
+    NulInName(String),
+    /// The part after `:`.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+}
+
+/// Why the group of `user = "name:group"` names no group.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("cannot look up group `{name}`: {errno}")]
+    Lookup { name: String, errno: nix::Error },
+    #[error("unknown group `{0}`")]
+    Unknown(String),
+}
+
 /// Accepts `name`, `name:group`, `uid` and `uid:gid`.
-pub fn resolve_user(spec: &str) -> Result<RunAs, String> {
+pub fn resolve_user(spec: &str) -> Result<RunAs, UserError> {
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
     if user_part.is_empty() {
-        return Err("empty user name".to_string());
+        return Err(UserError::Empty);
     }
     let entry = if let Ok(uid) = user_part.parse::<u32>() {
-        User::from_uid(Uid::from_raw(uid)).map_err(|e| format!("cannot look up uid {uid}: {e}"))?
+        User::from_uid(Uid::from_raw(uid)).map_err(|errno| UserError::LookupUid { uid, errno })?
     } else {
-        let found = User::from_name(user_part)
-            .map_err(|e| format!("cannot look up user `{user_part}`: {e}"))?;
-        Some(
-            found.ok_or_else(|| {
-                format!("unknown user `{user_part}` (not in the passwd database)")
-            })?,
-        )
+        let found = User::from_name(user_part).map_err(|errno| UserError::LookupName {
+            name: user_part.to_string(),
+            errno,
+        })?;
+        Some(found.ok_or_else(|| UserError::Unknown(user_part.to_string()))?)
     };
     let explicit_gid = group_part.map(resolve_group).transpose()?;
     match entry {
         Some(user) => {
             let gid = explicit_gid.unwrap_or(user.gid);
             let name_c = CString::new(user.name.clone())
-                .map_err(|_| format!("user name `{}` contains a NUL byte", user.name))?;
+                .map_err(|_| UserError::NulInName(user.name.clone()))?;
             let groups = match explicit_gid {
                 // An explicit group replaces the supplementary groups too, as `docker run -u` does.
                 Some(g) => vec![g],
@@ -73,14 +98,17 @@ pub fn resolve_user(spec: &str) -> Result<RunAs, String> {
     }
 }
 
-fn resolve_group(spec: &str) -> Result<Gid, String> {
+fn resolve_group(spec: &str) -> Result<Gid, GroupError> {
     if let Ok(gid) = spec.parse::<u32>() {
         return Ok(Gid::from_raw(gid));
     }
     Group::from_name(spec)
-        .map_err(|e| format!("cannot look up group `{spec}`: {e}"))?
+        .map_err(|errno| GroupError::Lookup {
+            name: spec.to_string(),
+            errno,
+        })?
         .map(|g| g.gid)
-        .ok_or_else(|| format!("unknown group `{spec}`"))
+        .ok_or_else(|| GroupError::Unknown(spec.to_string()))
 }
 
 #[cfg(test)]
@@ -99,12 +127,20 @@ mod tests {
 
     #[test]
     fn unknown_user_is_named() {
-        let err = resolve_user("no-such-user-xyz").unwrap_err();
-        assert!(err.contains("no-such-user-xyz"), "{err}");
-        assert!(
+        let err = resolve_user("no-such-user-xyz").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown user `no-such-user-xyz` (not in the passwd database)"
+        );
+        assert_eq!(
             resolve_user("root:no-such-group-xyz")
                 .unwrap_err()
-                .contains("group")
+                .to_string(),
+            "unknown group `no-such-group-xyz`"
+        );
+        assert_eq!(
+            resolve_user(":0").unwrap_err().to_string(),
+            "empty user name"
         );
     }
 }

@@ -56,3 +56,34 @@ pub(super) enum GroupError {
     #[error("the holder is stopping")]
     Stopping,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takers show these texts, and tests look for them: they are the ones
+    /// the holder sent when they were formatted strings.
+    #[test]
+    fn refusals_read_as_they_always_did() {
+        let missing = GroupError::from(NoSuchSocket {
+            name: "https".into(),
+            held: vec!["http".into()],
+        });
+        assert_eq!(
+            missing.to_string(),
+            "the holder has no socket named `https` (it holds [\"http\"])"
+        );
+        let not_leased = GroupError::NotLeased {
+            group: "http".into(),
+            member: 3,
+            lease: 7,
+        };
+        assert_eq!(not_leased.to_string(), "no socket 3 of yours in `http`");
+        let full = GroupError::Full {
+            group: "http".into(),
+            max: 64,
+        };
+        assert_eq!(full.to_string(), "`http` has 64 sockets in use already");
+        assert_eq!(GroupError::Stopping.to_string(), "the holder is stopping");
+    }
+}

@@ -23,11 +23,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::debug;
 
 use crate::api::accept::{AcceptBackoff, Slot, Slots, next_admitted};
+pub use crate::api::control_response::{Details, Response};
 use crate::config::Secret;
 use crate::reload::ReloadQueue;
 use crate::reload::trigger::Trigger;
 use crate::source::{DeployRecord, SourceHandle};
-use crate::status::{ReloadRecord, Status};
+use crate::status::Status;
 use tokio::sync::watch;
 
 /// Requests are small; anything longer is not ours.
@@ -66,32 +67,6 @@ pub enum Request {
         #[serde(default)]
         wait: bool,
     },
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reload: Option<ReloadRecord>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<Status>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deploy: Option<DeployRecord>,
-    /// Set when the request waits behind a deploy or reload in progress.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queued: Option<String>,
-}
-
-impl Response {
-    fn error(message: impl Into<String>) -> Response {
-        Response {
-            ok: false,
-            error: Some(message.into()),
-            ..Response::default()
-        }
-    }
 }
 
 /// What the supervisor publishes for the endpoints: its phase, and the
@@ -140,30 +115,30 @@ impl Inventory {
 
     async fn answer(&self, request: Request) -> Response {
         match request {
-            Request::Status => Response {
-                ok: true,
+            Request::Status => Response::Done(Details {
                 status: Some(self.status()),
-                ..Response::default()
-            },
+                ..Details::default()
+            }),
             Request::Reload { wait: false } => {
                 let stats = self.queue.stats();
                 self.queue.trigger(Trigger::ControlSocket);
-                Response {
-                    ok: true,
+                Response::Done(Details {
                     queued: stats
                         .in_progress
                         .then(|| "queued behind the reload in progress".to_string()),
-                    ..Response::default()
-                }
+                    ..Details::default()
+                })
             }
             Request::Reload { wait: true } => {
                 match self.queue.trigger_and_wait(Trigger::ControlSocket).await {
-                    Some(record) => Response {
-                        ok: record.ok,
-                        error: record.error.clone(),
-                        reload: Some(record),
-                        ..Response::default()
-                    },
+                    Some(record) => Response::judged(
+                        record.ok,
+                        record.error.clone(),
+                        Details {
+                            reload: Some(record),
+                            ..Details::default()
+                        },
+                    ),
                     None => Response::error("cutover is shutting down"),
                 }
             }
@@ -190,18 +165,19 @@ impl Inventory {
 /// The answer to `deploy` and `rollback`: queued, or the record waited for.
 fn deploy_response(waited: bool, record: Option<DeployRecord>, queued: Option<String>) -> Response {
     match record {
-        Some(record) => Response {
-            ok: record.succeeded(),
-            error: record.error.clone(),
-            deploy: Some(record),
+        Some(record) => Response::judged(
+            record.succeeded(),
+            record.error.clone(),
+            Details {
+                deploy: Some(record),
+                queued,
+                ..Details::default()
+            },
+        ),
+        None if !waited => Response::Done(Details {
             queued,
-            ..Response::default()
-        },
-        None if !waited => Response {
-            ok: true,
-            queued,
-            ..Response::default()
-        },
+            ..Details::default()
+        }),
         None => Response::error("cutover is shutting down"),
     }
 }
@@ -278,9 +254,9 @@ async fn handle(stream: UnixStream, inventory: Inventory, slot: Arc<Slot>) -> io
     let request = tokio::select! {
         read = tokio::time::timeout(READ_TIMEOUT, read_request(read)) => match read {
             Ok(request) => request,
-            Err(_) => Err(format!("no complete request line within {READ_TIMEOUT:?}")),
+            Err(_) => Err(MalformedRequest::Incomplete(READ_TIMEOUT)),
         },
-        () = slot.evicted() => Err("closed unanswered to make room for newer connections".into()),
+        () = slot.evicted() => Err(MalformedRequest::Evicted),
     };
     let response = match request {
         Ok(request) => {
@@ -301,26 +277,44 @@ async fn handle(stream: UnixStream, inventory: Inventory, slot: Arc<Slot>) -> io
     }
 }
 
+/// Why a connection's request went unanswered; the client reads it after
+/// "malformed request: ".
+#[derive(Debug, thiserror::Error)]
+enum MalformedRequest {
+    #[error("reading it failed: {0}")]
+    Read(io::Error),
+    #[error("no newline within {} KiB; send one JSON object per line", .limit / 1024)]
+    TooLong { limit: usize },
+    #[error("not UTF-8: {0}")]
+    NotUtf8(std::str::Utf8Error),
+    #[error("empty; send one JSON object and a newline")]
+    Empty,
+    /// serde's own words: where in the line, and what it expected.
+    #[error(transparent)]
+    Json(serde_json::Error),
+    #[error("no complete request line within {0:?}")]
+    Incomplete(Duration),
+    #[error("closed unanswered to make room for newer connections")]
+    Evicted,
+}
+
 /// Reads one request: a JSON object on one line of UTF-8.
-async fn read_request(read: OwnedReadHalf) -> Result<Request, String> {
+async fn read_request(read: OwnedReadHalf) -> Result<Request, MalformedRequest> {
     let mut line = Vec::new();
     let mut reader = AsyncBufReader::new(read).take(MAX_REQUEST as u64);
     reader
         .read_until(b'\n', &mut line)
         .await
-        .map_err(|e| format!("reading it failed: {e}"))?;
+        .map_err(MalformedRequest::Read)?;
     if line.last() != Some(&b'\n') && line.len() >= MAX_REQUEST {
-        return Err(format!(
-            "no newline within {} KiB; send one JSON object per line",
-            MAX_REQUEST / 1024
-        ));
+        return Err(MalformedRequest::TooLong { limit: MAX_REQUEST });
     }
-    let text = std::str::from_utf8(&line).map_err(|e| format!("not UTF-8: {e}"))?;
+    let text = std::str::from_utf8(&line).map_err(MalformedRequest::NotUtf8)?;
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty; send one JSON object and a newline".into());
+        return Err(MalformedRequest::Empty);
     }
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    serde_json::from_str(text).map_err(MalformedRequest::Json)
 }
 
 fn answer_bytes(response: &Response) -> Vec<u8> {

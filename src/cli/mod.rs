@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod oneshot;
 
-use crate::api::control::{self, Request, Response};
+use crate::api::control::{self, Details, Request, Response};
 use crate::config::{Config, ConfigError};
 use crate::logging::{self, LogFormat};
 use oneshot::{check, fingerprint, hold, holder_status, redeploy};
@@ -335,16 +335,23 @@ fn reload(socket: &Path, wait: bool) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match (&response.reload, response.ok) {
-        (None, true) => println!("reload {}", response.queued.as_deref().unwrap_or("queued")),
-        (Some(record), true) => println!(
+    match response {
+        Response::Done(Details {
+            reload: None,
+            queued,
+            ..
+        }) => println!("reload {}", queued.as_deref().unwrap_or("queued")),
+        Response::Done(Details {
+            reload: Some(record),
+            ..
+        }) => println!(
             "reload #{} done in {:.0} ms ({})",
             record.id, record.duration_ms, record.trigger
         ),
-        (_, false) => {
+        Response::Failed { error, .. } => {
             eprintln!(
                 "cutover: reload failed: {}",
-                response.error.as_deref().unwrap_or("unknown reason")
+                error.as_deref().unwrap_or("unknown reason")
             );
             return ExitCode::FAILURE;
         }
@@ -362,22 +369,30 @@ fn deploy(socket: &Path, request: &Request) -> ExitCode {
         Request::Rollback { .. } => "rollback",
         _ => "deploy",
     };
-    match (&response.deploy, response.ok) {
-        (None, true) => println!("{what} {}", response.queued.as_deref().unwrap_or("queued")),
-        (Some(record), true) => println!(
+    match response {
+        Response::Done(Details {
+            deploy: None,
+            queued,
+            ..
+        }) => println!("{what} {}", queued.as_deref().unwrap_or("queued")),
+        Response::Done(Details {
+            deploy: Some(record),
+            ..
+        }) => println!(
             "{} {} in {:.0} ms ({})",
             record.outcome,
             record.sha.as_ref().map_or("-", |s| s.as_str()),
             record.duration_ms,
             record.trigger
         ),
-        (record, false) => {
-            let outcome = record
+        Response::Failed { error, details } => {
+            let outcome = details
+                .deploy
                 .as_ref()
                 .map_or_else(|| "failed".to_string(), |r| r.outcome.to_string());
             eprintln!(
                 "cutover: {what} {outcome}: {}",
-                response.error.as_deref().unwrap_or("unknown reason")
+                error.as_deref().unwrap_or("unknown reason")
             );
             return ExitCode::FAILURE;
         }
@@ -390,13 +405,15 @@ fn status(socket: &Path, json: bool) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let Some(status) = response.status else {
+    // A status is shown whenever one came, as it always was.
+    let (details, error) = match response {
+        Response::Done(details) => (details, None),
+        Response::Failed { error, details } => (details, error),
+    };
+    let Some(status) = details.status else {
         eprintln!(
             "cutover: {}",
-            response
-                .error
-                .as_deref()
-                .unwrap_or("no status in the answer")
+            error.as_deref().unwrap_or("no status in the answer")
         );
         return ExitCode::FAILURE;
     };

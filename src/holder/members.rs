@@ -1,7 +1,7 @@
 //! The holder's SO_REUSEPORT groups, for takers whose sockets are per
-//! instance: one task owns them, gives a taker's next instance a member
-//! (bound in the holder's network namespace, where the published port
-//! lives), and steers new connections among the members.
+//! instance: one task owns them (`group_owner`), gives a taker's next
+//! instance a member (bound in the holder's network namespace, where the
+//! published port lives), and steers new connections among the members.
 //!
 //! No member ever leaves a group. The kernel would otherwise swap the last
 //! member into the leaving one's slot, and for a moment a steering index
@@ -27,49 +27,16 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
-use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use super::refusal::GroupError;
 use super::rescue;
 use crate::sockets::held::bind_tcp;
 use crate::sockets::protocol::Offered;
 use crate::sockets::steer::{self, ProbeFrom};
 
-type Reply<T> = oneshot::Sender<Result<T, String>>;
-
-pub(super) enum Op {
-    Fresh {
-        lease: u64,
-        name: String,
-        reply: Reply<(Offered, OwnedFd, u64)>,
-    },
-    Steer {
-        lease: u64,
-        name: String,
-        users: Option<u64>,
-        probe: Option<(ProbeFrom, u64)>,
-        reply: Reply<()>,
-    },
-    Retire {
-        lease: u64,
-        name: String,
-        member: u64,
-        reply: Reply<()>,
-    },
-    /// A taker is about to stop: users move to another live taker's
-    /// member, if one serves (that member), else stay (None).
-    Leave {
-        lease: u64,
-        name: String,
-        reply: Reply<Option<u64>>,
-    },
-    /// A taker is gone: its members are idle, and users move to another
-    /// live taker's, if there is one.
-    Gone(u64),
-}
-
 /// The member id of the holder's own socket in every group.
-const HOLDERS: u64 = 0;
+pub(super) const HOLDERS: u64 = 0;
 /// Members of one group at most: idle ones are given out again, so only a
 /// taker asking without end for sockets it never gives back reaches this.
 const MEMBERS_MAX: usize = 64;
@@ -83,8 +50,8 @@ struct Member {
     rescued_until: Option<std::time::Instant>,
 }
 
-struct Group {
-    name: String,
+pub(super) struct Group {
+    pub(super) name: String,
     address: SocketAddr,
     backlog: u32,
     /// Sockets of others before the holder's own in the kernel's order
@@ -100,79 +67,15 @@ struct Group {
     probes: Vec<(u64, ProbeFrom, u64)>,
 }
 
-/// Starts the owner of the groups; `sockets` are the holder's own (name,
-/// address, backlog, a descriptor of the socket, the sockets of others
-/// before it in its group).
-pub(super) fn start(
-    sockets: Vec<(String, SocketAddr, u32, OwnedFd, u32)>,
-) -> mpsc::UnboundedSender<Op> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut groups: Vec<Group> = sockets
-        .into_iter()
-        .map(|(name, address, backlog, fd, offset)| Group::new(name, address, backlog, fd, offset))
-        .collect();
-    // A program from the start: a member that joins later gets nothing
-    // by the kernel's hash before it is steered to.
-    for g in &groups {
-        if let Err(e) = g.attach() {
-            warn!(error = %e, "cannot steer; members would share traffic by hash");
-        }
-    }
-    tokio::spawn(async move {
-        let mut next_id = HOLDERS + 1;
-        while let Some(op) = rx.recv().await {
-            match op {
-                Op::Fresh { lease, name, reply } => {
-                    let result =
-                        find(&mut groups, &name).and_then(|g| g.fresh(lease, &mut next_id));
-                    let _ = reply.send(result);
-                }
-                Op::Steer {
-                    lease,
-                    name,
-                    users,
-                    probe,
-                    reply,
-                } => {
-                    let result =
-                        find(&mut groups, &name).and_then(|g| g.steer(lease, users, probe));
-                    let _ = reply.send(result);
-                }
-                Op::Retire {
-                    lease,
-                    name,
-                    member,
-                    reply,
-                } => {
-                    let result = find(&mut groups, &name).and_then(|g| g.retire(lease, member));
-                    let _ = reply.send(result);
-                }
-                Op::Leave { lease, name, reply } => {
-                    let result = find(&mut groups, &name).map(|g| g.leave(lease));
-                    let _ = reply.send(result);
-                }
-                Op::Gone(lease) => {
-                    for g in &mut groups {
-                        g.gone(lease);
-                    }
-                }
-            }
-        }
-    });
-    tx
-}
-
-fn find<'a>(groups: &'a mut [Group], name: &str) -> Result<&'a mut Group, String> {
-    let have: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
-    groups
-        .iter_mut()
-        .find(|g| g.name == name)
-        .ok_or_else(|| format!("the holder has no socket named `{name}` (it holds {have:?})"))
-}
-
 impl Group {
     /// A group whose only member is the holder's own socket, where users go.
-    fn new(name: String, address: SocketAddr, backlog: u32, fd: OwnedFd, offset: u32) -> Group {
+    pub(super) fn new(
+        name: String,
+        address: SocketAddr,
+        backlog: u32,
+        fd: OwnedFd,
+        offset: u32,
+    ) -> Group {
         Group {
             name,
             address,
@@ -201,23 +104,31 @@ impl Group {
         self.members.iter().find(|m| m.id == id)
     }
 
-    fn leased_to(&self, id: u64, lease: u64) -> Result<(), String> {
+    fn leased_to(&self, id: u64, lease: u64) -> Result<(), GroupError> {
         match self.member(id) {
             Some(m) if m.lease == Some(lease) => Ok(()),
-            _ => Err(format!("no socket {id} of yours in `{}`", self.name)),
+            _ => Err(GroupError::NotLeased {
+                group: self.name.clone(),
+                member: id,
+                lease,
+            }),
         }
     }
 
     /// A socket for `lease`'s next instance: the parked one users wait in
     /// when no live taker has it, else an idle one, else a new one.
-    fn fresh(&mut self, lease: u64, next_id: &mut u64) -> Result<(Offered, OwnedFd, u64), String> {
+    pub(super) fn fresh(
+        &mut self,
+        lease: u64,
+        next_id: &mut u64,
+    ) -> Result<(Offered, OwnedFd, u64), GroupError> {
         if self.offset > 0 {
             // Others' sockets may leave the group, and the kernel would then
             // move its members: their indexes could not be known.
-            return Err(format!(
-                "{} is shared with sockets of another holder still held by takers (one network namespace): per-instance sockets need a group of the holder's own; restart those takers, or run the holder in a network namespace of its own",
-                self.address
-            ));
+            return Err(GroupError::SharedWithOthers {
+                group: self.name.clone(),
+                address: self.address,
+            });
         }
         let parked = self
             .member(self.users)
@@ -238,24 +149,12 @@ impl Group {
         let id = match parked.or_else(idle) {
             Some(id) => id,
             None if self.members.len() >= MEMBERS_MAX => {
-                return Err(format!(
-                    "`{}` has {MEMBERS_MAX} sockets in use already",
-                    self.name
-                ));
-            }
-            None => {
-                let fd = bind_tcp(self.address, self.backlog, true)
-                    .map_err(|e| format!("cannot bind {}: {e}", self.address))?;
-                let id = *next_id;
-                *next_id += 1;
-                self.members.push(Member {
-                    id,
-                    fd,
-                    lease: None,
-                    rescued_until: None,
+                return Err(GroupError::Full {
+                    group: self.name.clone(),
+                    max: MEMBERS_MAX,
                 });
-                id
             }
+            None => self.join_new(next_id)?,
         };
         let member = self
             .members
@@ -263,7 +162,14 @@ impl Group {
             .find(|m| m.id == id)
             .expect("chosen above");
         member.lease = Some(lease);
-        let theirs = member.fd.try_clone().map_err(|e| e.to_string())?;
+        let theirs = member
+            .fd
+            .try_clone()
+            .map_err(|source| GroupError::Duplicate {
+                group: self.name.clone(),
+                member: id,
+                source,
+            })?;
         if Some(id) == parked {
             let queued = steer::queued(member.fd.as_fd()).unwrap_or(0);
             info!(listen = %self.name, member = id, queued, "gave a taker's instance the socket users wait in");
@@ -280,12 +186,30 @@ impl Group {
         ))
     }
 
-    fn steer(
+    /// A new member, idle, bound at the end of the group.
+    fn join_new(&mut self, next_id: &mut u64) -> Result<u64, GroupError> {
+        let fd = bind_tcp(self.address, self.backlog, true).map_err(|source| GroupError::Bind {
+            group: self.name.clone(),
+            address: self.address,
+            source,
+        })?;
+        let id = *next_id;
+        *next_id += 1;
+        self.members.push(Member {
+            id,
+            fd,
+            lease: None,
+            rescued_until: None,
+        });
+        Ok(id)
+    }
+
+    pub(super) fn steer(
         &mut self,
         lease: u64,
         users: Option<u64>,
         probe: Option<(ProbeFrom, u64)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), GroupError> {
         if let Some(users) = users {
             self.leased_to(users, lease)?;
             if self.users != users {
@@ -306,20 +230,24 @@ impl Group {
         self.attach()
     }
 
-    fn attach(&self) -> Result<(), String> {
+    pub(super) fn attach(&self) -> Result<(), GroupError> {
         let users = self.index(self.users).unwrap_or(0);
         let probes: Vec<(ProbeFrom, u32)> = self
             .probes
             .iter()
             .filter_map(|(_, from, member)| Some((*from, self.index(*member)?)))
             .collect();
-        steer::attach_routes(self.members[0].fd.as_fd(), users, &probes)
-            .map_err(|e| format!("cannot steer `{}`: {e}", self.name))
+        steer::attach_routes(self.members[0].fd.as_fd(), users, &probes).map_err(|source| {
+            GroupError::Steer {
+                group: self.name.clone(),
+                source,
+            }
+        })
     }
 
     /// `lease`'s instance is done with `member`: it stays in the group,
     /// idle, for the next instance that needs a socket.
-    fn retire(&mut self, lease: u64, member: u64) -> Result<(), String> {
+    pub(super) fn retire(&mut self, lease: u64, member: u64) -> Result<(), GroupError> {
         self.leased_to(member, lease)?;
         self.release(member);
         if let Err(e) = self.attach() {
@@ -355,14 +283,14 @@ impl Group {
     }
 
     /// A taker about to stop: its users go elsewhere if another serves.
-    fn leave(&mut self, lease: u64) -> Option<u64> {
+    pub(super) fn leave(&mut self, lease: u64) -> Option<u64> {
         self.serving.retain(|(l, _)| *l != lease);
         self.hand_users_over(lease)
     }
 
     /// A taker is gone. Users it was served go to the member another live
     /// taker steered them to last; with none, they wait where they are.
-    fn gone(&mut self, lease: u64) {
+    pub(super) fn gone(&mut self, lease: u64) {
         let theirs: Vec<u64> = self
             .members
             .iter()

@@ -12,12 +12,16 @@
 //! with a clear refusal on both sides. Each taker keeps its connection open:
 //! the holder lists who holds what, and sees a container go away.
 //!
-//! `server` is the holder, `members` its per-instance groups, `endpoint`
-//! its /healthz and /status, `rescue` what a gone taker left queued. The
+//! `server` is the holder, `taker` one taker's connection, `members` its
+//! per-instance groups (owned by `group_owner`), `refusal` why a request
+//! is turned down, `endpoint` its /healthz and /status, `rescue` what a
+//! gone taker left queued. The
 //! messages and the app side are `crate::sockets` (`protocol`, `take`).
 
 mod endpoint;
+mod group_owner;
 mod members;
+mod refusal;
 mod rescue;
 mod server;
 mod taker;
@@ -28,21 +32,35 @@ pub(crate) use crate::sockets::protocol::{HeldStatus, HolderStatus};
 pub(crate) use crate::sockets::take::status;
 pub(crate) use server::{HoldConfig, run};
 
+/// A `--listen` value `cutover hold` cannot use.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ListenArgError {
+    #[error("--listen {value}: write NAME=ADDRESS, e.g. http=0.0.0.0:8000")]
+    NoName { value: String },
+    #[error("--listen {value}: each socket needs a name of its own")]
+    NameTaken { value: String },
+    #[error("--listen {value}: `{address}` is not an IP:PORT address")]
+    NotAnAddress { value: String, address: String },
+}
+
 /// `--listen NAME=ADDRESS` values of `cutover hold`.
-pub(crate) fn parse_listen(values: &[String]) -> Result<Vec<(String, SocketAddr)>, String> {
+pub(crate) fn parse_listen(values: &[String]) -> Result<Vec<(String, SocketAddr)>, ListenArgError> {
     let mut out: Vec<(String, SocketAddr)> = Vec::new();
     for value in values {
-        let (name, address) = value.split_once('=').ok_or_else(|| {
-            format!("--listen {value}: write NAME=ADDRESS, e.g. http=0.0.0.0:8000")
-        })?;
+        let (name, address) = value
+            .split_once('=')
+            .ok_or_else(|| ListenArgError::NoName {
+                value: value.clone(),
+            })?;
         if name.is_empty() || out.iter().any(|(n, _)| n == name) {
-            return Err(format!(
-                "--listen {value}: each socket needs a name of its own"
-            ));
+            return Err(ListenArgError::NameTaken {
+                value: value.clone(),
+            });
         }
-        let address = address
-            .parse()
-            .map_err(|_| format!("--listen {value}: `{address}` is not an IP:PORT address"))?;
+        let address = address.parse().map_err(|_| ListenArgError::NotAnAddress {
+            value: value.clone(),
+            address: address.to_string(),
+        })?;
         out.push((name.to_string(), address));
     }
     Ok(out)

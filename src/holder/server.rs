@@ -16,11 +16,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::taker::{Event, Held, Policy, Shared, failure, queued_now, serve};
+use super::group_owner::GroupSocket;
+use super::taker::{Event, Held, Policy, Shared, queued_now, serve};
 use crate::api::accept::{Full, Slot, Slots};
 use crate::clock::timestamp;
 use crate::sockets::held::bind_tcp;
-use crate::sockets::protocol::{HeldStatus, HolderInfo, HolderStatus, Taker};
+use crate::sockets::protocol::{HeldStatus, HolderInfo, HolderStatus, Reply, Taker};
 use crate::sockets::steer;
 use crate::sockets::wire::Listener;
 
@@ -68,6 +69,48 @@ pub enum HoldError {
 
 /// Runs until SIGTERM or SIGINT; the exit code.
 pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
+    let held = bind_held(&config).await?;
+    let groups = super::group_owner::start(group_sockets(&held, config.backlog)?);
+    let held = Arc::new(held);
+    let listener = bind_takers_socket(&config)?;
+    let policy = policy(&config);
+    let info = HolderInfo {
+        pid: std::process::id(),
+        instance: instance_id(),
+        started_at: timestamp(SystemTime::now()),
+    };
+    let (events, published) = registry(info.clone());
+    let _http = match config.http {
+        Some((address, with_status)) => {
+            Some(serve_http(address, with_status, &held, &published).await?)
+        }
+        None => None,
+    };
+    info!(socket = %config.socket.display(), uids = ?policy.uids, gids = ?policy.gids, "waiting for takers");
+    let shared = Arc::new(Shared {
+        held,
+        policy,
+        events,
+        groups,
+        published,
+        info,
+    });
+    let mut terminate = signal(SignalKind::terminate()).map_err(HoldError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(HoldError::Signals)?;
+    tokio::select! {
+        () = accept_takers(&listener, &shared) => {}
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    info!("stopping; the sockets close with the holder");
+    let _ = std::fs::remove_file(&config.socket);
+    drop(listener);
+    Ok(0)
+}
+
+/// Binds every `--listen` socket, joining the group of any socket already
+/// listening on its address.
+async fn bind_held(config: &HoldConfig) -> Result<Vec<Held>, HoldError> {
     let mut held = Vec::new();
     for (name, address) in &config.listen {
         let others = steer::others_listen(*address);
@@ -95,25 +138,39 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
             offset,
         });
     }
-    let group_sockets = held
-        .iter()
+    Ok(held)
+}
+
+/// What the owner of the per-instance groups starts each group with: the
+/// held socket (a descriptor of its own) and where it stands in its group.
+fn group_sockets(held: &[Held], backlog: u32) -> Result<Vec<GroupSocket>, HoldError> {
+    held.iter()
         .map(|h| {
             let fd = h.fd.try_clone().map_err(|source| HoldError::Listen {
                 name: h.name.clone(),
                 address: h.address,
                 source,
             })?;
-            Ok((h.name.clone(), h.address, config.backlog, fd, h.offset))
+            Ok(GroupSocket {
+                name: h.name.clone(),
+                address: h.address,
+                backlog,
+                fd,
+                offset: h.offset,
+            })
         })
-        .collect::<Result<Vec<_>, HoldError>>()?;
-    let groups = super::members::start(group_sockets);
-    let held = Arc::new(held);
+        .collect()
+}
+
+/// The unix socket takers connect to: 0600, or 0660 with the first
+/// `--allow-gid` as its group.
+fn bind_takers_socket(config: &HoldConfig) -> Result<Listener, HoldError> {
     let mode = if config.allow_gids.is_empty() {
         0o600
     } else {
         0o660
     };
-    let listener = Listener::bind(
+    Listener::bind(
         &config.socket,
         mode,
         None,
@@ -122,78 +179,70 @@ pub async fn run(config: HoldConfig) -> Result<i32, HoldError> {
     .map_err(|source| HoldError::Socket {
         path: config.socket.clone(),
         source,
-    })?;
+    })
+}
+
+/// Who may take the sockets: the holder's own user when nobody is named.
+fn policy(config: &HoldConfig) -> Policy {
     let mut allowed_uids = config.allow_uids.clone();
     if allowed_uids.is_empty() && config.allow_gids.is_empty() {
         allowed_uids.push(nix::unistd::geteuid().as_raw());
     }
-    let policy = Policy {
+    Policy {
         uids: allowed_uids,
         gids: config.allow_gids.clone(),
-    };
-    let info = HolderInfo {
-        pid: std::process::id(),
-        instance: instance_id(),
-        started_at: timestamp(SystemTime::now()),
-    };
-    let (events, published) = registry(info.clone());
-    let _http = match config.http {
-        Some((address, with_status)) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|source| HoldError::Http { address, source })?;
-            info!(%address, "serving /healthz and /status");
-            let held = held.clone();
-            let queued: Arc<dyn Fn() -> Vec<HeldStatus> + Send + Sync> =
-                Arc::new(move || queued_now(&held));
-            Some(AbortOnDrop(tokio::spawn(super::endpoint::serve(
-                listener,
-                published.clone(),
-                queued,
-                with_status,
-            ))))
-        }
-        None => None,
-    };
-    info!(socket = %config.socket.display(), uids = ?policy.uids, gids = ?policy.gids, "waiting for takers");
+    }
+}
 
-    let shared = Arc::new(Shared {
-        held: held.clone(),
-        policy,
-        events,
-        groups,
-        published: published.clone(),
-        info: info.clone(),
-    });
-    let mut terminate = signal(SignalKind::terminate()).map_err(HoldError::Signals)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(HoldError::Signals)?;
+/// `/healthz` (and `/status` `with_status`) at `address`, until dropped.
+async fn serve_http(
+    address: SocketAddr,
+    with_status: bool,
+    held: &Arc<Vec<Held>>,
+    published: &watch::Receiver<HolderStatus>,
+) -> Result<AbortOnDrop, HoldError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| HoldError::Http { address, source })?;
+    info!(%address, "serving /healthz and /status");
+    let held = held.clone();
+    let queued: Arc<dyn Fn() -> Vec<HeldStatus> + Send + Sync> =
+        Arc::new(move || queued_now(&held));
+    Ok(AbortOnDrop(tokio::spawn(super::endpoint::serve(
+        listener,
+        published.clone(),
+        queued,
+        with_status,
+    ))))
+}
+
+/// Serves every connection in a task of its own, as long as there is room.
+async fn accept_takers(listener: &Listener, shared: &Arc<Shared>) {
     let mut next_id = 0u64;
     let slots = Slots::new(MAX_PEERS);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => {
-                    let Some(slot) = admit(&slots).await else {
-                        warn!(limit = MAX_PEERS, "every connection to the holder is a taker's or busy; refusing one");
-                        let _ = conn.send(&failure(format!("the holder serves {MAX_PEERS} connections at most")), &[]).await;
-                        continue;
-                    };
-                    next_id += 1;
-                    tokio::spawn(serve(conn, next_id, shared.clone(), slot));
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+        match listener.accept().await {
+            Ok(conn) => {
+                let Some(slot) = admit(&slots).await else {
+                    warn!(
+                        limit = MAX_PEERS,
+                        "every connection to the holder is a taker's or busy; refusing one"
+                    );
+                    let full = Reply::failure(format!(
+                        "the holder serves {MAX_PEERS} connections at most"
+                    ));
+                    let _ = conn.send(&full, &[]).await;
+                    continue;
+                };
+                next_id += 1;
+                tokio::spawn(serve(conn, next_id, shared.clone(), slot));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     }
-    info!("stopping; the sockets close with the holder");
-    let _ = std::fs::remove_file(&config.socket);
-    drop(listener);
-    Ok(0)
 }
 
 /// The holder's socket joined listening sockets already there: on one

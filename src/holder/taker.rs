@@ -12,11 +12,12 @@ use nix::sys::socket::UnixCredentials;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use super::members::Op;
+use super::group_owner::{Answer, Op};
+use super::refusal::{GroupError, NoSuchSocket};
 use crate::api::accept::Slot;
 use crate::clock::timestamp;
 use crate::sockets::protocol::{
-    HeldStatus, HolderInfo, HolderStatus, Offered, Reply, Request, Taker,
+    Granted, HeldStatus, HolderInfo, HolderStatus, Offered, Reply, Request, Taker,
 };
 use crate::sockets::steer;
 use crate::sockets::wire::Conn;
@@ -69,30 +70,12 @@ impl Policy {
     }
 }
 
+/// Serves one connection: a taker's lease, or a status request, until the
+/// peer goes (or is refused, or evicted while it says nothing).
 pub(super) async fn serve(conn: Conn, id: u64, shared: Arc<Shared>, slot: Slot) {
-    let peer = match conn.peer() {
-        Ok(p) => p,
-        Err(e) => {
-            warn!(error = %e, "cannot read a peer's credentials; closing");
-            return;
-        }
-    };
-    if !shared.policy.admits(&peer) {
-        let why = shared.policy.refusal(&peer);
-        warn!(
-            pid = peer.pid(),
-            uid = peer.uid(),
-            gid = peer.gid(),
-            "{why}"
-        );
-        let _ = shared.events.send(Event::Refused);
-        let _ = conn.send(&failure(why), &[]).await;
-        // Read its request before closing: closing on unread data would reset
-        // the connection before the peer has read why.
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_secs(2), conn.recv::<Request>()).await;
+    let Some(peer) = admitted(&conn, &shared).await else {
         return;
-    }
+    };
     // Held while a request is answered, and for good once the peer took
     // sockets: a lease is never evicted.
     let mut busy = None;
@@ -101,135 +84,217 @@ pub(super) async fn serve(conn: Conn, id: u64, shared: Arc<Shared>, slot: Slot) 
         if !leased {
             busy = None;
         }
-        let next = conn.recv::<Request>();
-        // A peer gets a few seconds for each request and may be evicted
-        // while it sends none; a taker keeps its connection (its lease)
-        // idle as long as it likes.
-        let received = if leased {
-            next.await
-        } else {
-            tokio::select! {
-                r = tokio::time::timeout(FIRST_REQUEST, next) => match r {
-                    Ok(r) => r,
-                    Err(_) => break,
-                },
-                () = slot.evicted() => break,
-            }
+        let Some(received) = next_message(&conn, leased, &slot).await else {
+            break;
         };
         busy.get_or_insert_with(|| slot.busy());
-        let request = match received {
-            Ok(Some((request, fds))) if fds.is_empty() => request,
-            Ok(Some((_, fds))) => {
-                crate::sockets::wire::discard(fds);
-                let _ = conn
-                    .send(&failure("requests carry no descriptors".into()), &[])
-                    .await;
-                break;
-            }
-            Ok(None) => break,
-            Err(e) => {
-                let _ = conn.send(&failure(format!("bad request: {e}")), &[]).await;
-                break;
-            }
+        let Some(request) = readable(&conn, received).await else {
+            break;
         };
-        let sent = match request {
-            Request::Take { names, who, fresh } => {
-                leased = true;
-                take(&conn, id, &peer, &shared, names, who, fresh).await
-            }
-            Request::Status => {
-                let mut status = shared.published.borrow().clone();
-                status.sockets = queued_now(&shared.held);
-                let reply = Reply {
-                    ok: true,
-                    holder: Some(shared.info.clone()),
-                    status: Some(status),
-                    ..Reply::default()
-                };
-                conn.send(&reply, &[]).await
-            }
-            Request::Fresh { name } => {
-                let (reply, answer) = oneshot::channel();
-                let _ = shared.groups.send(Op::Fresh {
-                    lease: id,
-                    name,
-                    reply,
-                });
-                match answer
-                    .await
-                    .unwrap_or_else(|_| Err("the holder is stopping".into()))
-                {
-                    Ok((offered, fd, member)) => {
-                        let reply = Reply {
-                            ok: true,
-                            sockets: vec![offered],
-                            member: Some(member),
-                            ..Reply::default()
-                        };
-                        conn.send(&reply, &[fd.as_fd()]).await
-                    }
-                    Err(why) => conn.send(&failure(why), &[]).await,
-                }
-            }
-            Request::Steer {
-                name,
-                users,
-                probe,
-                probe_from,
-            } => {
-                let (reply, answer) = oneshot::channel();
-                let _ = shared.groups.send(Op::Steer {
-                    lease: id,
-                    name,
-                    users,
-                    probe: probe.map(|(port, member)| {
-                        (
-                            steer::ProbeFrom {
-                                port,
-                                address: probe_from,
-                            },
-                            member,
-                        )
-                    }),
-                    reply,
-                });
-                conn.send(&done(answer.await), &[]).await
-            }
-            Request::Leave { name } => {
-                let (reply, answer) = oneshot::channel();
-                let _ = shared.groups.send(Op::Leave {
-                    lease: id,
-                    name,
-                    reply,
-                });
-                let reply = match answer.await {
-                    Ok(Ok(member)) => Reply {
-                        ok: true,
-                        member,
-                        ..Reply::default()
-                    },
-                    Ok(Err(why)) => failure(why),
-                    Err(_) => failure("the holder is stopping".into()),
-                };
-                conn.send(&reply, &[]).await
-            }
-            Request::Retire { name, member } => {
-                let (reply, answer) = oneshot::channel();
-                let _ = shared.groups.send(Op::Retire {
-                    lease: id,
-                    name,
-                    member,
-                    reply,
-                });
-                conn.send(&done(answer.await), &[]).await
-            }
-        };
-        if sent.is_err() {
+        leased |= matches!(request, Request::Take { .. });
+        if answer(&conn, id, &peer, &shared, request).await.is_err() {
             break;
         }
     }
     let _ = shared.groups.send(Op::Gone(id));
     let _ = shared.events.send(Event::Gone(id));
+}
+
+/// The peer's credentials if the policy admits it; a refused peer is told
+/// why, and None.
+async fn admitted(conn: &Conn, shared: &Shared) -> Option<UnixCredentials> {
+    let peer = match conn.peer() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "cannot read a peer's credentials; closing");
+            return None;
+        }
+    };
+    if shared.policy.admits(&peer) {
+        return Some(peer);
+    }
+    let why = shared.policy.refusal(&peer);
+    warn!(
+        pid = peer.pid(),
+        uid = peer.uid(),
+        gid = peer.gid(),
+        "{why}"
+    );
+    let _ = shared.events.send(Event::Refused);
+    let _ = conn.send(&Reply::failure(why), &[]).await;
+    // Read its request before closing: closing on unread data would reset
+    // the connection before the peer has read why.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.recv::<Request>()).await;
+    None
+}
+
+type Received = std::io::Result<Option<(Request, Vec<OwnedFd>)>>;
+
+/// The peer's next message; None when it is time to close: a peer gets a
+/// few seconds for each request and may be evicted while it sends none,
+/// but a taker keeps its connection (its lease) idle as long as it likes.
+async fn next_message(conn: &Conn, leased: bool, slot: &Slot) -> Option<Received> {
+    let next = conn.recv::<Request>();
+    if leased {
+        return Some(next.await);
+    }
+    tokio::select! {
+        r = tokio::time::timeout(FIRST_REQUEST, next) => r.ok(),
+        () = slot.evicted() => None,
+    }
+}
+
+/// The request received, or None (the peer is gone, or told what is wrong
+/// with what it sent: the connection then closes).
+async fn readable(conn: &Conn, received: Received) -> Option<Request> {
+    match received {
+        Ok(Some((request, fds))) if fds.is_empty() => Some(request),
+        Ok(Some((_, fds))) => {
+            crate::sockets::wire::discard(fds);
+            let _ = conn
+                .send(&Reply::failure("requests carry no descriptors"), &[])
+                .await;
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            let _ = conn
+                .send(&Reply::failure(format!("bad request: {e}")), &[])
+                .await;
+            None
+        }
+    }
+}
+
+/// Answers one request; an error is the connection's end.
+async fn answer(
+    conn: &Conn,
+    id: u64,
+    peer: &UnixCredentials,
+    shared: &Shared,
+    request: Request,
+) -> std::io::Result<()> {
+    match request {
+        Request::Take { names, who, fresh } => {
+            take(conn, id, peer, shared, names, who, fresh).await
+        }
+        Request::Status => conn.send(&status(shared), &[]).await,
+        Request::Fresh { name } => fresh_socket(conn, id, shared, name).await,
+        Request::Steer {
+            name,
+            users,
+            probe,
+            probe_from,
+        } => {
+            let probe = probe.map(|(port, member)| {
+                let from = steer::ProbeFrom {
+                    port,
+                    address: probe_from,
+                };
+                (from, member)
+            });
+            conn.send(&steered(id, shared, name, users, probe).await, &[])
+                .await
+        }
+        Request::Leave { name } => conn.send(&left(id, shared, name).await, &[]).await,
+        Request::Retire { name, member } => {
+            conn.send(&retired(id, shared, name, member).await, &[])
+                .await
+        }
+    }
+}
+
+/// New connections of `name`'s group to the taker's member `users`, and
+/// its probe's to the member it names (or none).
+async fn steered(
+    id: u64,
+    shared: &Shared,
+    name: String,
+    users: Option<u64>,
+    probe: Option<(steer::ProbeFrom, u64)>,
+) -> Reply {
+    let done = ask_groups(shared, |reply| Op::Steer {
+        lease: id,
+        name,
+        users,
+        probe,
+        reply,
+    })
+    .await;
+    replied(done.map(|()| Granted::default()))
+}
+
+/// The taker's instance is done with `member` of `name`'s group: it
+/// stays in the group, idle.
+async fn retired(id: u64, shared: &Shared, name: String, member: u64) -> Reply {
+    let done = ask_groups(shared, |reply| Op::Retire {
+        lease: id,
+        name,
+        member,
+        reply,
+    })
+    .await;
+    replied(done.map(|()| Granted::default()))
+}
+
+/// The taker is about to stop: the member users of `name` went to, if
+/// another live taker serves them.
+async fn left(id: u64, shared: &Shared, name: String) -> Reply {
+    let users_went_to = ask_groups(shared, |reply| Op::Leave {
+        lease: id,
+        name,
+        reply,
+    })
+    .await;
+    replied(users_went_to.map(|member| Granted {
+        member,
+        ..Granted::default()
+    }))
+}
+
+/// What the holder holds and who took it, with the accept queues now.
+fn status(shared: &Shared) -> Reply {
+    let mut status = shared.published.borrow().clone();
+    status.sockets = queued_now(&shared.held);
+    Reply::Ok(Granted {
+        holder: Some(shared.info.clone()),
+        status: Some(status),
+        ..Granted::default()
+    })
+}
+
+/// A per-instance socket for the taker's next instance, attached.
+async fn fresh_socket(conn: &Conn, id: u64, shared: &Shared, name: String) -> std::io::Result<()> {
+    let given = ask_groups(shared, |reply| Op::Fresh {
+        lease: id,
+        name,
+        reply,
+    })
+    .await;
+    match given {
+        Ok((offered, fd, member)) => {
+            let reply = Reply::Ok(Granted {
+                sockets: vec![offered],
+                member: Some(member),
+                ..Granted::default()
+            });
+            conn.send(&reply, &[fd.as_fd()]).await
+        }
+        Err(why) => conn.send(&Reply::failure(why), &[]).await,
+    }
+}
+
+/// Sends the owner of the groups the op `ask` makes of a reply channel,
+/// and waits for its answer.
+async fn ask_groups<T>(
+    shared: &Shared,
+    ask: impl FnOnce(Answer<T>) -> Op,
+) -> Result<T, GroupError> {
+    let (reply, answer) = oneshot::channel();
+    // Sent to a stopped owner, the op is dropped with its reply channel:
+    // the answer below then says the holder is stopping.
+    let _ = shared.groups.send(ask(reply));
+    answer.await.unwrap_or(Err(GroupError::Stopping))
 }
 
 pub(super) async fn take(
@@ -246,11 +311,10 @@ pub(super) async fn take(
         &names.iter().chain(&fresh).cloned().collect::<Vec<_>>(),
     ) {
         Ok(p) => p.into_iter().take(names.len()).collect::<Vec<_>>(),
-        Err(why) => return conn.send(&failure(why), &[]).await,
+        Err(why) => return conn.send(&Reply::failure(why), &[]).await,
     };
     let shown: Vec<String> = names.iter().chain(&fresh).cloned().collect();
-    let reply = Reply {
-        ok: true,
+    let reply = Reply::Ok(Granted {
         sockets: picked
             .iter()
             .map(|h| Offered {
@@ -259,8 +323,8 @@ pub(super) async fn take(
             })
             .collect(),
         holder: Some(shared.info.clone()),
-        ..Reply::default()
-    };
+        ..Granted::default()
+    });
     let fds: Vec<_> = picked.iter().map(|h| h.fd.as_fd()).collect();
     conn.send(&reply, &fds).await?;
     info!(%who, pid = peer.pid(), uid = peer.uid(), sockets = ?shown, "handed over");
@@ -278,14 +342,11 @@ pub(super) async fn take(
     Ok(())
 }
 
-pub(super) fn done(answer: Result<Result<(), String>, oneshot::error::RecvError>) -> Reply {
-    match answer {
-        Ok(Ok(())) => Reply {
-            ok: true,
-            ..Reply::default()
-        },
-        Ok(Err(why)) => failure(why),
-        Err(_) => failure("the holder is stopping".into()),
+/// The reply to a request about a group: granted, or why not.
+fn replied(result: Result<Granted, GroupError>) -> Reply {
+    match result {
+        Ok(granted) => Reply::Ok(granted),
+        Err(why) => Reply::failure(why),
     }
 }
 
@@ -300,22 +361,16 @@ pub(super) fn queued_now(held: &[Held]) -> Vec<HeldStatus> {
         .collect()
 }
 
-pub(super) fn pick<'a>(held: &'a [Held], names: &[String]) -> Result<Vec<&'a Held>, String> {
+pub(super) fn pick<'a>(held: &'a [Held], names: &[String]) -> Result<Vec<&'a Held>, NoSuchSocket> {
     names
         .iter()
         .map(|n| {
-            held.iter().find(|h| &h.name == n).ok_or_else(|| {
-                let have: Vec<&str> = held.iter().map(|h| h.name.as_str()).collect();
-                format!("the holder has no socket named `{n}` (it holds {have:?})")
-            })
+            held.iter()
+                .find(|h| &h.name == n)
+                .ok_or_else(|| NoSuchSocket {
+                    name: n.clone(),
+                    held: held.iter().map(|h| h.name.clone()).collect(),
+                })
         })
         .collect()
-}
-
-pub(super) fn failure(why: String) -> Reply {
-    Reply {
-        ok: false,
-        error: Some(why),
-        ..Reply::default()
-    }
 }

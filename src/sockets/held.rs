@@ -131,11 +131,11 @@ pub async fn bind_all(
             let (offered, fd, member) =
                 fresh(&link, &c.name)
                     .await
-                    .map_err(|why| ListenError::Take {
+                    .map_err(|source| ListenError::Take {
                         name: c.name.clone(),
-                        source: crate::sockets::take::TakeError::Refused {
+                        source: crate::sockets::take::TakeError::Fresh {
                             path: path.to_path_buf(),
-                            why,
+                            source,
                         },
                     })?;
             info!(name = %offered.name, address = %offered.address, holder = %path.display(), per_instance = true, "holding listening socket");

@@ -43,6 +43,17 @@ pub(super) struct Group {
     holder: Option<HolderLink>,
 }
 
+/// Why new connections could not be steered to a generation's socket.
+#[derive(Debug, thiserror::Error)]
+enum SteerError {
+    #[error(transparent)]
+    Local(io::Error),
+    #[error(transparent)]
+    Holder(crate::sockets::link::LinkError),
+    #[error("a holder's socket without its id")]
+    NoMemberId { generation: Generation },
+}
+
 impl Group {
     /// A group that starts with the socket of the first generation.
     pub fn new(
@@ -137,7 +148,7 @@ impl Group {
                     probe: None,
                 },
             )
-            .map_err(|e| e.to_string()),
+            .map_err(SteerError::Local),
             (Some(link), Some(id)) => link
                 .request(Request::Steer {
                     name: self.name.clone(),
@@ -146,8 +157,9 @@ impl Group {
                     probe_from: None,
                 })
                 .await
-                .map(|_| ()),
-            (Some(_), None) => Err("a holder's socket without its id".into()),
+                .map(|_| ())
+                .map_err(SteerError::Holder),
+            (Some(_), None) => Err(SteerError::NoMemberId { generation }),
         };
         if let Err(e) = result {
             warn!(listen = %self.name, error = %e, "cannot steer new connections");
@@ -167,7 +179,7 @@ impl Group {
             })
             .await
         {
-            Ok((reply, _)) => reply.member.is_some_and(|users| {
+            Ok((granted, _)) => granted.member.is_some_and(|users| {
                 !self
                     .members
                     .iter()

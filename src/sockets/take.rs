@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::link::{HolderLink, exchange};
-use super::protocol::{HolderStatus, Offered, Request};
+use super::link::{ExchangeError, HolderLink, LinkError, exchange};
+use super::protocol::{Granted, HolderStatus, Offered, Reply, Request};
 use super::wire::Conn;
 
 /// How long a starting cutover waits for the holder (compose may start the
@@ -29,10 +29,35 @@ pub enum TakeError {
     },
     #[error("permission denied on the holder's socket {}: it is 0600 for the holder's own user, or 0660 for the first group of `cutover hold --allow-gid`", .path.display())]
     Denied { path: PathBuf },
+    /// `why` is the holder's own words.
     #[error("the holder at {} refused: {why}", .path.display())]
     Refused { path: PathBuf, why: String },
-    #[error("the holder at {} answered badly: {why}", .path.display())]
-    Protocol { path: PathBuf, why: String },
+    #[error("the holder at {} refused: {source}", .path.display())]
+    Fresh { path: PathBuf, source: FreshError },
+    #[error("the holder at {} answered badly: {source}", .path.display())]
+    Protocol { path: PathBuf, source: BadAnswer },
+}
+
+/// What is wrong with a holder's answer to `Take` or `Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum BadAnswer {
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    #[error("asked for {asked} sockets, got {descriptors} descriptors")]
+    Count { asked: usize, descriptors: usize },
+    #[error("it did not say who it is")]
+    Anonymous,
+    #[error("no status in the answer")]
+    NoStatus,
+}
+
+/// Why a per-instance socket of `name` did not come.
+#[derive(Debug, thiserror::Error)]
+pub enum FreshError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("the holder's answer lacks the socket")]
+    Incomplete { name: String },
 }
 
 /// Takes `names` from the holder at `path`, in that order; waits up to
@@ -44,9 +69,9 @@ pub(crate) async fn take(
     wait: Duration,
 ) -> Result<(HolderLink, Vec<(Offered, OwnedFd)>), TakeError> {
     let conn = connect_waiting(path, wait).await?;
-    let protocol = |why: String| TakeError::Protocol {
+    let protocol = |source: BadAnswer| TakeError::Protocol {
         path: path.to_path_buf(),
-        why,
+        source,
     };
     let who = nix::unistd::gethostname()
         .ok()
@@ -57,23 +82,17 @@ pub(crate) async fn take(
         who,
         fresh: fresh.to_vec(),
     };
-    let (reply, fds) = exchange(&conn, &request).await.map_err(protocol)?;
-    if !reply.ok {
-        return Err(TakeError::Refused {
-            path: path.to_path_buf(),
-            why: reply.error.unwrap_or_default(),
-        });
-    }
+    let (reply, fds) = exchange(&conn, &request)
+        .await
+        .map_err(|e| protocol(e.into()))?;
+    let reply = granted(reply, path)?;
     if fds.len() != names.len() || reply.sockets.len() != names.len() {
-        return Err(protocol(format!(
-            "asked for {} sockets, got {} descriptors",
-            names.len(),
-            fds.len()
-        )));
+        return Err(protocol(BadAnswer::Count {
+            asked: names.len(),
+            descriptors: fds.len(),
+        }));
     }
-    let holder = reply
-        .holder
-        .ok_or_else(|| protocol("it did not say who it is".into()))?;
+    let holder = reply.holder.ok_or_else(|| protocol(BadAnswer::Anonymous))?;
     info!(holder = %path.display(), instance = %holder.instance, sockets = ?names, "took listening sockets from the holder");
     Ok((
         HolderLink::start(conn, path, holder),
@@ -122,7 +141,7 @@ async fn connect_waiting(path: &Path, wait: Duration) -> Result<Conn, TakeError>
 pub(crate) async fn fresh(
     link: &HolderLink,
     name: &str,
-) -> Result<(Offered, OwnedFd, u64), String> {
+) -> Result<(Offered, OwnedFd, u64), FreshError> {
     let (reply, mut fds) = link
         .request(Request::Fresh {
             name: name.to_string(),
@@ -130,7 +149,9 @@ pub(crate) async fn fresh(
         .await?;
     match (reply.sockets.into_iter().next(), fds.pop(), reply.member) {
         (Some(offered), Some(fd), Some(member)) => Ok((offered, fd, member)),
-        _ => Err("the holder's answer lacks the socket".into()),
+        _ => Err(FreshError::Incomplete {
+            name: name.to_string(),
+        }),
     }
 }
 
@@ -144,19 +165,25 @@ pub(crate) async fn status(path: &Path) -> Result<HolderStatus, HolderStatusErro
         path: path.to_path_buf(),
         source,
     })?;
-    let protocol = |why: String| TakeError::Protocol {
+    let protocol = |source: BadAnswer| TakeError::Protocol {
         path: path.to_path_buf(),
-        why,
+        source,
     };
-    let (reply, _) = exchange(&conn, &Request::Status).await.map_err(protocol)?;
-    if !reply.ok {
-        return Err(TakeError::Refused {
-            path: path.to_path_buf(),
-            why: reply.error.unwrap_or_default(),
-        }
-        .into());
-    }
-    reply
+    let (reply, _) = exchange(&conn, &Request::Status)
+        .await
+        .map_err(|e| protocol(e.into()))?;
+    granted(reply, path)?
         .status
-        .ok_or_else(|| protocol("no status in the answer".into()).into())
+        .ok_or_else(|| protocol(BadAnswer::NoStatus).into())
+}
+
+/// What the holder at `path` granted, or its refusal.
+fn granted(reply: Reply, path: &Path) -> Result<Granted, TakeError> {
+    match reply {
+        Reply::Ok(granted) => Ok(granted),
+        Reply::Err { error } => Err(TakeError::Refused {
+            path: path.to_path_buf(),
+            why: error,
+        }),
+    }
 }

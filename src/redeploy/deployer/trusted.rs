@@ -164,10 +164,31 @@ async fn answer(conn: &Conn, shared: &Shared) -> DeployReply {
     }
 }
 
+/// Why a request names no release the deployer builds.
+#[derive(Debug, thiserror::Error)]
+enum NotARelease {
+    #[error("{release:?} is not the name of a release directory")]
+    NotAName { release: String },
+    #[error("{sha:?} is not a commit id")]
+    NotACommit { sha: String },
+    #[error("release {release} is not commit {sha}")]
+    OtherCommit { release: String, sha: String },
+    /// More files than `MAX_CHANGED`, or a file name or ref over `MAX_TEXT`.
+    #[error("the changed files' list is too long")]
+    TooMuchText { files: usize },
+    #[error("{} is not a directory", .dir.display())]
+    NotADirectory { dir: PathBuf },
+    #[error("{}: {source}", .dir.display())]
+    Unreadable {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// The request as a redeploy of a release in `releases`, or why not: a
 /// plain name of a real directory there (no path, no symlink), and the
 /// commit it is named after when it is named after one.
-fn checked(request: &DeployRequest, releases: &Path) -> Result<Redeploy, String> {
+fn checked(request: &DeployRequest, releases: &Path) -> Result<Redeploy, NotARelease> {
     let name = request.release.as_str();
     let plain = !name.is_empty()
         && name != "."
@@ -176,23 +197,32 @@ fn checked(request: &DeployRequest, releases: &Path) -> Result<Redeploy, String>
         && name.len() <= 255
         && !name.chars().any(char::is_control);
     if !plain {
-        return Err(format!("{name:?} is not the name of a release directory"));
+        return Err(NotARelease::NotAName {
+            release: name.to_string(),
+        });
     }
     if !is_commit_id(&request.sha) {
-        return Err(format!("{:?} is not a commit id", request.sha));
+        return Err(NotARelease::NotACommit {
+            sha: request.sha.clone(),
+        });
     }
     if is_commit_id(name) && name != request.sha {
-        return Err(format!("release {name} is not commit {}", request.sha));
+        return Err(NotARelease::OtherCommit {
+            release: name.to_string(),
+            sha: request.sha.clone(),
+        });
     }
     let texts = request.changed_files.iter().chain([&request.git_ref]);
     if request.changed_files.len() > MAX_CHANGED || texts.into_iter().any(|t| t.len() > MAX_TEXT) {
-        return Err("the changed files' list is too long".into());
+        return Err(NotARelease::TooMuchText {
+            files: request.changed_files.len(),
+        });
     }
     let dir = releases.join(name);
     match std::fs::symlink_metadata(&dir) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Ok(_) => return Err(NotARelease::NotADirectory { dir }),
+        Err(source) => return Err(NotARelease::Unreadable { dir, source }),
     }
     Ok(Redeploy {
         sha: request.sha.clone(),
@@ -244,7 +274,9 @@ mod tests {
                 "is not commit",
             ),
         ] {
-            let err = checked(&request(release, sha), dir.path()).unwrap_err();
+            let err = checked(&request(release, sha), dir.path())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{release} {sha}: {err}");
         }
     }

@@ -265,7 +265,7 @@ pub(super) async fn connect_networks(
     docker: &Docker,
     id: &str,
     extra_networks: &[(String, EndpointSettings)],
-) -> Result<(), String> {
+) -> Result<(), NotUp> {
     for (network, endpoint) in extra_networks {
         docker
             .connect_network(
@@ -276,7 +276,10 @@ pub(super) async fn connect_networks(
                 },
             )
             .await
-            .map_err(|e| format!("could not join network {network}: {}", api_message(&e)))?;
+            .map_err(|e| NotUp::NetworkNotJoined {
+                network: network.clone(),
+                message: api_message(&e),
+            })?;
     }
     Ok(())
 }
@@ -288,32 +291,28 @@ pub(super) async fn start_and_wait(
     id: &str,
     extra_networks: &[(String, EndpointSettings)],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), NotUp> {
     connect_networks(docker, id, extra_networks).await?;
     docker
         .start_container(id, None::<StartContainerOptions>)
         .await
-        .map_err(|e| format!("did not start: {}", api_message(&e)))?;
+        .map_err(|e| NotUp::NotStarted(api_message(&e)))?;
     let started = Instant::now();
     let settle = SETTLE.min(timeout);
     loop {
         let state = docker
             .inspect_container(id, None)
             .await
-            .map_err(|e| format!("could not be inspected: {}", api_message(&e)))?
+            .map_err(|e| NotUp::NotInspected(api_message(&e)))?
             .state
             .unwrap_or_default();
         let running = state.running == Some(true) && state.restarting != Some(true);
         if !running {
-            let status = state.status.unwrap_or(ContainerStateStatusEnum::EMPTY);
-            let mut why = format!(
-                "stopped ({status}, exit code {})",
-                state.exit_code.unwrap_or(-1)
-            );
-            if let Some(error) = state.error.filter(|e| !e.is_empty()) {
-                why.push_str(&format!(": {error}"));
-            }
-            return Err(why);
+            return Err(NotUp::Stopped {
+                status: state.status.unwrap_or(ContainerStateStatusEnum::EMPTY),
+                exit_code: state.exit_code.unwrap_or(-1),
+                error: state.error.filter(|e| !e.is_empty()),
+            });
         }
         let health = state.health.as_ref();
         let health_status = health.and_then(|h| h.status);
@@ -325,7 +324,9 @@ pub(super) async fn start_and_wait(
                     .and_then(|log| log.last())
                     .and_then(|r| r.output.clone())
                     .unwrap_or_default();
-                return Err(format!("is unhealthy: {:?}", last.trim()));
+                return Err(NotUp::Unhealthy {
+                    last: last.trim().to_string(),
+                });
             }
             Some(HealthStatusEnum::STARTING) => {}
             // No healthcheck: running long enough is all there is to check.
@@ -333,13 +334,38 @@ pub(super) async fn start_and_wait(
             _ => {}
         }
         if started.elapsed() >= timeout {
-            return Err(format!(
-                "did not become healthy within {}",
-                humantime::format_duration(timeout)
-            ));
+            return Err(NotUp::NotHealthyWithin { timeout });
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Why a container did not come up; it reads after the container's name
+/// ("the new container <name> <why>").
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotUp {
+    #[error("could not join network {network}: {message}")]
+    NetworkNotJoined { network: String, message: String },
+    #[error("did not start: {0}")]
+    NotStarted(String),
+    #[error("could not be inspected: {0}")]
+    NotInspected(String),
+    #[error("stopped ({status}, exit code {exit_code}){}", after_colon(.error.as_deref()))]
+    Stopped {
+        status: ContainerStateStatusEnum,
+        exit_code: i64,
+        error: Option<String>,
+    },
+    /// `last` is the last health check's output, trimmed.
+    #[error("is unhealthy: {last:?}")]
+    Unhealthy { last: String },
+    #[error("did not become healthy within {}", humantime::format_duration(*.timeout))]
+    NotHealthyWithin { timeout: Duration },
+}
+
+/// ": <error>", or nothing without one.
+fn after_colon(error: Option<&str>) -> String {
+    error.map(|e| format!(": {e}")).unwrap_or_default()
 }
 
 /// "\nlast log lines" of a container, or nothing.

@@ -2,7 +2,7 @@
 //! inherits (held sockets, its own NOTIFY_SOCKET), its readiness check, and
 //! the graceful stop of its whole process group.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -127,45 +127,10 @@ impl Program {
                 .as_ref()
                 .map(|w| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone())),
         };
-        let notify = if self.config.ready.notify {
-            let tag = format!("{}-{}", self.config.name, self.launched);
-            let owner = self.config.user.as_ref().map(|u| (u.uid, u.gid));
-            match NotifySocket::bind(&self.context.runtime_dir, &tag, owner) {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    warn!(program = %self.config.name, error = %e, "cannot create NOTIFY_SOCKET");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let mut extra_env = vec![("CUTOVER_PROGRAM".to_string(), self.config.name.clone())];
-        // PWD names the directory as configured (the `current` symlink) when
-        // it resolves to where the instance starts; apps that honour PWD, as
-        // gunicorn does, then follow the symlink on their own reloads.
-        let pwd = match dir_choice {
-            Dir::Resolve => self.config.workdir.clone(),
-            Dir::Pinned(p) => Some(p.clone()),
-        };
-        if let Some(pwd) = pwd {
-            extra_env.push(("PWD".to_string(), pwd.display().to_string()));
-        }
-        if let Some(n) = &notify {
-            extra_env.push(("NOTIFY_SOCKET".to_string(), n.path().display().to_string()));
-        }
+        let notify = self.notify_socket();
+        let extra_env = self.extra_env(dir_choice, notify.as_ref());
         let passed = self.sockets.passed(generation);
-        let relay = if StderrTail::wanted(self.context.foreground_tty) {
-            match StderrTail::start() {
-                Ok(relay) => Some(relay),
-                Err(e) => {
-                    warn!(program = %self.config.name, error = %e, "cannot relay the instance's stderr; it writes to cutover's directly");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let relay = self.stderr_relay();
         let spec = LaunchSpec {
             command: &self.config.command,
             workdir: dir.as_deref(),
@@ -204,6 +169,57 @@ impl Program {
         };
         self.check_readiness(&mut instance, true);
         Ok(instance)
+    }
+
+    /// The instance's own NOTIFY_SOCKET, with `[ready] notify`; when it
+    /// cannot be created, the instance starts without one, with a warning.
+    fn notify_socket(&self) -> Option<NotifySocket> {
+        if !self.config.ready.notify {
+            return None;
+        }
+        let tag = format!("{}-{}", self.config.name, self.launched);
+        let owner = self.config.user.as_ref().map(|u| (u.uid, u.gid));
+        match NotifySocket::bind(&self.context.runtime_dir, &tag, owner) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                warn!(program = %self.config.name, error = %e, "cannot create NOTIFY_SOCKET");
+                None
+            }
+        }
+    }
+
+    /// What cutover adds to the instance's environment.
+    fn extra_env(&self, dir_choice: &Dir, notify: Option<&NotifySocket>) -> Vec<(String, String)> {
+        let mut extra_env = vec![("CUTOVER_PROGRAM".to_string(), self.config.name.clone())];
+        // PWD names the directory as configured (the `current` symlink) when
+        // it resolves to where the instance starts; apps that honour PWD, as
+        // gunicorn does, then follow the symlink on their own reloads.
+        let pwd = match dir_choice {
+            Dir::Resolve => self.config.workdir.clone(),
+            Dir::Pinned(p) => Some(p.clone()),
+        };
+        if let Some(pwd) = pwd {
+            extra_env.push(("PWD".to_string(), pwd.display().to_string()));
+        }
+        if let Some(n) = notify {
+            extra_env.push(("NOTIFY_SOCKET".to_string(), n.path().display().to_string()));
+        }
+        extra_env
+    }
+
+    /// A pipe for the instance's stderr, relayed so its last lines can
+    /// explain its death; none where it writes to a terminal.
+    fn stderr_relay(&self) -> Option<(StderrTail, OwnedFd)> {
+        if !StderrTail::wanted(self.context.foreground_tty) {
+            return None;
+        }
+        match StderrTail::start() {
+            Ok(relay) => Some(relay),
+            Err(e) => {
+                warn!(program = %self.config.name, error = %e, "cannot relay the instance's stderr; it writes to cutover's directly");
+                None
+            }
+        }
     }
 
     /// (Re)starts the readiness check of `instance`. sd_notify only counts

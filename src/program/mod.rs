@@ -2,16 +2,19 @@
 //!
 //! A task owns the program's instances and all its state (restart
 //! bookkeeping, the last directory that proved good, counters); a cloneable
-//! `ProgramHandle` sends it commands. When the program is finished for good
-//! (it ended and will not be restarted, or it was stopped) the task reports
-//! `Finished` to the supervisor. `instance` starts and stops processes,
-//! `reload` carries out the reload strategies, `stderr` relays each
-//! instance's stderr and keeps its last line for errors.
+//! `ProgramHandle` (`handle`) sends it commands. When the program is
+//! finished for good (it ended and will not be restarted, or it was
+//! stopped) the task reports `Finished` to the supervisor. `instance`
+//! starts and stops processes, `strategy` carries out the reload strategies
+//! (`reload_request`: what a reload is asked and answered with), `stderr`
+//! relays each instance's stderr and keeps its last line for errors.
 
+mod handle;
 mod handover;
 mod instance;
 pub(crate) mod notify;
 pub(crate) mod ready;
+mod reload_request;
 pub(crate) mod restart;
 pub(crate) mod state;
 mod stderr;
@@ -22,8 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::sys::signal::Signal;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::clock::timestamp;
@@ -33,26 +35,12 @@ use crate::process::group::signal_group;
 use crate::process::reaper::Reaper;
 use crate::program::restart::{Decision, RestartTracker};
 use crate::sockets::handoff::{Generation, ProgramSockets};
-use crate::sockets::held::HeldSocket;
-use crate::sockets::link::HolderLink;
-use state::{ProgramReload, ProgramState, ProgramStatus};
+use state::{ProgramState, ProgramStatus};
 
+use handle::Command;
+pub use handle::ProgramHandle;
 use instance::{Dir, Instance};
-use strategy::ReloadRequest;
-
-#[derive(Debug)]
-enum Command {
-    /// Pass a signal to the running instance's process group.
-    Signal(Signal),
-    /// Stop gracefully: stop_signal, stop_timeout, then SIGKILL.
-    Stop,
-    /// Skip the grace period.
-    Kill,
-    Reload(ReloadRequest),
-    /// New shared sockets and the link to a restarted holder, for the
-    /// instances started from now on; a reload follows.
-    ReplaceSockets(Vec<Arc<HeldSocket>>, HolderLink),
-}
+use reload_request::{ReloadError, ReloadRequest};
 
 /// A program that is done for good, with the status cutover passes on.
 #[derive(Debug, Clone)]
@@ -84,67 +72,6 @@ pub struct Context {
     /// After a reload, how long the new instance's readiness keeps being
     /// checked (the rollback window); zero for never.
     pub watch_after_reload: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub struct ProgramHandle {
-    name: String,
-    commands: mpsc::UnboundedSender<Command>,
-    status: watch::Receiver<ProgramStatus>,
-}
-
-impl ProgramHandle {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn signal(&self, signal: Signal) {
-        let _ = self.commands.send(Command::Signal(signal));
-    }
-
-    pub fn stop(&self) {
-        let _ = self.commands.send(Command::Stop);
-    }
-
-    pub fn kill(&self) {
-        let _ = self.commands.send(Command::Kill);
-    }
-
-    /// Instances started from now on take these sockets instead of the
-    /// shared ones of the same names.
-    pub fn replace_sockets(&self, sockets: Vec<Arc<HeldSocket>>, holder: HolderLink) {
-        let _ = self.commands.send(Command::ReplaceSockets(sockets, holder));
-    }
-
-    /// Reloads the program with its strategy; resolves when it is done.
-    pub async fn reload(&self, trigger: &str) -> ProgramReload {
-        let (reply, rx) = oneshot::channel();
-        let request = ReloadRequest {
-            trigger: trigger.to_string(),
-            received: Instant::now(),
-            reply,
-        };
-        let _ = self.commands.send(Command::Reload(request));
-        rx.await.unwrap_or_else(|_| ProgramReload {
-            program: self.name.clone(),
-            strategy: self.status.borrow().strategy,
-            ok: false,
-            error: Some("the program is finished".to_string()),
-            pid: None,
-            release: None,
-            action_ms: 0.0,
-            ready_ms: 0.0,
-            cutover_ms: 0.0,
-            old_stop_ms: 0.0,
-            drain_ms: 0.0,
-        })
-    }
-
-    /// The program's last published state; never waits for the actor, which
-    /// may be busy in a reload or a stop.
-    pub fn status(&self) -> ProgramStatus {
-        self.status.borrow().clone()
-    }
 }
 
 /// Starts the actor; the program is launched at once.
@@ -305,8 +232,7 @@ impl Program {
                     let status = ExitStatus::Exited(e.exit_code());
                     if let Some(request) = reload_on_start.take() {
                         self.update(|s| s.reload_failures += 1);
-                        let report =
-                            request.report(&self.config, Err(strategy::ReloadError::Start(e)));
+                        let report = request.report(&self.config, Err(ReloadError::Start(e)));
                         let _ = request.reply.send(report);
                     }
                     status
@@ -376,7 +302,7 @@ impl Program {
                     };
                     for request in joined.drain(..) {
                         let said = said.clone();
-                        let exited = strategy::ReloadError::NewExited { status, said };
+                        let exited = ReloadError::NewExited { status, said };
                         request.answer_with_start(&self.config, &instance, Err(exited));
                     }
                     return self.exited(instance, status).await;

@@ -25,9 +25,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
 use crate::config::{ChildEnv, HttpTarget, ReadyConfig, RunAs};
+use crate::process::exit::ExitStatus;
 use crate::process::group::signal_group;
 use crate::process::reaper::Reaper;
-use crate::process::spawn::{LaunchSpec, fork_exec};
+use crate::process::spawn::{LaunchSpec, SpawnError, fork_exec};
 use crate::sockets::handoff::ProbeRoute;
 
 /// Longest a single probe attempt may take before it counts as failed.
@@ -52,6 +53,34 @@ pub enum NotReady {
     Aborted,
     #[error("stopped passing its readiness check: {last}")]
     Lost { last: String },
+}
+
+/// Why one attempt of the checks failed: the `last` of [`NotReady`].
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailed {
+    #[error("GET {url}: no answer")]
+    NoAnswer { url: String },
+    #[error("GET {url}: {error}")]
+    Http { url: String, error: std::io::Error },
+    #[error("GET {url}: no HTTP status in the answer")]
+    NoStatus { url: String },
+    #[error("GET {url}: status {status}")]
+    Status { url: String, status: u16 },
+    #[error("connect {addr}: timed out")]
+    ConnectTimedOut { addr: String },
+    #[error("connect {addr}: {error}")]
+    Connect { addr: String, error: std::io::Error },
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("check command {0}")]
+    CommandFailed(ExitStatus),
+    #[error("check command: exit status lost")]
+    CommandExitLost,
+    #[error(
+        "check command still running after {}",
+        humantime::format_duration(ATTEMPT_LIMIT)
+    )]
+    CommandHung,
 }
 
 /// Everything a readiness check needs about the instance it checks.
@@ -135,7 +164,9 @@ impl Probe {
                 Err(last) => {
                     failures += 1;
                     if failures >= LOST_AFTER {
-                        return NotReady::Lost { last };
+                        return NotReady::Lost {
+                            last: last.to_string(),
+                        };
                     }
                 }
             }
@@ -201,7 +232,7 @@ impl Probe {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::debug!(pid = self.pid.as_raw(), error = %e, "not ready yet");
-                        last = e;
+                        last = e.to_string();
                     }
                 }
                 sleep(self.config.interval).await;
@@ -213,18 +244,21 @@ impl Probe {
         }
     }
 
-    async fn check_once(&self, deadline: Instant) -> Result<(), String> {
+    async fn check_once(&self, deadline: Instant) -> Result<(), CheckFailed> {
         let attempt_deadline = deadline.min(Instant::now() + ATTEMPT_LIMIT);
         if let Some(target) = &self.config.http {
             timeout_at(attempt_deadline, http_get(target, &self.routes))
                 .await
-                .map_err(|_| format!("GET {}: no answer", target.url()))??;
+                .map_err(|_| CheckFailed::NoAnswer { url: target.url() })??;
         }
         if let Some(addr) = &self.config.tcp {
             timeout_at(attempt_deadline, connect(addr, &self.routes))
                 .await
-                .map_err(|_| format!("connect {addr}: timed out"))?
-                .map_err(|e| format!("connect {addr}: {e}"))?;
+                .map_err(|_| CheckFailed::ConnectTimedOut { addr: addr.clone() })?
+                .map_err(|error| CheckFailed::Connect {
+                    addr: addr.clone(),
+                    error,
+                })?;
         }
         if let Some(command) = &self.config.command {
             self.run_command(command, attempt_deadline).await?;
@@ -234,7 +268,7 @@ impl Probe {
 
     /// Runs the check command through cutover's own spawn and reaper (never
     /// a second waitpid), with the instance's pid in CUTOVER_PID.
-    async fn run_command(&self, command: &[String], deadline: Instant) -> Result<(), String> {
+    async fn run_command(&self, command: &[String], deadline: Instant) -> Result<(), CheckFailed> {
         let extra = [("CUTOVER_PID".to_string(), self.pid.to_string())];
         let spec = LaunchSpec {
             command,
@@ -249,20 +283,17 @@ impl Probe {
             errors: None,
         };
         let forked_at = std::time::Instant::now();
-        let forked = fork_exec(&spec).map_err(|e| e.to_string())?;
+        let forked = fork_exec(&spec)?;
         let mut exit = self.reaper.watch(forked.pid, forked_at);
-        let pid = forked.confirm().await.map_err(|e| e.to_string())?;
+        let pid = forked.confirm().await?;
         match timeout_at(deadline, &mut exit).await {
             Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(format!("check command {status}")),
-            Ok(Err(_)) => Err("check command: exit status lost".to_string()),
+            Ok(Ok(status)) => Err(CheckFailed::CommandFailed(status)),
+            Ok(Err(_)) => Err(CheckFailed::CommandExitLost),
             Err(_) => {
                 signal_group(pid, Signal::SIGKILL);
                 let _ = exit.await;
-                Err(format!(
-                    "check command still running after {}",
-                    humantime::format_duration(ATTEMPT_LIMIT)
-                ))
+                Err(CheckFailed::CommandHung)
             }
         }
     }
@@ -286,11 +317,15 @@ async fn connect(authority: &str, routes: &[ProbeRoute]) -> std::io::Result<TcpS
 }
 
 /// One plain HTTP/1.1 GET; Ok for a 2xx status.
-pub async fn http_get(target: &HttpTarget, routes: &[ProbeRoute]) -> Result<(), String> {
+pub async fn http_get(target: &HttpTarget, routes: &[ProbeRoute]) -> Result<(), CheckFailed> {
     let url = target.url();
-    let mut stream = connect(&target.authority, routes)
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    let mut stream =
+        connect(&target.authority, routes)
+            .await
+            .map_err(|error| CheckFailed::Http {
+                url: url.clone(),
+                error,
+            })?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cutover\r\nConnection: close\r\n\r\n",
         target.path, target.authority
@@ -298,14 +333,20 @@ pub async fn http_get(target: &HttpTarget, routes: &[ProbeRoute]) -> Result<(), 
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|error| CheckFailed::Http {
+            url: url.clone(),
+            error,
+        })?;
     let mut head = Vec::with_capacity(64);
     let mut buf = [0u8; 256];
     while !head.contains(&b'\n') && head.len() < 4096 {
         let n = stream
             .read(&mut buf)
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|error| CheckFailed::Http {
+                url: url.clone(),
+                error,
+            })?;
         if n == 0 {
             break;
         }
@@ -317,10 +358,10 @@ pub async fn http_get(target: &HttpTarget, routes: &[ProbeRoute]) -> Result<(), 
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("GET {url}: no HTTP status in the answer"))?;
+        .ok_or_else(|| CheckFailed::NoStatus { url: url.clone() })?;
     if (200..300).contains(&status) {
         Ok(())
     } else {
-        Err(format!("GET {url}: status {status}"))
+        Err(CheckFailed::Status { url, status })
     }
 }

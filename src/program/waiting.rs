@@ -8,8 +8,8 @@ use tokio::time::sleep;
 use tracing::info;
 
 use super::instance::Instance;
+use super::reload_request::ReloadRequest;
 use super::state::ProgramState;
-use super::strategy::ReloadRequest;
 use super::{Flow, Program};
 
 /// How often a program waiting for its first release looks for its workdir.

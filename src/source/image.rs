@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 use super::RedeployRequired;
 use super::release::{ExitedFor, Volume};
 use crate::clock::timestamp;
-use crate::redeploy::{Redeploy, RedeployOutcome, Redeployer};
+use crate::redeploy::{Redeploy, RedeployOutcome, Redeployer, RetryBackoff};
 use crate::sha::Sha;
 
 /// Where the redeploy of the newest release that needs an image stands.
@@ -197,16 +197,19 @@ struct Task {
     exited: Option<ExitedFor>,
 }
 
+/// Where one request's attempts ended.
+enum Settled {
+    /// Done or failed for good: wait for the next request.
+    Next,
+    /// A newer request came during a retry's wait (none if it was withdrawn).
+    Newer(Option<Request>),
+    /// This container exits or is replaced: the task ends.
+    Ended,
+}
+
 impl Task {
     async fn run(self, mut requests: watch::Receiver<Option<Request>>) {
-        let Task {
-            redeployer,
-            status,
-            exit,
-            volume,
-            exited,
-        } = self;
-        let mut backoff = redeployer.backoff();
+        let mut backoff = self.redeployer.backoff();
         let mut newer: Option<Request> = None;
         loop {
             let request = match newer.take() {
@@ -221,78 +224,102 @@ impl Task {
                     }
                 }
             };
-            if redeployer.exit_code().is_some()
-                && let Some(before) = exited
+            if self.redeployer.exit_code().is_some()
+                && let Some(before) = self
+                    .exited
                     .as_ref()
                     .filter(|e| e.holds(&request.sha, &request.image))
             {
-                refuse_exit_again(&status, &request, before);
+                refuse_exit_again(&self.status, &request, before);
                 continue;
             }
             backoff.reset();
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                status.send_modify(|s| {
-                    s.sha = Some(request.sha.to_string());
-                    s.state = ImageState::Running;
-                    s.attempts = attempts;
-                    s.last_attempt = Some(timestamp(std::time::SystemTime::now()));
-                    s.retry_in_seconds = None;
-                    s.exited_for = None;
-                });
-                match redeployer.run(&request.redeploy).await {
-                    Ok(RedeployOutcome::Exit(code)) => {
-                        record_exit(&volume, &request, code).await;
-                        info!(sha = %request.sha, code, "exiting so that the orchestrator starts a new image");
-                        status.send_modify(|s| {
-                            s.state = ImageState::Done;
-                            s.last_result = Some(format!("exiting with {code}"));
-                        });
-                        let _ = exit.send(code);
-                        return;
-                    }
-                    Ok(outcome @ RedeployOutcome::DockerReplacing { .. }) => {
-                        // The replacer stops this container next: nothing more to do.
-                        info!(sha = %request.sha, %outcome, "redeploy handed to the replacer");
-                        status.send_modify(|s| {
-                            s.state = ImageState::Replacing;
-                            s.last_result = Some(outcome.to_string());
-                        });
-                        return;
-                    }
-                    Ok(outcome) => {
-                        info!(sha = %request.sha, %outcome, "redeploy done");
-                        status.send_modify(|s| {
-                            s.state = ImageState::Done;
-                            s.last_result = Some(outcome.to_string());
-                        });
-                        break;
-                    }
-                    Err(e) if e.is_final() => {
-                        error!(sha = %request.sha, error = %e, "redeploy failed for good; the old release keeps serving until a newer commit");
-                        status.send_modify(|s| {
-                            s.state = ImageState::Failed;
-                            s.last_result = Some(e.to_string());
-                            s.retry_in_seconds = None;
-                        });
-                        break;
-                    }
-                    Err(e) => {
-                        let delay = backoff.next_delay();
-                        error!(sha = %request.sha, error = %e, retry_in = %humantime::format_duration(delay), "redeploy failed; the old release keeps serving");
-                        status.send_modify(|s| {
-                            s.state = ImageState::Failed;
-                            s.last_result = Some(e.to_string());
-                            s.retry_in_seconds = Some(delay.as_secs_f64());
-                        });
-                        // A newer release that needs an image replaces this one.
-                        if wait_or_newer(&mut requests, delay).await {
-                            newer = requests.borrow_and_update().clone();
-                            break;
-                        }
+            match self.attempt(&request, &mut backoff, &mut requests).await {
+                Settled::Next => {}
+                Settled::Newer(request) => newer = request,
+                Settled::Ended => return,
+            }
+        }
+    }
+
+    /// Runs the redeploy for `request` until it succeeds, fails for good,
+    /// or a newer request replaces it while waiting to retry.
+    async fn attempt(
+        &self,
+        request: &Request,
+        backoff: &mut RetryBackoff,
+        requests: &mut watch::Receiver<Option<Request>>,
+    ) -> Settled {
+        let status = &self.status;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            status.send_modify(|s| {
+                s.sha = Some(request.sha.to_string());
+                s.state = ImageState::Running;
+                s.attempts = attempts;
+                s.last_attempt = Some(timestamp(std::time::SystemTime::now()));
+                s.retry_in_seconds = None;
+                s.exited_for = None;
+            });
+            match self.redeployer.run(&request.redeploy).await {
+                Ok(outcome) => return self.succeeded(request, outcome).await,
+                Err(e) if e.is_final() => {
+                    error!(sha = %request.sha, error = %e, "redeploy failed for good; the old release keeps serving until a newer commit");
+                    status.send_modify(|s| {
+                        s.state = ImageState::Failed;
+                        s.last_result = Some(e.to_string());
+                        s.retry_in_seconds = None;
+                    });
+                    return Settled::Next;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    error!(sha = %request.sha, error = %e, retry_in = %humantime::format_duration(delay), "redeploy failed; the old release keeps serving");
+                    status.send_modify(|s| {
+                        s.state = ImageState::Failed;
+                        s.last_result = Some(e.to_string());
+                        s.retry_in_seconds = Some(delay.as_secs_f64());
+                    });
+                    // A newer release that needs an image replaces this one.
+                    if wait_or_newer(requests, delay).await {
+                        return Settled::Newer(requests.borrow_and_update().clone());
                     }
                 }
+            }
+        }
+    }
+
+    /// Publishes what a redeploy that worked did; exits when it asks to.
+    async fn succeeded(&self, request: &Request, outcome: RedeployOutcome) -> Settled {
+        let status = &self.status;
+        match outcome {
+            RedeployOutcome::Exit(code) => {
+                record_exit(&self.volume, request, code).await;
+                info!(sha = %request.sha, code, "exiting so that the orchestrator starts a new image");
+                status.send_modify(|s| {
+                    s.state = ImageState::Done;
+                    s.last_result = Some(format!("exiting with {code}"));
+                });
+                let _ = self.exit.send(code);
+                Settled::Ended
+            }
+            outcome @ RedeployOutcome::DockerReplacing { .. } => {
+                // The replacer stops this container next: nothing more to do.
+                info!(sha = %request.sha, %outcome, "redeploy handed to the replacer");
+                status.send_modify(|s| {
+                    s.state = ImageState::Replacing;
+                    s.last_result = Some(outcome.to_string());
+                });
+                Settled::Ended
+            }
+            outcome => {
+                info!(sha = %request.sha, %outcome, "redeploy done");
+                status.send_modify(|s| {
+                    s.state = ImageState::Done;
+                    s.last_result = Some(outcome.to_string());
+                });
+                Settled::Next
             }
         }
     }

@@ -96,7 +96,7 @@ impl Source {
             Some(Target::Sha(sha)) => sha,
             Some(Target::Named(name)) => match self.full_sha_of(&name).await {
                 Ok(sha) => sha,
-                Err(why) => return self.failure(record, why),
+                Err(why) => return self.failure(record, why.to_string()),
             },
         };
         self.publisher.sha(&target);
@@ -147,18 +147,18 @@ impl Source {
 
     /// The full sha of a kept release named by a full or abbreviated sha
     /// (`cutover rollback --to`), or of a commit in the cache.
-    async fn full_sha_of(&self, name: &str) -> Result<Sha, String> {
+    async fn full_sha_of(&self, name: &str) -> Result<Sha, UnknownCommit> {
         let name = name.to_ascii_lowercase();
         if let Ok(sha) = Sha::parse(&name) {
             return Ok(sha);
         }
         if name.len() < 4 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("`{name}` is not a commit id"));
+            return Err(UnknownCommit::NotACommitId(name));
         }
         let volume = self.volume.clone();
         tokio::task::spawn_blocking(move || full_sha_in(&volume, &name))
             .await
-            .map_err(|e| format!("looking up the commit failed: {e}"))?
+            .map_err(UnknownCommit::LookupFailed)?
     }
 
     pub(super) async fn on_crash(&mut self, program: &str, status: &str) {
@@ -181,7 +181,7 @@ impl Source {
 }
 
 /// Reads the releases directory, then the cache, for an abbreviated sha.
-fn full_sha_in(volume: &super::Volume, name: &str) -> Result<Sha, String> {
+fn full_sha_in(volume: &super::Volume, name: &str) -> Result<Sha, UnknownCommit> {
     let kept: Vec<Sha> = std::fs::read_dir(volume.releases())
         .map(|entries| {
             entries
@@ -195,14 +195,29 @@ fn full_sha_in(volume: &super::Volume, name: &str) -> Result<Sha, String> {
         [one] => return Ok(one.clone()),
         [] => {}
         _ => {
-            let all: Vec<&str> = kept.iter().map(Sha::as_str).collect();
-            return Err(format!("`{name}` is ambiguous: {}", all.join(", ")));
+            return Err(UnknownCommit::Ambiguous {
+                name: name.to_string(),
+                kept,
+            });
         }
     }
     git2::Repository::open_bare(volume.cache())
         .and_then(|repo| Ok(repo.revparse_single(name)?.peel_to_commit()?.id()))
         .map(Sha::from)
-        .map_err(|_| format!("no kept release or cached commit matches `{name}`"))
+        .map_err(|_| UnknownCommit::NoMatch(name.to_string()))
+}
+
+/// Why `cutover rollback --to <name>` found no single commit to go to.
+#[derive(Debug, thiserror::Error)]
+enum UnknownCommit {
+    #[error("`{0}` is not a commit id")]
+    NotACommitId(String),
+    #[error("looking up the commit failed: {0}")]
+    LookupFailed(tokio::task::JoinError),
+    #[error("`{name}` is ambiguous: {}", kept.iter().map(Sha::as_str).collect::<Vec<_>>().join(", "))]
+    Ambiguous { name: String, kept: Vec<Sha> },
+    #[error("no kept release or cached commit matches `{0}`")]
+    NoMatch(String),
 }
 
 /// Whether every program already runs in `dir`, as last published.

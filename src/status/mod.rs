@@ -36,7 +36,7 @@ pub struct Status {
 
 impl Status {
     /// Healthy when every program has an instance that passed readiness.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), Unhealthy> {
         if self.state == SupervisorPhase::WaitingForFirstRelease {
             let step = self
                 .source
@@ -44,7 +44,7 @@ impl Status {
                 .and_then(|s| s.deploying.as_ref())
                 .map(|d| format!(" ({} for {:.0} s)", d.phase, d.phase_seconds))
                 .unwrap_or_default();
-            return Err(format!("waiting for the first release{step}"));
+            return Err(Unhealthy::WaitingForFirstRelease { step });
         }
         let bad: Vec<String> = self
             .programs
@@ -55,7 +55,18 @@ impl Status {
         if bad.is_empty() {
             Ok(())
         } else {
-            Err(bad.join(", "))
+            Err(Unhealthy::ProgramsNotReady(bad))
         }
     }
+}
+
+/// Why /healthz answers 503; its text follows "unhealthy: ".
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    /// `step` is empty, or " (<phase> for <n> s)" while a deploy runs.
+    #[error("waiting for the first release{step}")]
+    WaitingForFirstRelease { step: String },
+    /// One "<name> is <state>" per program without a ready instance.
+    #[error("{}", .0.join(", "))]
+    ProgramsNotReady(Vec<String>),
 }

@@ -65,17 +65,7 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         phase: SupervisorPhase::Starting,
         programs: Vec::new(),
     });
-    let inventory = Inventory {
-        supervisor: view,
-        queue: setup.queue.clone(),
-        source: setup.source.as_ref().map(Source::handle),
-        webhook_secret: config
-            .source
-            .as_ref()
-            .and_then(|s| s.webhook_secret.clone()),
-        git_ref: config.source.as_ref().map(|s| s.git_ref.clone()),
-        started: setup.started,
-    };
+    let inventory = setup.inventory(&config, view);
     let _endpoints = setup.serve(&config, inventory)?;
     // After the endpoints: taking sockets from a holder may wait for it to
     // come up, and probes and `cutover status` answer meanwhile.
@@ -109,25 +99,9 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
         foreground_tty: config.programs.len() == 1 && owns_terminal_foreground(),
         runtime_dir: Arc::new(runtime_dir.0.clone()),
         events: events.clone(),
-        // Only a deploy can be rolled back when its instance stops answering.
-        watch_after_reload: config
-            .source
-            .as_ref()
-            .map_or(Duration::ZERO, |_| config.rollback_window),
+        watch_after_reload: watch_after_reload(&config),
     };
-    let handles: Vec<ProgramHandle> = config
-        .programs
-        .iter()
-        .zip(crate::sockets::handoff::distribute(
-            sockets,
-            &config
-                .programs
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>(),
-        ))
-        .map(|(p, sockets)| program::start(p.clone(), context.clone(), sockets))
-        .collect();
+    let handles = start_programs(&config, &context, sockets);
     coordinator.start(handles.clone());
     let _holders = holders::keep_taking(
         leases,
@@ -162,6 +136,34 @@ pub async fn run(config: Config) -> Result<i32, SupervisorError> {
     .await;
     drop(runtime_dir);
     Ok(code)
+}
+
+/// Only a deploy can be rolled back when its instance stops answering: the
+/// rollback window with a `[source]`, else never.
+fn watch_after_reload(config: &Config) -> Duration {
+    config
+        .source
+        .as_ref()
+        .map_or(Duration::ZERO, |_| config.rollback_window)
+}
+
+/// One actor per program, each with its share of the held sockets.
+fn start_programs(
+    config: &Config,
+    context: &Context,
+    sockets: Vec<held::HeldSocket>,
+) -> Vec<ProgramHandle> {
+    let names = config
+        .programs
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>();
+    config
+        .programs
+        .iter()
+        .zip(crate::sockets::handoff::distribute(sockets, &names))
+        .map(|(p, sockets)| program::start(p.clone(), context.clone(), sockets))
+        .collect()
 }
 
 /// Everything bound and opened before the first program starts.
@@ -213,6 +215,21 @@ impl Setup {
             source,
             exit_requests,
         })
+    }
+
+    /// What the control socket and the HTTP endpoint answer from.
+    fn inventory(&self, config: &Config, supervisor: watch::Receiver<Published>) -> Inventory {
+        Inventory {
+            supervisor,
+            queue: self.queue.clone(),
+            source: self.source.as_ref().map(Source::handle),
+            webhook_secret: config
+                .source
+                .as_ref()
+                .and_then(|s| s.webhook_secret.clone()),
+            git_ref: config.source.as_ref().map(|s| s.git_ref.clone()),
+            started: self.started,
+        }
     }
 
     /// Starts the control socket and the HTTP listeners.

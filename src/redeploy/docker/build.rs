@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use bollard::Docker;
+use bollard::models::BuildInfo;
 use bollard::query_parameters::BuildImageOptionsBuilder;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tracing::{debug, info, warn};
 
 use crate::config::DockerRedeploy;
@@ -34,21 +35,9 @@ pub(super) async fn build(
         image: tag.to_string(),
         reason,
     };
-    let dir = request.release_dir.clone();
-    if !dir.join(&cfg.dockerfile).is_file() {
-        return Err(fail(format!(
-            "no {} in the release {}",
-            cfg.dockerfile,
-            dir.display()
-        )));
-    }
-    if dir.join(".dockerignore").exists() {
-        warn!("redeploy: .dockerignore is not applied; the whole release is the build context");
-    }
-    let context = tokio::task::spawn_blocking(move || tar_context(&dir))
+    let context = pack_context(cfg, &request.release_dir)
         .await
-        .map_err(|e| fail(format!("packing the context: {e}")))?
-        .map_err(|e| fail(format!("packing the context: {e}")))?;
+        .map_err(fail)?;
     let args: HashMap<String, String> = cfg.build_args.iter().cloned().collect();
     // The next redeploy's baseline for `allow_dockerfile_change`, and the
     // commit this image is for.
@@ -68,7 +57,49 @@ pub(super) async fn build(
     }
     let options = options.build();
     let started = Instant::now();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let (error, log) = follow_build(stream).await;
+    if let Some(message) = error {
+        let log = if log.is_empty() {
+            String::new()
+        } else {
+            format!("\n{log}")
+        };
+        return Err(fail(format!("{message}{log}")));
+    }
+    docker
+        .inspect_image(tag)
+        .await
+        .map_err(|e| fail(format!("{}\n{log}", api_message(&e))))?;
+    info!(image = %tag, seconds = started.elapsed().as_secs_f64(), "redeploy: image built");
+    Ok(())
+}
+
+/// The release as a build context, off the runtime's threads; else why not.
+async fn pack_context(cfg: &DockerRedeploy, release: &Path) -> Result<Vec<u8>, String> {
+    let dir = release.to_path_buf();
+    if !dir.join(&cfg.dockerfile).is_file() {
+        return Err(format!(
+            "no {} in the release {}",
+            cfg.dockerfile,
+            dir.display()
+        ));
+    }
+    if dir.join(".dockerignore").exists() {
+        warn!("redeploy: .dockerignore is not applied; the whole release is the build context");
+    }
+    tokio::task::spawn_blocking(move || tar_context(&dir))
+        .await
+        .map_err(|e| format!("packing the context: {e}"))?
+        .map_err(|e| format!("packing the context: {e}"))
+}
+
+/// Reads the build's progress to its end: the error that ended it, if one
+/// did, and the last [`TAIL_LINES`] lines of its log (each also logged at
+/// debug).
+async fn follow_build(
+    mut stream: impl Stream<Item = Result<BuildInfo, bollard::errors::Error>> + Unpin,
+) -> (Option<String>, String) {
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut remember = |line: &str| {
         let line = line.trim_end();
@@ -99,20 +130,7 @@ pub(super) async fn build(
         }
     }
     let log = tail.iter().cloned().collect::<Vec<_>>().join("\n");
-    if let Some(message) = error {
-        let log = if log.is_empty() {
-            String::new()
-        } else {
-            format!("\n{log}")
-        };
-        return Err(fail(format!("{message}{log}")));
-    }
-    docker
-        .inspect_image(tag)
-        .await
-        .map_err(|e| fail(format!("{}\n{log}", api_message(&e))))?;
-    info!(image = %tag, seconds = started.elapsed().as_secs_f64(), "redeploy: image built");
-    Ok(())
+    (error, log)
 }
 
 /// The release directory as an uncompressed tar; symlinks stay symlinks.

@@ -51,28 +51,70 @@ pub(super) enum Baseline {
 }
 
 /// Ok when `new` (the release's Dockerfile digest) may be built, else why not.
-pub(super) fn verdict(dockerfile: &str, new: &str, baseline: &Baseline) -> Result<(), String> {
-    let refused = "refused: set [redeploy] docker.allow_dockerfile_change = true to build it";
+pub(super) fn verdict(
+    dockerfile: &str,
+    new: &str,
+    baseline: &Baseline,
+) -> Result<(), DockerfileRefused> {
+    let dockerfile = dockerfile.to_string();
+    let new = new.to_string();
     match baseline {
-        Baseline::Label(old) if old == new => Ok(()),
-        Baseline::Served(old, _) if old == new => Ok(()),
-        Baseline::Label(old) => Err(format!(
-            "the release's {dockerfile} ({new}) differs from the one the running image was \
-             built from (label {DOCKERFILE_LABEL}={old}); {refused}"
-        )),
-        Baseline::Served(old, dir) => Err(format!(
-            "the release's {dockerfile} ({new}) differs from the served release's ({old}, in \
-             {}); {refused}",
-            dir.display()
-        )),
-        Baseline::Unknown => Err(format!(
-            "cannot tell whether {dockerfile} changed: the running container has no \
-             {DOCKERFILE_LABEL} label and no release is served to compare with (build the \
-             image with --label {DOCKERFILE_LABEL}=sha256:<sha256sum of the {dockerfile}>); \
-             {refused}"
-        )),
+        Baseline::Label(old) if *old == new => Ok(()),
+        Baseline::Served(old, _) if *old == new => Ok(()),
+        Baseline::Label(old) => Err(DockerfileRefused::DiffersFromLabel {
+            dockerfile,
+            new,
+            old: old.clone(),
+        }),
+        Baseline::Served(old, dir) => Err(DockerfileRefused::DiffersFromServed {
+            dockerfile,
+            new,
+            old: old.clone(),
+            dir: dir.clone(),
+        }),
+        Baseline::Unknown => Err(DockerfileRefused::NoBaseline { dockerfile }),
     }
 }
+
+/// Why a release's Dockerfile may not be built without
+/// `allow_dockerfile_change`.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum DockerfileRefused {
+    #[error(
+        "the release's {dockerfile} ({new}) differs from the one the running image was \
+         built from (label {label}={old}); {refused}",
+        label = DOCKERFILE_LABEL,
+        refused = REFUSED
+    )]
+    DiffersFromLabel {
+        dockerfile: String,
+        new: String,
+        old: String,
+    },
+    #[error(
+        "the release's {dockerfile} ({new}) differs from the served release's ({old}, in \
+         {}); {refused}",
+        .dir.display(),
+        refused = REFUSED
+    )]
+    DiffersFromServed {
+        dockerfile: String,
+        new: String,
+        old: String,
+        dir: PathBuf,
+    },
+    #[error(
+        "cannot tell whether {dockerfile} changed: the running container has no \
+         {label} label and no release is served to compare with (build the \
+         image with --label {label}=sha256:<sha256sum of the {dockerfile}>); \
+         {refused}",
+        label = DOCKERFILE_LABEL,
+        refused = REFUSED
+    )]
+    NoBaseline { dockerfile: String },
+}
+
+const REFUSED: &str = "refused: set [redeploy] docker.allow_dockerfile_change = true to build it";
 
 /// The bytes of `release/dockerfile`, a regular file reached through no
 /// symlink and no `..`; else why not.
@@ -159,9 +201,9 @@ pub(super) async fn check(
         return Ok(new);
     }
     tracing::debug!(dockerfile = %new, ?baseline, "redeploy: checking the Dockerfile");
-    verdict(&cfg.dockerfile, &new, &baseline).map_err(|message| RedeployError::Docker {
+    verdict(&cfg.dockerfile, &new, &baseline).map_err(|refused| RedeployError::Docker {
         step: "check the Dockerfile".into(),
-        message,
+        message: refused.to_string(),
     })?;
     Ok(new)
 }
@@ -188,12 +230,16 @@ mod tests {
         );
         let served = Baseline::Served(a.clone(), PathBuf::from("/srv/releases/abc"));
         assert_eq!(verdict("Dockerfile", &a, &served), Ok(()));
-        let why = verdict("Dockerfile", &b, &Baseline::Label(a.clone())).unwrap_err();
+        let why = verdict("Dockerfile", &b, &Baseline::Label(a.clone()))
+            .unwrap_err()
+            .to_string();
         assert!(why.contains("running image was built from"), "{why}");
         assert!(why.contains("allow_dockerfile_change"), "{why}");
-        let why = verdict("Dockerfile", &b, &served).unwrap_err();
+        let why = verdict("Dockerfile", &b, &served).unwrap_err().to_string();
         assert!(why.contains("/srv/releases/abc"), "{why}");
-        let why = verdict("Dockerfile", &a, &Baseline::Unknown).unwrap_err();
+        let why = verdict("Dockerfile", &a, &Baseline::Unknown)
+            .unwrap_err()
+            .to_string();
         assert!(
             why.starts_with("cannot tell whether Dockerfile changed"),
             "{why}"

@@ -49,6 +49,7 @@
 //! health-gated replace; this file finds the old one and runs the steps.
 
 mod build;
+mod carry_over;
 mod confine;
 mod container;
 mod dockerfile;
@@ -60,6 +61,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::models::{ContainerConfig, ContainerInspectResponse, EndpointSettings};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptions,
 };
@@ -68,7 +70,8 @@ use tracing::{debug, info, warn};
 use super::{Redeploy, RedeployError, RedeployOutcome};
 use crate::config::DockerRedeploy;
 use build::build;
-use container::{hand_over, logs_tail, new_container_body, start_and_wait};
+use carry_over::new_container_body;
+use container::{hand_over, logs_tail, start_and_wait};
 
 /// Per API request; a build is one request, so this bounds it too.
 const API_TIMEOUT_SECS: u64 = 3600;
@@ -125,53 +128,9 @@ pub(super) async fn replace(
         None => None,
     };
     refuse_own_commit(old_image.as_ref(), request)?;
-    let repository = match &cfg.image {
-        Some(r) => r.clone(),
-        None => {
-            repository_of(old_config.image.as_deref().unwrap_or_default()).ok_or_else(|| {
-                RedeployError::Docker {
-                    step: "name the new image".into(),
-                    message: format!(
-                        "container {old_name} runs image {:?}, which names no repository: \
-                     set [redeploy] docker.image",
-                        old_config.image.unwrap_or_default()
-                    ),
-                }
-            })?
-        }
-    };
-    let tag = format!("{repository}:{}", request.short_sha());
+    let tag = new_image_tag(cfg, &old_config, &old_name, request)?;
     let published = replace::published_ports(&old);
-    let host_network = old
-        .host_config
-        .as_ref()
-        .and_then(|h| h.network_mode.as_deref())
-        == Some("host");
-    if let Some(ports) = &published {
-        info!(
-            container = %old_name, ports = %ports.join(", "),
-            "redeploy: the container publishes host ports, which only one running container \
-             can hold: health-gated replace (stop it, start the new one, roll back if that \
-             is not healthy), with a gap"
-        );
-        if old.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
-            return Err(RedeployError::Docker {
-                step: "health-gated replace".into(),
-                message: format!(
-                    "{old_name} was started with --rm: stopping it would remove it, leaving \
-                     nothing to roll back to; run it without --rm"
-                ),
-            });
-        }
-        replace::settle_earlier(&docker, &old_name, request.short_sha()).await?;
-    } else if host_network {
-        info!(
-            container = %old_name,
-            "redeploy: host network: the new container starts beside the old one; with \
-             [[listen]] reuse_port both hold the port, else it cannot bind and the old one \
-             keeps serving"
-        );
-    }
+    prepare_for_ports(&docker, &old, &old_name, published.as_deref(), request).await?;
     let dockerfile_digest =
         dockerfile::check(cfg, request, old_config.labels.as_ref(), &tag).await?;
     info!(container = %old_name, image = %tag, "redeploy: building the new image");
@@ -208,36 +167,128 @@ pub(super) async fn replace(
         )
         .await;
     }
-    info!(container = %new_name, id = %short(&new_id), "redeploy: starting the new container");
-    if let Err(reason) = start_and_wait(&docker, &new_id, &extra_networks, cfg.health_timeout).await
-    {
-        let logs = logs_tail(&docker, &new_id).await;
+    let old = Named {
+        id: old_id,
+        name: old_name,
+    };
+    let new = Named {
+        id: new_id,
+        name: new_name,
+    };
+    start_beside(&docker, cfg, old, new, &extra_networks, tag).await
+}
+
+/// `<repository>:<short sha>`: the configured repository, else the old
+/// container's.
+fn new_image_tag(
+    cfg: &DockerRedeploy,
+    old_config: &ContainerConfig,
+    old_name: &str,
+    request: &Redeploy,
+) -> Result<String, RedeployError> {
+    let old_image = old_config.image.as_deref().unwrap_or_default();
+    let repository = match &cfg.image {
+        Some(r) => r.clone(),
+        None => repository_of(old_image).ok_or_else(|| RedeployError::Docker {
+            step: "name the new image".into(),
+            message: format!(
+                "container {old_name} runs image {old_image:?}, which names no repository: \
+                     set [redeploy] docker.image"
+            ),
+        })?,
+    };
+    Ok(format!("{repository}:{}", request.short_sha()))
+}
+
+/// Says how the new container will take over: beside the old one, or (with
+/// host ports `published`) in its place, which needs the old one kept to
+/// roll back to and earlier attempts settled.
+async fn prepare_for_ports(
+    docker: &Docker,
+    old: &ContainerInspectResponse,
+    old_name: &str,
+    published: Option<&[String]>,
+    request: &Redeploy,
+) -> Result<(), RedeployError> {
+    let host_network = old
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.as_deref())
+        == Some("host");
+    if let Some(ports) = published {
+        info!(
+            container = %old_name, ports = %ports.join(", "),
+            "redeploy: the container publishes host ports, which only one running container \
+             can hold: health-gated replace (stop it, start the new one, roll back if that \
+             is not healthy), with a gap"
+        );
+        if old.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
+            return Err(RedeployError::Docker {
+                step: "health-gated replace".into(),
+                message: format!(
+                    "{old_name} was started with --rm: stopping it would remove it, leaving \
+                     nothing to roll back to; run it without --rm"
+                ),
+            });
+        }
+        replace::settle_earlier(docker, old_name, request.short_sha()).await?;
+    } else if host_network {
+        info!(
+            container = %old_name,
+            "redeploy: host network: the new container starts beside the old one; with \
+             [[listen]] reuse_port both hold the port, else it cannot bind and the old one \
+             keeps serving"
+        );
+    }
+    Ok(())
+}
+
+/// A container by id and name (without the leading `/`).
+struct Named {
+    id: String,
+    name: String,
+}
+
+/// Starts the new container while the old one still serves; once it is
+/// healthy, hands the name over and stops the old one. A new container that
+/// does not come up is removed, and the old one serves on.
+async fn start_beside(
+    docker: &Docker,
+    cfg: &DockerRedeploy,
+    old: Named,
+    new: Named,
+    extra_networks: &[(String, EndpointSettings)],
+    tag: String,
+) -> Result<RedeployOutcome, RedeployError> {
+    info!(container = %new.name, id = %short(&new.id), "redeploy: starting the new container");
+    if let Err(reason) = start_and_wait(docker, &new.id, extra_networks, cfg.health_timeout).await {
+        let logs = logs_tail(docker, &new.id).await;
         let removed = docker
             .remove_container(
-                &new_id,
+                &new.id,
                 Some(RemoveContainerOptionsBuilder::new().force(true).build()),
             )
             .await;
         if let Err(e) = removed {
-            warn!(container = %new_name, "could not remove the failed new container: {e}");
+            warn!(container = %new.name, "could not remove the failed new container: {e}");
         }
         return Err(RedeployError::NewContainer {
-            name: new_name,
+            name: new.name,
             reason: format!("{reason}{logs}"),
         });
     }
-    let name = hand_over(&docker, &old_id, &old_name, &new_id, &new_name).await;
+    let name = hand_over(docker, &old.id, &old.name, &new.id, &new.name).await;
     info!(
-        old = %old_name, new = %name, image = %tag,
+        old = %old.name, new = %name, image = %tag,
         "redeploy: the new container is ready; stopping the old one (if that is this \
          container, cutover now receives SIGTERM and stops gracefully)"
     );
     docker
-        .stop_container(&old_id, None::<StopContainerOptions>)
+        .stop_container(&old.id, None::<StopContainerOptions>)
         .await
         .map_err(step("stop the old container"))?;
     Ok(RedeployOutcome::DockerReplaced {
-        container_id: new_id,
+        container_id: new.id,
         name,
         image: tag,
         gap: None,

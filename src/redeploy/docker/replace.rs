@@ -151,7 +151,7 @@ pub(super) async fn begin(
     let outcome = match connect_networks(docker, new_id, extra_networks).await {
         Err(reason) => Err(RedeployError::Docker {
             step: "prepare the new container".into(),
-            message: reason,
+            message: reason.to_string(),
         }),
         Ok(()) if is_own => start_replacer(docker, cfg, old, old_name, new_id, short_sha)
             .await

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerConfig, ContainerInspectResponse, EndpointSettings, ImageConfig};
 
-use super::container::{
-    is_engine_variable, is_parked_predecessor, new_container_body, reaches_engine,
-};
+use super::carry_over::{is_engine_variable, new_container_body, reaches_engine};
+use super::container::is_parked_predecessor;
 use super::*;
 use crate::config::DockerPin;
 use bollard::models::{HostConfig, Mount, NetworkSettings};

@@ -129,7 +129,7 @@ pub async fn open(
     }
     tunnel(&mut tcp, endpoint, auth.as_ref())
         .await
-        .map_err(proxy_error)?;
+        .map_err(|e| proxy_error(e.to_string()))?;
     finish(endpoint, tcp, settings, tls).await
 }
 
@@ -196,7 +196,7 @@ async fn tunnel(
     tcp: &mut TcpStream,
     endpoint: &Endpoint,
     auth: Option<&HeaderValue>,
-) -> Result<(), String> {
+) -> Result<(), TunnelRefused> {
     let target = endpoint.address();
     let mut request = format!(
         "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: {}\r\n",
@@ -220,8 +220,8 @@ async fn tunnel(
         Ok::<_, std::io::Error>(head)
     };
     let head = match tokio::time::timeout(CONNECT_TIMEOUT, exchange).await {
-        Err(_) => return Err(format!("no answer to CONNECT {target}")),
-        Ok(Err(e)) => return Err(format!("CONNECT {target}: {e}")),
+        Err(_) => return Err(TunnelRefused::NoAnswer { target }),
+        Ok(Err(error)) => return Err(TunnelRefused::Io { target, error }),
         Ok(Ok(head)) => head,
     };
     let status_line = String::from_utf8_lossy(&head);
@@ -233,12 +233,10 @@ async fn tunnel(
     match code {
         Some(200..=299) => Ok(()),
         // 407 by the standard; some proxies (tinyproxy) answer 401.
-        Some(code @ (401 | 407)) if auth.is_some() => Err(format!(
-            "the proxy refused the credentials (HTTP {code})"
-        )),
-        Some(401 | 407) => Err(
-            "the proxy asks for credentials (HTTP 401 or 407); put them in the proxy URL: http://user:password@proxy:port".into(),
-        ),
+        Some(code @ (401 | 407)) if auth.is_some() => {
+            Err(TunnelRefused::CredentialsRefused { code })
+        }
+        Some(401 | 407) => Err(TunnelRefused::CredentialsWanted),
         Some(code) => {
             let reason: String = status_line
                 .splitn(3, ' ')
@@ -248,10 +246,49 @@ async fn tunnel(
                 .filter(|c| !c.is_control())
                 .take(100)
                 .collect();
-            Err(format!("CONNECT {target} answered HTTP {code} {reason}")
-                .trim_end()
-                .to_string())
+            Err(TunnelRefused::Status {
+                target,
+                code,
+                reason: reason.trim_end().to_string(),
+            })
         }
-        None => Err(format!("CONNECT {target}: not an HTTP answer")),
+        None => Err(TunnelRefused::NotHttp { target }),
+    }
+}
+
+/// Why the proxy gave no tunnel; shown after the proxy's (redacted) URL.
+#[derive(Debug, thiserror::Error)]
+enum TunnelRefused {
+    #[error("no answer to CONNECT {target}")]
+    NoAnswer { target: String },
+    #[error("CONNECT {target}: {error}")]
+    Io {
+        target: String,
+        error: std::io::Error,
+    },
+    #[error("the proxy refused the credentials (HTTP {code})")]
+    CredentialsRefused { code: u16 },
+    #[error(
+        "the proxy asks for credentials (HTTP 401 or 407); put them in the proxy URL: http://user:password@proxy:port"
+    )]
+    CredentialsWanted,
+    /// `reason` is the status line's own words, if any, without trailing
+    /// blanks.
+    #[error("CONNECT {target} answered HTTP {code}{}", spaced(.reason))]
+    Status {
+        target: String,
+        code: u16,
+        reason: String,
+    },
+    #[error("CONNECT {target}: not an HTTP answer")]
+    NotHttp { target: String },
+}
+
+/// `words` after a space, or nothing when there are none.
+fn spaced(words: &str) -> String {
+    if words.is_empty() {
+        String::new()
+    } else {
+        format!(" {words}")
     }
 }

@@ -136,31 +136,23 @@ fn write_release(
 /// hundred bytes of objects.
 fn plan(repo: &Repository, sha: &Sha, limits: &ReleaseLimits) -> Result<TreePlan, ReleaseError> {
     let git_err = git_error(sha);
-    let over = |limit: &'static str, allowed: u64, found: String| ReleaseError::OverLimit {
-        sha: sha.to_string(),
-        limit,
-        allowed,
-        found,
+    let mut planner = Planner {
+        repo,
+        odb: repo.odb().map_err(&git_err)?,
+        sha,
+        limits,
+        max_tree: tree_size_limit(limits),
+        sizes: HashMap::new(),
+        paths: 0,
+        bytes: 0,
+        pending: Vec::new(),
+        out: TreePlan::default(),
     };
-    // Blobs and trees alike count towards `max_bytes`.
-    let count = |total: &mut u64, size: u64| {
-        *total += size;
-        if *total > limits.bytes {
-            return Err(over(
-                "max_bytes",
-                limits.bytes,
-                format!("more than {} bytes in all (trees included)", limits.bytes),
-            ));
-        }
-        Ok(())
-    };
-    let odb = repo.odb().map_err(&git_err)?;
-    let max_tree = tree_size_limit(limits);
-    let (commit_size, _) = odb.read_header(sha.oid()).map_err(&git_err)?;
-    if commit_size as u64 > max_tree {
-        return Err(over(
+    let (commit_size, _) = planner.odb.read_header(sha.oid()).map_err(&git_err)?;
+    if commit_size as u64 > planner.max_tree {
+        return Err(planner.over(
             "max_file_size",
-            max_tree,
+            planner.max_tree,
             format!("the commit object is {commit_size} bytes"),
         ));
     }
@@ -168,117 +160,189 @@ fn plan(repo: &Repository, sha: &Sha, limits: &ReleaseLimits) -> Result<TreePlan
         .find_commit(sha.oid())
         .map(|c| c.tree_id())
         .map_err(&git_err)?;
-    let mut sizes: HashMap<Oid, u64> = HashMap::new();
-    let mut out = TreePlan::default();
-    let (mut paths, mut bytes) = (0_u64, 0_u64);
-    let mut stack = vec![(root, PathBuf::new(), 1_u64)];
-    while let Some((oid, prefix, depth)) = stack.pop() {
-        // The header first: a tree of a few hundred MB packs into a few
-        // hundred KB, and inflating it is what would exhaust the memory.
-        let (size, _) = odb.read_header(oid).map_err(&git_err)?;
-        let size = size as u64;
-        let what = || match prefix.as_os_str().is_empty() {
-            true => "the root tree".to_string(),
-            false => format!("the tree of `{}`", prefix.display()),
-        };
-        if size > max_tree {
-            let limit = if max_tree == limits.file_size {
-                "max_file_size"
-            } else {
-                "max_files"
-            };
-            return Err(over(
-                limit,
-                if limit == "max_files" {
-                    limits.files
-                } else {
-                    max_tree
-                },
-                format!(
-                    "{} is {size} bytes, more than {max_tree} bytes of entries",
-                    what()
-                ),
-            ));
-        }
-        count(&mut bytes, size)?;
-        let tree = repo.find_tree(oid).map_err(&git_err)?;
-        if depth > limits.depth {
-            return Err(over(
-                "max_depth",
-                limits.depth,
-                format!("`{}` is {depth} levels deep", prefix.display()),
-            ));
-        }
-        for entry in tree.iter() {
-            let name = entry.name_bytes();
-            if name.is_empty()
-                || name == b"."
-                || name == b".."
-                || name.contains(&b'/')
-                || name.len() > MAX_NAME
-            {
-                return Err(ReleaseError::UnsafePath {
-                    sha: sha.to_string(),
-                    name: String::from_utf8_lossy(name).into_owned(),
-                });
-            }
-            paths += 1;
-            if paths > limits.files {
-                return Err(over(
-                    "max_files",
-                    limits.files,
-                    format!("more than {} paths", limits.files),
-                ));
-            }
-            let path = prefix.join(std::ffi::OsStr::from_bytes(name));
-            let kind = entry.kind();
-            if kind != Some(ObjectType::Blob) {
-                if kind == Some(ObjectType::Tree) {
-                    stack.push((entry.id(), path.clone(), depth + 1));
-                }
-                // A submodule (commit entry): an empty directory, as git leaves it.
-                out.dirs.push(path);
-                continue;
-            }
-            let size = match sizes.get(&entry.id()) {
-                Some(size) => *size,
-                None => {
-                    let (size, _) = odb.read_header(entry.id()).map_err(&git_err)?;
-                    sizes.insert(entry.id(), size as u64);
-                    size as u64
-                }
-            };
-            if size > limits.file_size {
-                return Err(over(
-                    "max_file_size",
-                    limits.file_size,
-                    format!("`{}` is {size} bytes", path.display()),
-                ));
-            }
-            count(&mut bytes, size)?;
-            if entry.filemode() == 0o120000 {
-                if size > MAX_LINK {
-                    return Err(over(
-                        "symlink target length",
-                        MAX_LINK,
-                        format!("`{}` points at {size} bytes", path.display()),
-                    ));
-                }
-                out.links.push((path, entry.id()));
-            } else {
-                out.files.push(FileEntry {
-                    path,
-                    oid: entry.id(),
-                    mode: entry.filemode(),
-                    size,
-                });
-            }
-        }
+    planner.pending.push((root, PathBuf::new(), 1));
+    while let Some((oid, prefix, depth)) = planner.pending.pop() {
+        planner.visit_tree(oid, &prefix, depth)?;
     }
+    let mut out = planner.out;
     // Parents before children: the stack visits a directory's entries after
     // pushing the directory itself, and sorting by depth keeps that order.
     out.dirs.sort_by_key(|d| d.components().count());
     Ok(out)
+}
+
+/// The walk of [`plan`]: what it found so far, and the counts the limits
+/// apply to.
+struct Planner<'a> {
+    repo: &'a Repository,
+    odb: git2::Odb<'a>,
+    sha: &'a Sha,
+    limits: &'a ReleaseLimits,
+    /// [`tree_size_limit`].
+    max_tree: u64,
+    /// Blob sizes by id: a blob named many times is looked up once.
+    sizes: HashMap<Oid, u64>,
+    paths: u64,
+    /// Blobs and trees alike count towards `max_bytes`.
+    bytes: u64,
+    /// Trees still to visit, with their path and depth.
+    pending: Vec<(Oid, PathBuf, u64)>,
+    out: TreePlan,
+}
+
+impl Planner<'_> {
+    fn over(&self, limit: &'static str, allowed: u64, found: String) -> ReleaseError {
+        ReleaseError::OverLimit {
+            sha: self.sha.to_string(),
+            limit,
+            allowed,
+            found,
+        }
+    }
+
+    fn count(&mut self, size: u64) -> Result<(), ReleaseError> {
+        self.bytes += size;
+        if self.bytes > self.limits.bytes {
+            return Err(self.over(
+                "max_bytes",
+                self.limits.bytes,
+                format!(
+                    "more than {} bytes in all (trees included)",
+                    self.limits.bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks one tree from its header, then each of its entries.
+    fn visit_tree(&mut self, oid: Oid, prefix: &Path, depth: u64) -> Result<(), ReleaseError> {
+        let git_err = git_error(self.sha);
+        // The header first: a tree of a few hundred MB packs into a few
+        // hundred KB, and inflating it is what would exhaust the memory.
+        let (size, _) = self.odb.read_header(oid).map_err(&git_err)?;
+        let size = size as u64;
+        if size > self.max_tree {
+            return Err(self.tree_too_large(size, prefix));
+        }
+        self.count(size)?;
+        let tree = self.repo.find_tree(oid).map_err(&git_err)?;
+        if depth > self.limits.depth {
+            return Err(self.over(
+                "max_depth",
+                self.limits.depth,
+                format!("`{}` is {depth} levels deep", prefix.display()),
+            ));
+        }
+        for entry in tree.iter() {
+            self.visit_entry(&entry, prefix, depth)?;
+        }
+        Ok(())
+    }
+
+    /// A tree larger than `max_files` entries can take, or than
+    /// `max_file_size`, whichever is less.
+    fn tree_too_large(&self, size: u64, prefix: &Path) -> ReleaseError {
+        let (max_tree, limits) = (self.max_tree, self.limits);
+        let what = match prefix.as_os_str().is_empty() {
+            true => "the root tree".to_string(),
+            false => format!("the tree of `{}`", prefix.display()),
+        };
+        let limit = if max_tree == limits.file_size {
+            "max_file_size"
+        } else {
+            "max_files"
+        };
+        self.over(
+            limit,
+            if limit == "max_files" {
+                limits.files
+            } else {
+                max_tree
+            },
+            format!("{what} is {size} bytes, more than {max_tree} bytes of entries"),
+        )
+    }
+
+    fn visit_entry(
+        &mut self,
+        entry: &git2::TreeEntry<'_>,
+        prefix: &Path,
+        depth: u64,
+    ) -> Result<(), ReleaseError> {
+        let name = entry.name_bytes();
+        if name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.contains(&b'/')
+            || name.len() > MAX_NAME
+        {
+            return Err(ReleaseError::UnsafePath {
+                sha: self.sha.to_string(),
+                name: String::from_utf8_lossy(name).into_owned(),
+            });
+        }
+        self.paths += 1;
+        if self.paths > self.limits.files {
+            return Err(self.over(
+                "max_files",
+                self.limits.files,
+                format!("more than {} paths", self.limits.files),
+            ));
+        }
+        let path = prefix.join(std::ffi::OsStr::from_bytes(name));
+        let kind = entry.kind();
+        if kind != Some(ObjectType::Blob) {
+            if kind == Some(ObjectType::Tree) {
+                self.pending.push((entry.id(), path.clone(), depth + 1));
+            }
+            // A submodule (commit entry): an empty directory, as git leaves it.
+            self.out.dirs.push(path);
+            return Ok(());
+        }
+        self.add_blob(entry, path)
+    }
+
+    /// A file or a symlink, checked from its object's header.
+    fn add_blob(&mut self, entry: &git2::TreeEntry<'_>, path: PathBuf) -> Result<(), ReleaseError> {
+        let size = match self.sizes.get(&entry.id()) {
+            Some(size) => *size,
+            None => {
+                let (size, _) = self
+                    .odb
+                    .read_header(entry.id())
+                    .map_err(git_error(self.sha))?;
+                self.sizes.insert(entry.id(), size as u64);
+                size as u64
+            }
+        };
+        if size > self.limits.file_size {
+            return Err(self.over(
+                "max_file_size",
+                self.limits.file_size,
+                format!("`{}` is {size} bytes", path.display()),
+            ));
+        }
+        self.count(size)?;
+        if entry.filemode() == 0o120000 {
+            if size > MAX_LINK {
+                return Err(self.over(
+                    "symlink target length",
+                    MAX_LINK,
+                    format!("`{}` points at {size} bytes", path.display()),
+                ));
+            }
+            self.out.links.push((path, entry.id()));
+        } else {
+            self.out.files.push(FileEntry {
+                path,
+                oid: entry.id(),
+                mode: entry.filemode(),
+                size,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Writes blobs on as many threads as there are cores (up to 4); each

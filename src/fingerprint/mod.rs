@@ -325,4 +325,4 @@ fn symlink_digest(path: &Path) -> Result<String, FingerprintError> {
 }
 
 #[cfg(test)]
-mod tests;
+mod digest_tests;

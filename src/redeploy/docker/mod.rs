@@ -443,4 +443,4 @@ fn short(id: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests;
+mod replace_tests;

@@ -440,4 +440,4 @@ fn write_blob(
 }
 
 #[cfg(test)]
-mod tests;
+mod hostile_tree_tests;

@@ -24,11 +24,6 @@ const CUT_OFF_WITHIN: Duration = Duration::from_secs(5 + 15);
 /// Connections one HTTP listener keeps open (`http::MAX_CONNECTIONS`).
 const HTTP_MAX_CONNECTIONS: usize = 256;
 
-/// A program to supervise, and `[control] http` on `port`.
-fn sleeper_config(port: u16) -> String {
-    format!("[app]\ncommand = [\"sleep\", \"1000\"]\n\n[control]\nhttp = \"127.0.0.1:{port}\"\n")
-}
-
 /// Starts cutover on `toml`; waits for its control socket and its program.
 fn start(dir: &TestDir, toml: &str, env: &[(&str, &str)]) -> (Cutover, i32) {
     let cfg = dir.write("cutover.toml", toml);
@@ -101,7 +96,14 @@ fn unix_closed_by_peer(s: &mut UnixStream, deadline: Instant) -> Result<Vec<u8>,
 fn slow_header_clients_are_cut_off_while_probes_and_status_answer() {
     let dir = TestDir::new();
     let port = free_port();
-    let (c, program) = start(&dir, &sleeper_config(port), &[]);
+    let (c, program) = start(
+        &dir,
+        &ConfigToml::new()
+            .app(&["sleep", "1000"], "")
+            .control("", port, "")
+            .to_string(),
+        &[],
+    );
     wait_for(SECS_20, || http_get(port, "/healthz").ok()).expect("/healthz never answered");
     let cutover = c.pid();
     let fds_before = open_fds(cutover);
@@ -171,7 +173,14 @@ fn slow_header_clients_are_cut_off_while_probes_and_status_answer() {
 fn idle_keep_alive_connections_are_closed() {
     let dir = TestDir::new();
     let port = free_port();
-    let (_c, _) = start(&dir, &sleeper_config(port), &[]);
+    let (_c, _) = start(
+        &dir,
+        &ConfigToml::new()
+            .app(&["sleep", "1000"], "")
+            .control("", port, "")
+            .to_string(),
+        &[],
+    );
     wait_for(SECS_20, || http_get(port, "/healthz").ok()).expect("/healthz never answered");
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::fixture::git::Repo;
 use crate::fixture::prelude::*;
-use crate::source::deploys::config as source_config;
 
 #[test]
 fn three_thousand_idle_connections_stop_no_program_reaper_or_deploy() {
@@ -19,7 +18,9 @@ fn three_thousand_idle_connections_stop_no_program_reaper_or_deploy() {
     let (port, http) = (free_port(), free_port());
     let remote = repo.remote.display().to_string();
     let extra = format!("[control]\nhttp = \"127.0.0.1:{http}\"\n");
-    let toml = source_config(port, &remote, &dir.join("srv"), "", &extra);
+    let toml = ConfigToml::deploying(port, &remote, &dir.join("srv"), "")
+        .raw(&extra)
+        .to_string();
     let cfg = dir.write("cutover.toml", &toml);
     let c = Cutover::start(Mode::Subreaper, &dir, &["run", "-c", cfg.to_str().unwrap()]);
     wait_for(SECS_20, || {

@@ -3,16 +3,10 @@
 
 use crate::fixture::prelude::*;
 
-fn check(dir: &TestDir, toml: &str) -> (i32, String) {
-    let cfg = dir.write("cutover.toml", toml);
-    let (code, _out, err) = run_cutover(dir, &["check", "-c", cfg.to_str().unwrap()]);
-    (code, err)
-}
-
 #[test]
 fn valid_config_passes_check() {
     let dir = TestDir::new();
-    let (code, err) = check(
+    let (code, err) = check_config(
         &dir,
         r#"[app]
 command = ["gunicorn", "app:app"]
@@ -30,7 +24,7 @@ stop_timeout = "2m"
 #[test]
 fn invalid_toml_names_line_and_column() {
     let dir = TestDir::new();
-    let (code, err) = check(&dir, "[app]\ncommand = [\"a\"\nrestart = \"never\"\n");
+    let (code, err) = check_config(&dir, "[app]\ncommand = [\"a\"\nrestart = \"never\"\n");
     assert_eq!(code, 78);
     assert!(err.contains("cutover.toml:3:"), "{err}");
     assert!(err.contains("invalid TOML"), "{err}");
@@ -39,7 +33,7 @@ fn invalid_toml_names_line_and_column() {
 #[test]
 fn every_problem_is_reported_at_once() {
     let dir = TestDir::new();
-    let (code, err) = check(
+    let (code, err) = check_config(
         &dir,
         r#"[app]
 command = []
@@ -67,7 +61,7 @@ user = "no-such-user-xyz"
 #[test]
 fn unknown_keys_everywhere_are_all_named() {
     let dir = TestDir::new();
-    let (code, err) = check(
+    let (code, err) = check_config(
         &dir,
         r#"extra = 1
 
@@ -92,18 +86,18 @@ retsart = "always"
 #[test]
 fn structural_problems_are_named() {
     let dir = TestDir::new();
-    let (code, err) = check(&dir, "[app]\ncommand = \"gunicorn app:app\"\n");
+    let (code, err) = check_config(&dir, "[app]\ncommand = \"gunicorn app:app\"\n");
     assert_eq!(code, 78);
     assert!(err.contains("app.command"), "{err}");
 
-    let (code, err) = check(
+    let (code, err) = check_config(
         &dir,
         "[app]\ncommand = [\"a\"]\n[[program]]\nname = \"b\"\ncommand = [\"b\"]\n",
     );
     assert_eq!(code, 78);
     assert!(err.contains("not both"), "{err}");
 
-    let (code, err) = check(
+    let (code, err) = check_config(
         &dir,
         "[[program]]\ncommand = [\"a\"]\n[[program]]\nname = \"x\"\ncommand = [\"b\"]\n[[program]]\nname = \"x\"\ncommand = [\"c\"]\n",
     );
@@ -114,7 +108,7 @@ fn structural_problems_are_named() {
         "{err}"
     );
 
-    let (code, err) = check(&dir, "");
+    let (code, err) = check_config(&dir, "");
     assert_eq!(code, 78);
     assert!(err.contains("nothing to run"), "{err}");
 }

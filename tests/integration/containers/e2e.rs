@@ -101,17 +101,25 @@ impl Scene {
     /// `[[listen]]`, `[app]` (gunicorn with the image's config), `[ready]`
     /// and `[control]` for this scene's ports, then `extra`.
     fn config(&self, app_extra: &str, extra: &str) -> String {
-        format!(
-            "[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:{port}\"\nreuse_port = false\n\n\
-             [app]\n\
-             command = [\"/opt/venv/bin/gunicorn\", \"--config\", \"/etc/cutover/gunicorn.conf.py\", \
-             \"--workers\", \"2\", \"app:app\"]\n\
-             stop_timeout = \"10s\"\nforward_to = \"main\"\nreload_strategy = \"overlap\"\n{app_extra}\n\
-             [ready]\nnotify = true\ntimeout = \"30s\"\n\n\
-             [control]\nsocket = \"/run/cutover.sock\"\nhttp = \"127.0.0.1:{control}\"\n\n{extra}",
-            port = self.port,
-            control = self.control,
-        )
+        ConfigToml::new()
+            .listen("http", self.port, "reuse_port = false")
+            .app(
+                &[
+                    "/opt/venv/bin/gunicorn",
+                    "--config",
+                    "/etc/cutover/gunicorn.conf.py",
+                    "--workers",
+                    "2",
+                    "app:app",
+                ],
+                &format!(
+                    "stop_timeout = \"10s\"\nforward_to = \"main\"\nreload_strategy = \"overlap\"\n{app_extra}"
+                ),
+            )
+            .section("ready", "notify = true\ntimeout = \"30s\"")
+            .control("/run/cutover.sock", self.control, "")
+            .raw(extra)
+            .to_string()
     }
 
     /// Writes the config to /cfg/cutover.toml and runs the app image with

@@ -14,35 +14,6 @@ use crate::fixture::git::git_command;
 use crate::fixture::git::{Repo, git};
 use crate::fixture::prelude::*;
 
-/// fdserver serving `<root>/current` on `port`, fed from the bare `repo`.
-fn config(port: u16, repo: &Path, root: &Path, source_extra: &str) -> String {
-    format!(
-        r#"[[listen]]
-name = "http"
-address = "127.0.0.1:{port}"
-
-[app]
-command = ["python3", "{app}"]
-restart = "on-failure"
-stop_timeout = "5s"
-reload_strategy = "overlap"
-
-[ready]
-notify = true
-timeout = "10s"
-
-[source]
-repo = "{repo}"
-ref = "main"
-root = "{root}"
-{source_extra}
-"#,
-        app = app("fdserver.py"),
-        repo = repo.display(),
-        root = root.display(),
-    )
-}
-
 fn start(dir: &TestDir, toml: &str) -> Cutover {
     let cfg = dir.write("cutover.toml", toml);
     Cutover::start(Mode::Subreaper, dir, &["run", "-c", cfg.to_str().unwrap()])
@@ -167,7 +138,13 @@ fn a_git_bomb_a_huge_blob_and_a_deep_tree_are_refused_and_marked_bad() {
     let port = free_port();
     let c = start(
         &dir,
-        &config(port, &bare, &root, "max_file_size = \"100MiB\""),
+        &ConfigToml::deploying_overlap(
+            port,
+            &bare.display().to_string(),
+            &root,
+            "max_file_size = \"100MiB\"",
+        )
+        .to_string(),
     );
     wait_version(port, "v1", &c, SECS_20);
     wait_for_control(&dir);
@@ -285,7 +262,8 @@ fn a_commit_without_its_tree_in_the_cache_is_fetched_again() {
     repo.release("v1");
     let root = dir.join("srv");
     let port = free_port();
-    let toml = config(port, &repo.remote, &root, "");
+    let toml = ConfigToml::deploying_overlap(port, &repo.remote.display().to_string(), &root, "")
+        .to_string();
     let c = start(&dir, &toml);
     wait_version(port, "v1", &c, SECS_20);
     drop(c);
@@ -406,7 +384,8 @@ fn random_sigkills_during_deploys_leave_a_complete_current_and_converge() {
     let first = repo.release("r0");
     let root = dir.join("srv");
     let port = free_port();
-    let toml = config(port, &repo.remote, &root, "");
+    let toml = ConfigToml::deploying_overlap(port, &repo.remote.display().to_string(), &root, "")
+        .to_string();
     let mut c = start(&dir, &toml);
     wait_version(port, "r0", &c, SECS_20);
     assert_eq!(current_sha(&root).as_deref(), Some(first.as_str()));
@@ -491,7 +470,10 @@ fn a_full_disk_is_retried_without_blaming_the_commit() {
     let _volume = Tmpfs::mount(&root, "48m")
         .expect("cannot mount a tmpfs: run the tests as root, as CI does (scripts/test)");
     let port = free_port();
-    let c = start(&dir, &config(port, &bare, &root, ""));
+    let c = start(
+        &dir,
+        &ConfigToml::deploying_overlap(port, &bare.display().to_string(), &root, "").to_string(),
+    );
     wait_version(port, "v1", &c, SECS_20);
     wait_for_control(&dir);
 

@@ -66,34 +66,29 @@ fn start(strategy: &str) -> Gunicorn {
     // symlink path); its readiness after HUP is the http check after a grace.
     // restart/overlap: cutover starts each instance in the resolved release,
     // and the workers' READY=1 (gunicorn.conf.py hooks) says the new code loaded.
-    let (chdir, ready) = match strategy {
-        "signal" => (
-            format!("\"--chdir\", \"{}\", ", releases.current().display()),
-            format!("http = \"http://127.0.0.1:{port}/healthz\"\ngrace = \"1500ms\""),
-        ),
-        _ => (String::new(), "notify = true".to_string()),
+    let gunicorn = gunicorn.display().to_string();
+    let conf = example("gunicorn.conf.py");
+    let current = releases.current().display().to_string();
+    let mut command = vec![gunicorn.as_str(), "--config", &conf];
+    let ready = match strategy {
+        "signal" => {
+            command.extend(["--chdir", &current]);
+            format!("http = \"http://127.0.0.1:{port}/healthz\"\ngrace = \"1500ms\"")
+        }
+        _ => "notify = true".to_string(),
     };
-    let config = format!(
-        r#"[[listen]]
-name = "http"
-address = "127.0.0.1:{port}"
-
-[app]
-command = ["{gunicorn}", "--config", "{conf}", {chdir}"--workers", "2", "app:app"]
-workdir = "{current}"
-restart = "on-failure"
-stop_timeout = "30s"
-forward_to = "main"
-reload_strategy = "{strategy}"
-
-[ready]
-{ready}
-timeout = "30s"
-"#,
-        gunicorn = gunicorn.display(),
-        conf = example("gunicorn.conf.py"),
-        current = releases.current().display(),
-    );
+    command.extend(["--workers", "2", "app:app"]);
+    let config = ConfigToml::new()
+        .listen("http", port, "")
+        .app(
+            &command,
+            &format!(
+                "workdir = \"{current}\"\nrestart = \"on-failure\"\nstop_timeout = \"30s\"\n\
+                 forward_to = \"main\"\nreload_strategy = \"{strategy}\""
+            ),
+        )
+        .section("ready", &format!("{ready}\ntimeout = \"30s\""))
+        .to_string();
     let cutover = Cutover::run_config(Mode::Subreaper, &dir, &config);
     wait_for(Duration::from_secs(30), || {
         (example_version(port).ok()? == "v1").then_some(())

@@ -19,17 +19,9 @@ fn release(dir: &TestDir) -> String {
     path.to_str().unwrap().to_string()
 }
 
-fn config(dir: &TestDir, redeploy: &str) -> String {
-    let cfg = dir.write(
-        "cutover.toml",
-        &format!("[app]\ncommand = [\"true\"]\n\n[redeploy]\n{redeploy}\n"),
-    );
-    cfg.to_str().unwrap().to_string()
-}
-
 fn redeploy(
     dir: &TestDir,
-    cfg: &str,
+    cfg: &std::path::Path,
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (i32, String, String) {
@@ -37,7 +29,7 @@ fn redeploy(
     let mut args = vec![
         "redeploy",
         "-c",
-        cfg,
+        cfg.to_str().unwrap(),
         "--dir",
         &rel,
         "--ref",
@@ -63,10 +55,13 @@ fn command_gets_the_sha_ref_and_changed_files() {
             out.display()
         ),
     );
-    let cfg = config(
-        &dir,
-        &format!("command = [\"sh\", \"{}\"]", script.display()),
-    );
+    let cfg = ConfigToml::new()
+        .app(&["true"], "")
+        .section(
+            "redeploy",
+            &format!("command = [\"sh\", \"{}\"]", script.display()),
+        )
+        .write(&dir);
     let (code, stdout, stderr) = redeploy(
         &dir,
         &cfg,
@@ -104,14 +99,23 @@ fn command_gets_the_sha_ref_and_changed_files() {
 #[test]
 fn failing_or_slow_command_is_an_error() {
     let dir = TestDir::new();
-    let cfg = config(&dir, "command = [\"sh\", \"-c\", \"exit 3\"]");
+    let cfg = ConfigToml::new()
+        .app(&["true"], "")
+        .section("redeploy", "command = [\"sh\", \"-c\", \"exit 3\"]")
+        .write(&dir);
     let (code, _, stderr) = redeploy(&dir, &cfg, &[], &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("redeploy failed: redeploy command failed: exit"),
         "{stderr}"
     );
-    let cfg = config(&dir, "command = [\"sleep\", \"30\"]\ntimeout = \"300ms\"");
+    let cfg = ConfigToml::new()
+        .app(&["true"], "")
+        .section(
+            "redeploy",
+            "command = [\"sleep\", \"30\"]\ntimeout = \"300ms\"",
+        )
+        .write(&dir);
     let (code, _, stderr) = redeploy(&dir, &cfg, &[], &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("did not finish within 300ms"), "{stderr}");
@@ -179,13 +183,16 @@ fn one_shot_server(status: &'static str) -> (u16, std::thread::JoinHandle<Captur
 fn webhook_posts_a_signed_json_body() {
     let dir = TestDir::new();
     let (port, server) = one_shot_server("202 Accepted");
-    let cfg = config(
-        &dir,
-        &format!(
-            "webhook = \"http://127.0.0.1:{port}/hooks/redeploy\"\n\
+    let cfg = ConfigToml::new()
+        .app(&["true"], "")
+        .section(
+            "redeploy",
+            &format!(
+                "webhook = \"http://127.0.0.1:{port}/hooks/redeploy\"\n\
              webhook_secret_env = \"TEST_REDEPLOY_SECRET\""
-        ),
-    );
+            ),
+        )
+        .write(&dir);
     let (code, stdout, stderr) = redeploy(
         &dir,
         &cfg,
@@ -228,7 +235,13 @@ fn webhook_posts_a_signed_json_body() {
 fn webhook_error_status_fails_with_the_status() {
     let dir = TestDir::new();
     let (port, server) = one_shot_server("500 Internal Server Error");
-    let cfg = config(&dir, &format!("webhook = \"http://127.0.0.1:{port}/\""));
+    let cfg = ConfigToml::new()
+        .app(&["true"], "")
+        .section(
+            "redeploy",
+            &format!("webhook = \"http://127.0.0.1:{port}/\""),
+        )
+        .write(&dir);
     let (code, _, stderr) = redeploy(&dir, &cfg, &[], &[]);
     let request = server.join().unwrap();
     assert_eq!(code, 1, "{stderr}");
@@ -245,10 +258,13 @@ fn webhook_error_status_fails_with_the_status() {
 fn webhook_nobody_listening_is_an_error() {
     let dir = TestDir::new();
     let port = free_port();
-    let cfg = config(
-        &dir,
-        &format!("webhook = \"http://127.0.0.1:{port}/\"\ntimeout = \"5s\""),
-    );
+    let cfg = ConfigToml::new()
+        .app(&["true"], "")
+        .section(
+            "redeploy",
+            &format!("webhook = \"http://127.0.0.1:{port}/\"\ntimeout = \"5s\""),
+        )
+        .write(&dir);
     let (code, _, stderr) = redeploy(&dir, &cfg, &[], &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("Connection refused"), "{stderr}");
@@ -257,11 +273,17 @@ fn webhook_nobody_listening_is_an_error() {
 #[test]
 fn exit_action_and_config_problems() {
     let dir = TestDir::new();
-    let cfg = config(&dir, "exit = 75");
+    let cfg = ConfigToml::new()
+        .app(&["true"], "")
+        .section("redeploy", "exit = 75")
+        .write(&dir);
     let (code, stdout, stderr) = redeploy(&dir, &cfg, &[], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("exits 75"), "{stdout}");
-    let cfg = config(&dir, "exit = 75\ncommand = [\"true\"]");
+    let cfg = ConfigToml::new()
+        .app(&["true"], "")
+        .section("redeploy", "exit = 75\ncommand = [\"true\"]")
+        .write(&dir);
     let (code, _, stderr) = redeploy(&dir, &cfg, &[], &[]);
     assert_eq!(code, 78, "{stderr}");
     assert!(

@@ -84,15 +84,17 @@ impl Scene {
         } else {
             format!(", {options}")
         };
-        self.dir.write(
-            "cutover.toml",
-            &format!(
-                "[app]\ncommand = [\"sh\", \"-c\", \"{app}\"]\n\n\
-                 [redeploy]\ndocker = {{ image = \"{}\", health_timeout = \"60s\", \
-                 build_args = {{ GREETING = \"hi\" }}{options} }}\n",
-                self.repository
-            ),
-        );
+        ConfigToml::new()
+            .app(&["sh", "-c", app], "")
+            .section(
+                "redeploy",
+                &format!(
+                    "docker = {{ image = \"{}\", health_timeout = \"60s\", \
+                     build_args = {{ GREETING = \"hi\" }}{options} }}",
+                    self.repository
+                ),
+            )
+            .write(&self.dir);
         let release = self.dir.join(&format!("releases/{SHA}"));
         std::fs::create_dir_all(&release).unwrap();
         std::fs::write(release.join("Dockerfile"), dockerfile).unwrap();

@@ -4,43 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::fixture::config::quote;
 use crate::fixture::prelude::*;
-
-const SERVER: &str = "fdserver.py";
-
-/// A config serving `releases/current` with fdserver on `port`.
-fn config(
-    port: u16,
-    releases: &Releases,
-    dir: &TestDir,
-    strategy: &str,
-    ready: &str,
-    reload_extra: &str,
-) -> String {
-    format!(
-        r#"[[listen]]
-name = "http"
-address = "127.0.0.1:{port}"
-
-[app]
-command = ["python3", "{server}"]
-workdir = "{current}"
-restart = "on-failure"
-stop_timeout = "5s"
-
-[reload]
-touch = ["{touch}"]
-strategy = "{strategy}"
-{reload_extra}
-
-[ready]
-{ready}
-"#,
-        server = app(SERVER),
-        current = releases.current().display(),
-        touch = dir.join("reload").display(),
-    )
-}
 
 const HTTP_READY: &str = "grace = \"300ms\"\ntimeout = \"10s\"";
 
@@ -88,7 +53,16 @@ fn setup_on(
     let cutover = Cutover::run_config(
         Mode::Subreaper,
         &dir,
-        &config(port, &releases, &dir, strategy, &ready, reload_extra),
+        &ConfigToml::fdserver_in(port, &releases.current(), "")
+            .section(
+                "reload",
+                &format!(
+                    "touch = [{}]\nstrategy = \"{strategy}\"\n{reload_extra}",
+                    quote(&dir.join("reload").display().to_string()),
+                ),
+            )
+            .section("ready", &ready)
+            .to_string(),
     );
     wait_for(SECS_20, || {
         (served_version(port).ok()? == "v1").then_some(())
@@ -395,7 +369,16 @@ fn readiness_timeout_is_reported() {
     let c = Cutover::run_config(
         Mode::Subreaper,
         &dir,
-        &config(port, &releases, &dir, "overlap", &ready, ""),
+        &ConfigToml::fdserver_in(port, &releases.current(), "")
+            .section(
+                "reload",
+                &format!(
+                    "touch = [{}]\nstrategy = \"overlap\"\n",
+                    quote(&dir.join("reload").display().to_string()),
+                ),
+            )
+            .section("ready", &ready)
+            .to_string(),
     );
     wait_for_control(&dir);
     wait_for(SECS_20, || {

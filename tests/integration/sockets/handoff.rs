@@ -11,33 +11,6 @@ use crate::fixture::cleanup::sleep;
 use crate::fixture::git::Repo;
 use crate::fixture::prelude::*;
 
-fn config(port: u16, releases: &Releases, strategy: &str, listen: &str) -> String {
-    format!(
-        r#"[[listen]]
-name = "http"
-address = "127.0.0.1:{port}"
-{listen}
-
-[app]
-command = ["python3", "{server}"]
-workdir = "{current}"
-restart = "on-failure"
-stop_timeout = "5s"
-
-[reload]
-strategy = "{strategy}"
-drain = "200ms"
-
-[ready]
-http = "http://127.0.0.1:{port}/healthz"
-grace = "100ms"
-timeout = "3s"
-"#,
-        server = app("fdserver.py"),
-        current = releases.current().display(),
-    )
-}
-
 /// fdserver under cutover with `strategy` and `listen` settings, serving
 /// release `first` of those `add` made; returns once v1 answers and the
 /// control socket is up.
@@ -54,7 +27,13 @@ fn serving(first: &str, add: impl FnOnce(&Releases), strategy: &str, listen: &st
     add(&releases);
     releases.switch(first);
     let port = free_port();
-    let toml = config(port, &releases, strategy, listen);
+    let toml = ConfigToml::fdserver_in(port, &releases.current(), listen)
+        .section(
+            "reload",
+            &format!("strategy = \"{strategy}\"\ndrain = \"200ms\""),
+        )
+        .ready_http(port, "grace = \"100ms\"\ntimeout = \"3s\"")
+        .to_string();
     let cutover = Cutover::run_config(Mode::Subreaper, &dir, &toml);
     wait_version(port, "v1", &cutover, SECS_20);
     wait_for_control(&dir);
@@ -227,13 +206,9 @@ fn an_instance_that_stops_passing_readiness_in_the_window_is_rolled_back() {
     let v1 = repo.release("v1");
     let root = dir.join("srv");
     let port = free_port();
-    let toml = crate::source::deploys::config(
-        port,
-        &repo.remote.display().to_string(),
-        &root,
-        "",
-        "[reload]\nstrategy = \"overlap\"\n\n[rollback]\nwindow = \"60s\"\n",
-    );
+    let toml = ConfigToml::deploying(port, &repo.remote.display().to_string(), &root, "")
+        .raw("[reload]\nstrategy = \"overlap\"\n\n[rollback]\nwindow = \"60s\"\n")
+        .to_string();
     let cfg = dir.write("cutover.toml", &toml);
     let c = Cutover::start(Mode::Subreaper, &dir, &["run", "-c", cfg.to_str().unwrap()]);
     wait_version(port, "v1", &c, SECS_20);
@@ -296,7 +271,13 @@ fn a_second_cutover_on_the_same_address_is_refused() {
     let releases = Releases::new(&other);
     releases.add("v2", &[("version", "v2")]);
     releases.switch("v2");
-    let cfg = other.write("cutover.toml", &config(s.port, &releases, "overlap", ""));
+    let cfg = other.write(
+        "cutover.toml",
+        &ConfigToml::fdserver_in(s.port, &releases.current(), "")
+            .section("reload", "strategy = \"overlap\"\ndrain = \"200ms\"")
+            .ready_http(s.port, "grace = \"100ms\"\ntimeout = \"3s\"")
+            .to_string(),
+    );
     let (code, _, stderr) = run_cutover(&other, &["run", "-c", cfg.to_str().unwrap()]);
     assert_ne!(code, 0, "{stderr}");
     assert!(
@@ -307,7 +288,10 @@ fn a_second_cutover_on_the_same_address_is_refused() {
         assert_eq!(served_version(s.port).unwrap(), "v1");
     }
     // Asked for, sharing starts (what reaches it is the first one's steering's call).
-    let shared = config(s.port, &releases, "overlap", "reuse_port = true");
+    let shared = ConfigToml::fdserver_in(s.port, &releases.current(), "reuse_port = true")
+        .section("reload", "strategy = \"overlap\"\ndrain = \"200ms\"")
+        .ready_http(s.port, "grace = \"100ms\"\ntimeout = \"3s\"")
+        .to_string();
     let cfg = other.write("shared.toml", &shared);
     let second = Cutover::start(
         Mode::Subreaper,
@@ -333,7 +317,10 @@ fn exact_probes_wait_no_grace_by_default() {
         releases.add("v2", &[("version", "v2")]);
         releases.switch("v1");
         let port = free_port();
-        let toml = config(port, &releases, "overlap", listen).replace("grace = \"100ms\"\n", "");
+        let toml = ConfigToml::fdserver_in(port, &releases.current(), listen)
+            .section("reload", "strategy = \"overlap\"\ndrain = \"200ms\"")
+            .ready_http(port, "timeout = \"3s\"")
+            .to_string();
         let c = Cutover::run_config(Mode::Subreaper, &dir, &toml);
         wait_version(port, "v1", &c, SECS_20);
         wait_for_control(&dir);

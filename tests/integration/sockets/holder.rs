@@ -46,31 +46,25 @@ impl Scene {
         }
     }
 
-    fn app_config(&self, control: &str) -> String {
-        self.app_config_with(control, "")
-    }
-
-    fn app_config_with(&self, control: &str, listen: &str) -> String {
-        format!(
-            r#"[[listen]]
-name = "http"
-from = "unix:{holder}"
-{listen}
-
-[app]
-command = ["python3", "{server}"]
-workdir = "{dir}"
-stop_timeout = "5s"
-reload_strategy = "overlap"
-
-[control]
-socket = "{control}"
-"#,
-            holder = self.holder_socket.display(),
-            server = app("fdserver.py"),
-            dir = self.dir.path().display(),
-            control = self.dir.join(control).display(),
-        )
+    /// An app cutover's config: fdserver in this scene's dir on the holder's
+    /// `http` socket (with `listen` lines), reloading by overlap, its
+    /// control socket at `control`.
+    fn app_config(&self, control: &str, listen: &str) -> String {
+        ConfigToml::new()
+            .listen_from(
+                "http",
+                &format!("unix:{}", self.holder_socket.display()),
+                listen,
+            )
+            .app(
+                &["python3", &app("fdserver.py")],
+                &format!(
+                    "workdir = \"{}\"\nstop_timeout = \"5s\"\nreload_strategy = \"overlap\"",
+                    self.dir.path().display()
+                ),
+            )
+            .control(&self.dir.join(control).display().to_string(), 0, "")
+            .to_string()
     }
 
     /// An app cutover taking its socket from the holder, serving.
@@ -81,7 +75,7 @@ socket = "{control}"
     fn app_with(&self, n: usize, listen: &str) -> Cutover {
         let cfg = self.dir.write(
             &format!("app{n}.toml"),
-            &self.app_config_with(&format!("app{n}.sock"), listen),
+            &self.app_config(&format!("app{n}.sock"), listen),
         );
         let c = Cutover::start(
             Mode::Subreaper,
@@ -95,7 +89,9 @@ socket = "{control}"
     /// A second app cutover beside the first, not waited for; it and its
     /// control socket.
     fn second_app(&self) -> (Cutover, std::path::PathBuf) {
-        let cfg = self.dir.write("app2.toml", &self.app_config("app2.sock"));
+        let cfg = self
+            .dir
+            .write("app2.toml", &self.app_config("app2.sock", ""));
         let control = self.dir.join("app2.sock");
         let second = Cutover::start_with(
             Mode::Subreaper,
@@ -193,7 +189,7 @@ fn a_peer_the_holder_does_not_trust_is_refused_on_both_sides() {
     // 0660 with group 4242: the peer gets through the file's mode by a
     // supplementary group, but its own gid is not one the holder allows.
     let s = Scene::new(&["--allow-gid", "4242", "--allow-uid", "0"]);
-    let cfg = s.dir.write("app.toml", &s.app_config("app.sock"));
+    let cfg = s.dir.write("app.toml", &s.app_config("app.sock", ""));
     std::fs::set_permissions(
         s.dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -234,7 +230,7 @@ fn a_peer_the_holder_does_not_trust_is_refused_on_both_sides() {
 fn sockets_the_holder_does_not_have_are_named() {
     let s = Scene::new(&[]);
     let toml = s
-        .app_config("app.sock")
+        .app_config("app.sock", "")
         .replace("name = \"http\"", "name = \"https\"");
     let cfg = s.dir.write("app.toml", &toml);
     let (code, _out, err) = run_cutover(&s.dir, &["run", "-c", cfg.to_str().unwrap()]);
@@ -456,7 +452,7 @@ fn an_app_waiting_for_its_holder_answers_and_stops_at_once() {
     let scene = Scene::new(&[]);
     // Pointed at a holder that is not there (yet).
     let absent = scene.dir.join("later/sockets");
-    let toml = scene.app_config("control.sock").replace(
+    let toml = scene.app_config("control.sock", "").replace(
         scene.holder_socket.to_str().unwrap(),
         absent.to_str().unwrap(),
     );

@@ -31,14 +31,14 @@ impl Stage {
         std::fs::create_dir_all(dir.join("run")).unwrap();
         std::fs::create_dir_all(dir.join("app")).unwrap();
         std::fs::write(dir.join("app/version"), "v1").unwrap();
-        std::fs::write(
-            dir.join("app.toml"),
-            "[[listen]]\nname = \"http\"\nfrom = \"unix:/run/cutover/sockets\"\n\n\
-             [app]\ncommand = [\"python3\", \"/apps/fdserver.py\"]\nworkdir = \"/app\"\n\
-             stop_timeout = \"5s\"\nreload_strategy = \"overlap\"\n\n\
-             [ready]\nnotify = true\ntimeout = \"20s\"\n",
-        )
-        .unwrap();
+        ConfigToml::new()
+            .listen_from("http", "unix:/run/cutover/sockets", "")
+            .app(
+                &["python3", "/apps/fdserver.py"],
+                "workdir = \"/app\"\nstop_timeout = \"5s\"\nreload_strategy = \"overlap\"",
+            )
+            .section("ready", "notify = true\ntimeout = \"20s\"")
+            .write_to(&dir.join("app.toml"));
         Stage {
             dir,
             network: tag.clone(),

@@ -12,31 +12,6 @@ use serde_json::Value;
 use crate::fixture::git::Repo;
 use crate::fixture::prelude::*;
 
-fn config(port: u16, repo: &Path, root: &Path, extra: &str) -> String {
-    format!(
-        r#"[[listen]]
-address = "127.0.0.1:{port}"
-
-[app]
-command = ["python3", "{server}"]
-stop_timeout = "5s"
-
-[ready]
-http = "http://127.0.0.1:{port}/healthz"
-grace = "100ms"
-
-[source]
-repo = "{repo}"
-root = "{root}"
-
-{extra}
-"#,
-        server = app("fdserver.py"),
-        repo = repo.display(),
-        root = root.display(),
-    )
-}
-
 fn source(dir: &TestDir) -> Value {
     status(dir)["source"].clone()
 }
@@ -75,7 +50,13 @@ impl Scene {
     }
 
     fn config(&self, extra: &str) -> String {
-        config(self.port, &self.repo.remote, &self.root, extra)
+        ConfigToml::new()
+            .listen("", self.port, "")
+            .app(&["python3", &app("fdserver.py")], "stop_timeout = \"5s\"")
+            .ready_http(self.port, "grace = \"100ms\"")
+            .source(&self.repo.remote.display().to_string(), &self.root, "")
+            .raw(extra)
+            .to_string()
     }
 
     /// cutover with `extra` in its config, once it serves v1.

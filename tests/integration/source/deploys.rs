@@ -16,44 +16,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::fixture::config::array;
 use crate::fixture::git::{Repo, Server, git};
 use crate::fixture::prelude::*;
-
-/// `cutover.toml` for fdserver on `port`, deploying `main` of `repo` into
-/// `root`; `source_extra` goes into `[source]`, `extra` after it.
-pub(crate) fn config(
-    port: u16,
-    repo: &str,
-    root: &Path,
-    source_extra: &str,
-    extra: &str,
-) -> String {
-    format!(
-        r#"[[listen]]
-name = "http"
-address = "127.0.0.1:{port}"
-
-[app]
-command = ["python3", "{server}"]
-stop_timeout = "5s"
-
-[ready]
-http = "http://127.0.0.1:{port}/healthz"
-grace = "100ms"
-timeout = "10s"
-
-[source]
-repo = "{repo}"
-ref = "main"
-root = "{root}"
-{source_extra}
-
-{extra}
-"#,
-        server = app("fdserver.py"),
-        root = root.display(),
-    )
-}
 
 /// A test dir with a repository whose `main` serves v1, and a port.
 struct Setup {
@@ -85,7 +50,9 @@ impl Setup {
     }
 
     fn config(&self, repo: &str, source_extra: &str, extra: &str) -> String {
-        config(self.port, repo, &self.root, source_extra, extra)
+        ConfigToml::deploying(self.port, repo, &self.root, source_extra)
+            .raw(extra)
+            .to_string()
     }
 
     /// Runs cutover on `toml` and waits until the app serves v1.
@@ -178,24 +145,26 @@ fi
     )
 }
 
+/// The `[hooks]` section running the recording hook script before and
+/// after the cutover, and the file it records to.
 fn hooks_config(dir: &TestDir) -> (String, PathBuf) {
-    let script = hook_script(dir);
+    let script = hook_script(dir).display().to_string();
     let record = dir.join("hooks.log");
     let cmd = |label: &str| {
         format!(
-            r#"[["sh", "{}", "{label}", "{}"]]"#,
-            script.display(),
-            record.display()
+            "[{}]",
+            array(&["sh", &script, label, record.to_str().unwrap()])
         )
     };
-    (
-        format!(
-            "[hooks]\nbefore_cutover = {}\nafter_cutover = {}\ntimeout = \"10s\"\n",
+    let hooks = ConfigToml::new().section(
+        "hooks",
+        &format!(
+            "before_cutover = {}\nafter_cutover = {}\ntimeout = \"10s\"",
             cmd("before"),
             cmd("after")
         ),
-        record,
-    )
+    );
+    (hooks.to_string(), record)
 }
 
 fn hook_lines(record: &Path) -> Vec<String> {

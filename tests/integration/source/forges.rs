@@ -14,9 +14,7 @@ use serde_json::Value;
 use crate::fixture::forge::{Cert, HttpsForge, Pki, Proxy};
 use crate::fixture::git::{Repo, git};
 use crate::fixture::prelude::*;
-use crate::source::deploys::{
-    config, files_containing, github_signature, history, http_post, push_body,
-};
+use crate::source::deploys::{files_containing, github_signature, history, http_post, push_body};
 
 /// A test directory, an app repository whose `main` serves v1, the volume
 /// and the app's port: what every forge test starts from.
@@ -62,7 +60,9 @@ impl Site {
     ) -> Cutover {
         let cfg = self.dir.write(
             "cutover.toml",
-            &config(self.port, url, &self.root, source_extra, extra),
+            &ConfigToml::deploying(self.port, url, &self.root, source_extra)
+                .raw(extra)
+                .to_string(),
         );
         Cutover::start_with(
             Mode::Subreaper,
@@ -298,7 +298,7 @@ fn missing_credentials_a_missing_ref_a_missing_repository_and_a_dead_server_each
         ),
     ];
     for (url, keys, words) in cases {
-        let toml = config(site.port, &url, &site.root, &keys, "");
+        let toml = ConfigToml::deploying(site.port, &url, &site.root, &keys).to_string();
         // The case that names its own ref replaces `main`.
         let toml = if keys.contains("ref =") {
             toml.replace("ref = \"main\"\n", "")

@@ -221,13 +221,6 @@ fn the_ssh_client_is_given_no_secret() {
     );
 }
 
-fn check(dir: &TestDir, toml: &str) -> String {
-    let cfg = dir.write("check.toml", toml);
-    let (code, _, stderr) = run_cutover(dir, &["check", "-c", cfg.to_str().unwrap()]);
-    assert_ne!(code, 0, "accepted:\n{toml}");
-    stderr
-}
-
 /// Every problem of a forge config is named by its key, all at once.
 #[test]
 fn bad_forge_settings_are_config_errors_naming_the_key() {
@@ -237,7 +230,7 @@ fn bad_forge_settings_are_config_errors_naming_the_key() {
         .dir
         .write("deploy.pub", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA x\n");
     let bad_hosts = site.dir.write("known_hosts", "127.0.0.1 ssh-ed25519\n");
-    let toml = crate::source::deploys::config(
+    let toml = ConfigToml::deploying(
         site.port,
         &forge.url("app.git"),
         &site.root,
@@ -245,9 +238,10 @@ fn bad_forge_settings_are_config_errors_naming_the_key() {
             "{}\nca_file = \"/nonexistent/ca.pem\"",
             key_keys(&public, &bad_hosts)
         ),
-        "",
-    );
-    let err = check(&site.dir, &toml);
+    )
+    .to_string();
+    let (code, err) = check_config(&site.dir, &toml);
+    assert_ne!(code, 0, "accepted:\n{toml}");
     for words in [
         "source.ssh_key",
         "is a public key",
@@ -263,7 +257,7 @@ fn bad_forge_settings_are_config_errors_naming_the_key() {
     std::fs::copy(forge.ed25519_key(), &open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
     let not_pem = site.dir.write("ca.pem", "hello\n");
-    let toml = crate::source::deploys::config(
+    let toml = ConfigToml::deploying(
         site.port,
         "ftp://git.example/app.git",
         &site.root,
@@ -272,9 +266,10 @@ fn bad_forge_settings_are_config_errors_naming_the_key() {
             open.display(),
             not_pem.display()
         ),
-        "",
-    );
-    let err = check(&site.dir, &toml);
+    )
+    .to_string();
+    let (code, err) = check_config(&site.dir, &toml);
+    assert_ne!(code, 0, "accepted:\n{toml}");
     for words in [
         "unsupported URL scheme `ftp://`",
         "readable by other users",

@@ -57,13 +57,13 @@ fn a_token_in_the_remote_url_never_shows() {
         // Nothing listens there: the fetch fails, and says so in status.
         let closed = free_port();
         let url = format!("https://{userinfo}@127.0.0.1:{closed}/org/app.git");
-        let toml = crate::source::deploys::config(
+        let toml = ConfigToml::deploying(
             free_port(),
             &url,
             &root,
             "token_env = \"CUTOVER_TEST_TOKEN\"",
-            "",
-        );
+        )
+        .to_string();
         let cfg = dir.write("cutover.toml", &toml);
         let c = Cutover::start_with(
             Mode::Subreaper,
@@ -168,13 +168,13 @@ fn tls_certificates_are_always_verified() {
     let (server, port) = self_signed_server(&dir, &log);
     let token = "ghp_TLStoken0123456789abcdef";
     let url = format!("https://{token}:x-oauth-basic@127.0.0.1:{port}/org/app.git");
-    let toml = crate::source::deploys::config(
+    let toml = ConfigToml::deploying(
         free_port(),
         &url,
         &root,
         "token_env = \"CUTOVER_TEST_TOKEN\"",
-        "",
-    );
+    )
+    .to_string();
     let insecure = toml.replace("[source]\n", "[source]\ninsecure_ignore_host_key = true\n");
     let cfg = dir.write("insecure.toml", &insecure);
     let (code, _, stderr) = run_cutover(&dir, &["check", "-c", cfg.to_str().unwrap()]);

@@ -11,48 +11,6 @@ use serde_json::Value;
 use crate::fixture::git::{Repo, Server, git};
 use crate::fixture::prelude::*;
 
-/// fdserver serving `<root>/current` on `port` (held socket, sd_notify,
-/// overlap), fed from `repo`.
-fn config(port: u16, repo: &str, root: &Path, source_extra: &str, rest: &str) -> String {
-    let command = format!("[\"python3\", \"{}\"]", app("fdserver.py"));
-    config_with(&command, port, repo, root, source_extra, rest)
-}
-
-fn config_with(
-    command: &str,
-    port: u16,
-    repo: &str,
-    root: &Path,
-    source_extra: &str,
-    rest: &str,
-) -> String {
-    format!(
-        r#"[[listen]]
-name = "http"
-address = "127.0.0.1:{port}"
-
-[app]
-command = {command}
-restart = "on-failure"
-stop_timeout = "5s"
-reload_strategy = "overlap"
-
-[ready]
-notify = true
-timeout = "10s"
-
-[source]
-repo = "{repo}"
-ref = "main"
-root = "{root}"
-{source_extra}
-
-{rest}
-"#,
-        root = root.display(),
-    )
-}
-
 fn start(mode: Mode, dir: &TestDir, toml: &str, env: &[(&str, &str)]) -> Cutover {
     let cfg = dir.write("cutover.toml", toml);
     Cutover::start_with(mode, dir, &["run", "-c", cfg.to_str().unwrap()], env)
@@ -139,7 +97,7 @@ fn unreachable_daemon_keeps_serving_and_retries_until_it_is_back() {
     let root = dir.join("srv");
     let port = free_port();
     let url = format!("{}/remote.git", daemon.url);
-    let toml = config(port, &url, &root, "", "");
+    let toml = ConfigToml::deploying_overlap(port, &url, &root, "").to_string();
     deploy_v1_and_stop(Mode::Pid1, &dir, &toml, &[], port);
 
     daemon.stop();
@@ -166,7 +124,8 @@ fn a_remote_path_that_disappears_keeps_serving_and_retries() {
     let v1 = repo.release("v1");
     let root = dir.join("srv");
     let port = free_port();
-    let toml = config(port, repo.remote.to_str().unwrap(), &root, "", "");
+    let toml =
+        ConfigToml::deploying_overlap(port, repo.remote.to_str().unwrap(), &root, "").to_string();
     deploy_v1_and_stop(Mode::Subreaper, &dir, &toml, &[], port);
 
     let v2 = repo.release("v2");
@@ -194,13 +153,13 @@ fn wrong_credentials_are_reported_without_the_secret_and_retried() {
     let root = dir.join("srv");
     let port = free_port();
     let url = format!("{}/remote.git", server.url);
-    let toml = config(
+    let toml = ConfigToml::deploying_overlap(
         port,
         &url,
         &root,
         "username = \"deploy\"\ntoken_env = \"CUTOVER_TEST_TOKEN\"",
-        "",
-    );
+    )
+    .to_string();
     deploy_v1_and_stop(
         Mode::Subreaper,
         &dir,
@@ -251,7 +210,7 @@ fn a_deleted_ref_keeps_serving_and_deploys_once_it_is_back() {
     let root = dir.join("srv");
     let port = free_port();
     let url = format!("{}/remote.git", daemon.url);
-    let toml = config(port, &url, &root, "", "");
+    let toml = ConfigToml::deploying_overlap(port, &url, &root, "").to_string();
     deploy_v1_and_stop(Mode::Subreaper, &dir, &toml, &[], port);
 
     let v2 = repo.release("v2");
@@ -301,8 +260,16 @@ fn running_on(
     let root = dir.join("srv");
     let port = free_port();
     let toml = match command {
-        Some(cmd) => config_with(cmd, port, url, &root, source_extra, rest),
-        None => config(port, url, &root, source_extra, rest),
+        Some(cmd) => ConfigToml::new()
+            .listen("http", port, "")
+            .section("app", &format!("command = {}\n{RESTART_OVERLAP}", cmd))
+            .ready_notify()
+            .source(url, &root, source_extra)
+            .raw(rest)
+            .to_string(),
+        None => ConfigToml::deploying_overlap(port, url, &root, source_extra)
+            .raw(rest)
+            .to_string(),
     };
     let cutover = start(mode, &dir, &toml, &[]);
     wait_version(port, "v1", &cutover, SECS_20);
@@ -426,7 +393,8 @@ fn a_release_that_fails_its_ready_check_is_rolled_back() {
     // The check runs in the new instance's release directory.
     let ready = "[ready]\nnotify = true\ntimeout = \"1500ms\"\ncommand = [\"sh\", \"-c\", \"test ! -e unhealthy\"]\n";
     let with_check = |port: u16, url: &str, root: &Path| {
-        config(port, url, root, "", "")
+        ConfigToml::deploying_overlap(port, url, root, "")
+            .to_string()
             .replace("[ready]\nnotify = true\ntimeout = \"10s\"\n", ready)
     };
     let dir = TestDir::new();
@@ -705,7 +673,8 @@ fn a_missing_release_directory_is_restored_from_the_cache() {
     let v1 = repo.release("v1");
     let root = dir.join("srv");
     let port = free_port();
-    let toml = config(port, repo.remote.to_str().unwrap(), &root, "", "");
+    let toml =
+        ConfigToml::deploying_overlap(port, repo.remote.to_str().unwrap(), &root, "").to_string();
     deploy_v1_and_stop(Mode::Subreaper, &dir, &toml, &[], port);
 
     std::fs::remove_dir_all(root.join("releases").join(&v1)).unwrap();
@@ -728,7 +697,8 @@ fn a_dangling_current_the_cache_cannot_restore_is_fetched_again() {
     let v1 = repo.release("v1");
     let root = dir.join("srv");
     let port = free_port();
-    let toml = config(port, repo.remote.to_str().unwrap(), &root, "", "");
+    let toml =
+        ConfigToml::deploying_overlap(port, repo.remote.to_str().unwrap(), &root, "").to_string();
     deploy_v1_and_stop(Mode::Pid1, &dir, &toml, &[], port);
 
     // The release and the whole cache are gone: `current` dangles.
@@ -752,7 +722,8 @@ fn a_current_pointing_at_garbage_is_replaced_by_a_fresh_deploy() {
     std::fs::create_dir_all(&root).unwrap();
     std::os::unix::fs::symlink("releases/not-a-release", root.join("current")).unwrap();
     let port = free_port();
-    let toml = config(port, repo.remote.to_str().unwrap(), &root, "", "");
+    let toml =
+        ConfigToml::deploying_overlap(port, repo.remote.to_str().unwrap(), &root, "").to_string();
     let c = start(Mode::Subreaper, &dir, &toml, &[]);
     wait_version(port, "v1", &c, SECS_20);
     assert_eq!(current_sha(&root), Some(repo.head()));
@@ -849,7 +820,9 @@ fn symlinks_out_of_a_release_are_written_as_stored_and_never_followed() {
 
     let root = dir.join("srv");
     let port = free_port();
-    let toml = config(port, repo.remote.to_str().unwrap(), &root, "keep = 2", "");
+    let toml =
+        ConfigToml::deploying_overlap(port, repo.remote.to_str().unwrap(), &root, "keep = 2")
+            .to_string();
     let c = start(Mode::Subreaper, &dir, &toml, &[]);
     wait_version(port, "v1", &c, SECS_20);
     let release = root.join("releases").join(&v1);
@@ -912,12 +885,6 @@ fn symlinks_out_of_a_release_are_written_as_stored_and_never_followed() {
 
 // ---- 8. bad [source] configs ----------------------------------------------------
 
-fn check(dir: &TestDir, toml: &str) -> (i32, String) {
-    let cfg = dir.write("cutover.toml", toml);
-    let (code, _out, err) = run_cutover(dir, &["check", "-c", cfg.to_str().unwrap()]);
-    (code, err)
-}
-
 #[test]
 fn bad_source_configs_list_every_problem_and_start_nothing() {
     let dir = TestDir::new();
@@ -935,7 +902,7 @@ webhook = "127.0.0.1:0"
 token_env = "CUTOVER_TEST_NO_SUCH_TOKEN"
 "#
     );
-    let (code, err) = check(&dir, &everything_wrong);
+    let (code, err) = check_config(&dir, &everything_wrong);
     assert_eq!(code, 78, "{err}");
     for expected in [
         "source: missing key `repo`",
@@ -954,7 +921,7 @@ token_env = "CUTOVER_TEST_NO_SUCH_TOKEN"
         "{app_section}[source]\nrepo = \"{}\"\n",
         dir.join("r.git").display()
     );
-    let (code, err) = check(&dir, &no_root);
+    let (code, err) = check_config(&dir, &no_root);
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("source: missing key `root`"), "{err}");
 

@@ -36,8 +36,9 @@ webhook = "http://127.0.0.1:{hook}/hooks/redeploy?token={QUERY_TOKEN}&x=1"
 "#,
         baseline = dir.join("no-baseline").display(),
     );
-    let toml =
-        crate::source::deploys::config(port, repo.remote.to_str().unwrap(), &root, "", &extra);
+    let toml = ConfigToml::deploying(port, repo.remote.to_str().unwrap(), &root, "")
+        .raw(&extra)
+        .to_string();
     let c = Cutover::run_config(Mode::Subreaper, &dir, &toml);
     wait_for(SECS_20, || {
         (served_version(port).ok()? == "v1").then_some(())

@@ -13,7 +13,6 @@ use serde_json::Value;
 
 use crate::fixture::git::{Repo, git};
 use crate::fixture::prelude::*;
-use crate::source::deploys::config as source_config;
 
 const PROMPT: Duration = Duration::from_secs(1);
 
@@ -79,7 +78,9 @@ http = "127.0.0.1:{http}"
         started = started.display(),
     );
     let remote = repo.remote.display().to_string();
-    let toml = source_config(port, &remote, &dir.join("srv"), "keep = 2", &extra);
+    let toml = ConfigToml::deploying(port, &remote, &dir.join("srv"), "keep = 2")
+        .raw(&extra)
+        .to_string();
     let cfg = dir.write("cutover.toml", &toml);
     let c = Cutover::start(Mode::Subreaper, &dir, &["run", "-c", cfg.to_str().unwrap()]);
     wait_for(SECS_20, || {

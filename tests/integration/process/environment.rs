@@ -4,7 +4,7 @@
 //! names that cannot forge entries, and NOTIFY_SOCKETs only their instance
 //! can reach.
 //!
-//! Real repositories (`gitrepo.rs`), the real binary, `sh` dumping `env`
+//! Real repositories (`tests/fixture/git.rs`), the real binary, `sh` dumping `env`
 //! into files, `apps/fdserver.py` where an app must serve.
 
 use std::collections::BTreeMap;

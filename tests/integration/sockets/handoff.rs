@@ -3,7 +3,7 @@
 //! alone; an instance that stops passing its check after the cutover is
 //! rolled back. Driven with fdserver.py's misbehaviours (greedy-stop,
 //! unhealthy, unhealthy-after), which stand for uvicorn's and gunicorn +
-//! uvicorn workers' (tests/integration/servers.rs runs the real ones).
+//! uvicorn workers' (tests/integration/program/servers.rs runs the real ones).
 
 use std::time::Duration;
 

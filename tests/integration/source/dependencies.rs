@@ -1,7 +1,7 @@
 //! The dependency gate: a commit that changes lockfiles is never hot-loaded;
 //! the old release keeps serving and `[redeploy]` asks for a new image.
 //!
-//! Real repositories (`gitrepo.rs`), the real binary, `apps/fdserver.py`
+//! Real repositories (`tests/fixture/git.rs`), the real binary, `apps/fdserver.py`
 //! serving the `version` file of the release it runs in.
 
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! hooks; rollback; history.
 //!
 //! Every test makes a real repository with the machine's `git` (a work tree
-//! and a bare remote, see `gitrepo.rs`), runs the real `cutover` with
+//! and a bare remote, see `tests/fixture/git.rs`), runs the real `cutover` with
 //! `apps/fdserver.py` serving the `version` file of the release it runs in,
 //! and checks what users get on the app's port, what `current` points to,
 //! `cutover status` and `history.jsonl`. The remote is the bare repository's

@@ -4,7 +4,7 @@
 //! workers, uvicorn, uWSGI, Node, Puma) runs under `cutover run` from its own
 //! cutover.toml, and takes RELOADS new releases by `overlap` and by `restart`
 //! while two wrk loads run (one with `Connection: close`, one on kept-alive
-//! connections). The harness is the one tests/integration/servers.rs asserts
+//! connections). The harness is the one tests/integration/program/servers.rs asserts
 //! with (tests/fixture/servers.rs and wrk.rs), so the bench measures exactly
 //! what the tests check.
 //!

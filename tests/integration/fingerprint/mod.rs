@@ -1,0 +1,3 @@
+//! `cutover fingerprint`, the dependency digest (src/fingerprint).
+
+pub(crate) mod digest;

@@ -1,0 +1,3 @@
+//! What `cutover status` shows (src/status).
+
+pub(crate) mod status_escapes;

@@ -86,6 +86,14 @@ pub(super) struct Instance {
 }
 
 impl Instance {
+    /// Waits until what it wrote to stderr reached cutover's (see
+    /// `StderrTail::relayed`); at once without a relay.
+    pub async fn output_relayed(&mut self) {
+        if let Some(tail) = self.stderr.as_mut() {
+            tail.relayed().await;
+        }
+    }
+
     /// The last lines it wrote to stderr, for an error that says why it
     /// died (None without a relay, or if it wrote nothing).
     pub async fn last_words(&mut self) -> Option<String> {
@@ -322,6 +330,7 @@ impl Program {
             wait_group_empty(pgid, tokio::time::Instant::now() + AFTER_KILL).await;
         }
         let status = status.expect("set above");
+        instance.output_relayed().await;
         info!(program = %name, pid = %pgid, %status, "stopped");
         self.update(|s| s.state = previous_state);
         status

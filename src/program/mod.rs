@@ -295,6 +295,7 @@ impl Program {
                 biased;
                 status = instance.exit.wait() => {
                     self.first_release_starting = false;
+                    instance.output_relayed().await;
                     let said = if joined.is_empty() {
                         None
                     } else {

@@ -70,11 +70,20 @@ impl StderrTail {
         Ok((StderrTail { seen }, write))
     }
 
+    /// Returns once the relay wrote out all the instance's output (every
+    /// writer gone and the pipe read to its end), or after a moment if some
+    /// process still holds it: an instance that exited is only over once its
+    /// last words reached cutover's stderr, or cutover, exiting with it as
+    /// PID 1, would drop them.
+    pub async fn relayed(&mut self) {
+        let _ = tokio::time::timeout(SETTLE, self.seen.wait_for(|s| s.closed)).await;
+    }
+
     /// The last non-empty lines the instance wrote to stderr, joined by
     /// ` | `, once the relay read all of it (or after a moment, if some
     /// process still holds it).
     pub async fn last_lines(&mut self) -> Option<String> {
-        let _ = tokio::time::timeout(SETTLE, self.seen.wait_for(|s| s.closed)).await;
+        self.relayed().await;
         let seen = self.seen.borrow();
         let mut lines: Vec<&str> = Vec::with_capacity(LAST_LINES + 2);
         let first_kept = seen.count - seen.last_lines.len() as u64;

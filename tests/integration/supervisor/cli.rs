@@ -58,6 +58,33 @@ fn app_output_passes_through_untouched() {
 }
 
 #[test]
+fn an_apps_last_words_on_stderr_are_all_written_before_cutover_exits() {
+    // stderr is relayed through cutover; the app exits with up to a pipe's
+    // worth still unread, and cutover, exiting with it, must write it all
+    // first: the last words of a crashing app are the ones that matter.
+    let dir = TestDir::new();
+    for round in 0..5 {
+        let (code, _, err) = run_cutover(
+            &dir,
+            &[
+                "run",
+                "--",
+                "sh",
+                "-c",
+                "head -c 1000000 /dev/zero | tr '\\0' x >&2; printf '\\nlast words' >&2; exit 3",
+            ],
+        );
+        assert_eq!(code, 3, "round {round}");
+        let longest_run = err.split(|c| c != 'x').map(str::len).max();
+        assert_eq!(longest_run, Some(1_000_000), "round {round}: output lost");
+        assert!(
+            err.contains("\nlast words"),
+            "round {round}: the last words are lost"
+        );
+    }
+}
+
+#[test]
 fn json_logs_are_one_object_per_line() {
     let dir = TestDir::new();
     let (code, _, err) = run_cutover(&dir, &["--log-format", "json", "run", "--", "true"]);

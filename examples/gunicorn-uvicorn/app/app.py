@@ -1,5 +1,5 @@
 # A tiny ASGI app for cutover's uvicorn and gunicorn-uvicorn examples and
-# tests/integration/servers.rs (what a FastAPI app is to the server, without FastAPI).
+# tests/integration/program/servers.rs (what a FastAPI app is to the server, without FastAPI).
 #   /         200 "hello from <VERSION> pid <worker pid> ppid <parent pid> dir <release dir>"
 #   /healthz  200 "ok"
 #   other     404

@@ -1,4 +1,4 @@
-// A tiny HTTP app for cutover's Node example and tests/integration/servers.rs,
+// A tiny HTTP app for cutover's Node example and tests/integration/program/servers.rs,
 // on Node's own `http` module (no npm packages, so a release is this one file).
 //   /         200 "hello from <VERSION> pid <pid> ppid <parent pid> dir <release dir>"
 //   /healthz  200 "ok"

@@ -1,4 +1,4 @@
-# A tiny Rack app for cutover's Puma example and tests/integration/servers.rs: Rack
+# A tiny Rack app for cutover's Puma example and tests/integration/program/servers.rs: Rack
 # only (Debian's ruby-rack, which puma depends on), no Gemfile, no bundler.
 #   /         200 "hello from <VERSION> pid <worker pid> ppid <master pid> dir <release dir>"
 #   /healthz  200 "ok"

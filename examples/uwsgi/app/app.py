@@ -1,4 +1,4 @@
-# A tiny WSGI app for cutover's uWSGI example and tests/integration/servers.rs
+# A tiny WSGI app for cutover's uWSGI example and tests/integration/program/servers.rs
 # (the same app as examples/gunicorn/app/app.py: uWSGI runs any WSGI app).
 #   /         200 "hello from <VERSION> pid <worker pid> ppid <master pid> dir <release dir>"
 #   /healthz  200 "ok"

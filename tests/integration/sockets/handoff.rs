@@ -1,4 +1,4 @@
-//! Per-instance sockets (src/handoff.rs): whatever an old instance does
+//! Per-instance sockets (src/sockets/handoff.rs): whatever an old instance does
 //! when it stops, no request fails; readiness probes reach the new instance
 //! alone; an instance that stops passing its check after the cutover is
 //! rolled back. Driven with fdserver.py's misbehaviours (greedy-stop,

@@ -150,6 +150,20 @@ impl Scene {
         ])
     }
 
+    /// For a second: the same container runs, nothing new stands beside
+    /// it, and it was never asked to stop.
+    fn assert_untouched(&self, old_id: &str) {
+        assert_stays(
+            "the old container runs alone, untouched",
+            Duration::from_secs(1),
+            || {
+                inspect(&self.name, "{{.Id}} {{.State.Running}}") == Some(format!("{old_id} true"))
+                    && self.containers() == std::slice::from_ref(&self.name)
+                    && !self.logs(&self.name).contains("graceful stop")
+            },
+        );
+    }
+
     fn containers(&self) -> Vec<String> {
         let filter = format!("name=^/{}", self.name);
         let out = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]);
@@ -276,13 +290,7 @@ fn failed_build_leaves_the_old_container_serving() {
     );
     assert!(output.contains("no-such-file"), "the reason: {output}");
     // Nothing changed: same container, running, and nothing new beside it.
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        inspect(&scene.name, "{{.Id}} {{.State.Running}}"),
-        Some(format!("{old_id} true"))
-    );
-    assert_eq!(scene.containers(), std::slice::from_ref(&scene.name));
-    assert!(!scene.logs(&scene.name).contains("graceful stop"));
+    scene.assert_untouched(&old_id);
 }
 
 #[test]
@@ -339,13 +347,7 @@ fn a_changed_dockerfile_is_refused_unless_allowed() {
     // Nothing was built, nothing replaced.
     let built = docker(&["image", "inspect", &format!("{}:{SHORT}", scene.repository)]);
     assert!(!built.status.success(), "an image was built");
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        inspect(&scene.name, "{{.Id}} {{.State.Running}}"),
-        Some(format!("{old_id} true"))
-    );
-    assert_eq!(scene.containers(), std::slice::from_ref(&scene.name));
-    assert!(!scene.logs(&scene.name).contains("graceful stop"));
+    scene.assert_untouched(&old_id);
 }
 
 /// The finding: a commit's `Dockerfile -> ../<served>/Dockerfile`, with a

@@ -151,9 +151,14 @@ command = ["sh", "-c", "echo \"$CUTOVER_SHA $CUTOVER_REF $CUTOVER_CHANGED_FILES\
 
     // Nothing new: further triggers neither hot-load it nor ask again.
     client(dir, &["deploy", "--wait"]);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(std::fs::read_to_string(&asked).unwrap().lines().count(), 1);
-    assert_eq!(served_version(port).unwrap(), "v2");
+    assert_stays(
+        "v3 asked for once, v2 served",
+        Duration::from_millis(300),
+        || {
+            std::fs::read_to_string(&asked).unwrap().lines().count() == 1
+                && served_version(port).is_ok_and(|v| v == "v2")
+        },
+    );
     assert!(
         root.join("releases").join(&v3).is_dir(),
         "the release stays written for the image build"

@@ -316,13 +316,14 @@ fn bad_sha_is_not_retried_until_the_ref_moves(r: &Running, bad: &str) {
         refused["error"].as_str().unwrap().contains("rolled back"),
         "{refused}"
     );
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(current_sha(&r.root).as_deref(), Some(r.v1.as_str()));
-    assert_eq!(served_version(r.port).unwrap(), "v1");
-    assert_eq!(
-        status(&r.dir)["reload"]["reloads"].as_u64().unwrap(),
-        reloads,
-        "nothing was reloaded for a refused commit"
+    assert_stays(
+        "v1 current and served, nothing reloaded for a refused commit",
+        Duration::from_millis(500),
+        || {
+            current_sha(&r.root).as_deref() == Some(r.v1.as_str())
+                && served_version(r.port).is_ok_and(|v| v == "v1")
+                && status(&r.dir)["reload"]["reloads"].as_u64() == Some(reloads)
+        },
     );
 
     git(
@@ -479,9 +480,10 @@ fn a_crash_within_the_rollback_window_rolls_back() {
     wait_version(r.port, "v1", &r.cutover, SECS_20);
     assert_eq!(current_sha(&r.root).as_deref(), Some(r.v1.as_str()));
     // v1 keeps serving: no crash loop on the bad release.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(served_version(r.port).unwrap(), "v1");
-    assert_eq!(status(&r.dir)["programs"][0]["state"], "running");
+    assert_stays("v1 served and running", Duration::from_millis(1500), || {
+        served_version(r.port).is_ok_and(|v| v == "v1")
+            && status(&r.dir)["programs"][0]["state"] == "running"
+    });
     bad_sha_is_not_retried_until_the_ref_moves(&r, &bad);
 }
 
@@ -769,8 +771,9 @@ fn concurrent_deploys_and_pushes_are_serialised() {
     }
     wait_version(r.port, "v3", &r.cutover, SECS_20);
     wait_record(&r, "deployed", &v3);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(current_sha(&r.root).as_deref(), Some(v3.as_str()));
+    assert_stays("v3 stays current", Duration::from_millis(500), || {
+        current_sha(&r.root).as_deref() == Some(v3.as_str())
+    });
 
     let records = history(&r.root);
     assert!(
@@ -940,7 +943,10 @@ token_env = "CUTOVER_TEST_NO_SUCH_TOKEN"
     let (code, _, err) = run_cutover(&dir, &["run", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("source.token_env"), "{err}");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!marker.exists(), "the program never started");
-    assert!(!root.exists(), "nothing was created on the volume");
+    // A program started by mistake would have written its marker by then.
+    assert_stays(
+        "no program started, nothing created on the volume",
+        Duration::from_millis(200),
+        || !marker.exists() && !root.exists(),
+    );
 }

@@ -386,6 +386,58 @@ fn a_taker_that_reloads_and_goes_leaves_users_with_the_one_that_stays() {
     );
 }
 
+/// Steering belongs to live takers, in the orders the test above does not
+/// take: the newer container reloads, then the older one, each taking the
+/// users; then the newer one goes while the older one has them, and the
+/// older one reloads alone. Nothing fails, and nothing waits in a socket
+/// nobody serves.
+#[test]
+fn two_takers_reloading_in_turn_lose_nothing_when_the_newer_goes() {
+    let s = Scene::new(&[]);
+    let first = s.app(1);
+    let load = Load::paced(s.port);
+    std::fs::write(s.dir.join("version"), "v2").unwrap();
+    let (mut second, control) = s.second_app();
+    second.wait_for_log("users steered to this container", SECS_20);
+    wait_version(s.port, "v2", &second, SECS_20);
+    let reload = |version: &str, via: Option<&std::path::Path>, app: &Cutover| {
+        std::fs::write(s.dir.join("version"), version).unwrap();
+        let (code, out, err) = match via {
+            Some(socket) => run_cutover(
+                &s.dir,
+                &["reload", "--wait", "--socket", socket.to_str().unwrap()],
+            ),
+            None => client(&s.dir, &["reload", "--wait"]),
+        };
+        assert_eq!(code, 0, "{version}: {out}{err}\n{}", app.stderr());
+        wait_version(s.port, version, app, SECS_20);
+    };
+    reload("v3", Some(&control), &second);
+    reload("v4", None, &first);
+    reload("v5", Some(&control), &second);
+    reload("v6", None, &first);
+    sleep(Duration::from_millis(300));
+    second.signal(libc::SIGTERM);
+    second.wait(SECS_20);
+    assert_stays(
+        "the older one keeps the users",
+        Duration::from_millis(300),
+        || served_version(s.port).is_ok_and(|v| v == "v6"),
+    );
+    reload("v7", None, &first);
+    sleep(Duration::from_millis(300));
+    let r = load.finish();
+    assert_no_failed("holder: two takers reload in turn", &r, 0, || {
+        s.holder.stderr()
+    });
+    assert_eq!(r.versions, ["v1", "v2", "v3", "v4", "v5", "v6", "v7"]);
+    let st = s.status();
+    assert_eq!(
+        st["sockets"][0]["queued"], 0,
+        "nothing waits unserved: {st}"
+    );
+}
+
 /// A taker killed while it serves, as `docker rm -f` kills a new container
 /// that already had the users (issue 18: a playbook's rescue after a failed
 /// health check): its lease goes with its connection, users go back to the

@@ -101,7 +101,9 @@ pub enum RedeployAction {
     Docker(DockerRedeploy),
     /// Ask a `cutover deployer` (which alone holds the engine's socket) to
     /// build the release and replace this container.
-    Deployer { socket: PathBuf },
+    /// `timeout` bounds the wait for its answer (a build, then the health-
+    /// gated replace, which ends this container before any answer).
+    Deployer { socket: PathBuf, timeout: Duration },
     /// Stop gracefully and exit with this code (1..=255).
     Exit(u8),
 }

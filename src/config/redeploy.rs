@@ -15,6 +15,10 @@ use crate::process::user::resolve_user;
 
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// A deployer builds an image and gates the new container on its health
+/// before it answers (or before this container is stopped): minutes, but a
+/// hung engine must not keep the redeploy "running" for ever.
+const DEFAULT_DEPLOYER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
 
 pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployConfig> {
@@ -70,7 +74,7 @@ pub(super) fn redeploy(raw: RawRedeploy, p: &mut Problems) -> Option<RedeployCon
     } else if let Some(docker) = raw.docker {
         docker_action(&child(&path, "docker"), docker, p).map(RedeployAction::Docker)
     } else if let Some(socket) = raw.deployer {
-        deployer_action(&path, socket, p)
+        deployer_action(&path, socket, timeout, p)
     } else if let Some(code) = raw.exit {
         exit_action(&path, code, p)
     } else {
@@ -119,13 +123,14 @@ fn check_one_action(path: &[Segment], raw: &RawRedeploy, p: &mut Problems) {
     }
 }
 
-/// `timeout`, which only a command or a webhook can run out of.
+/// `timeout`, which only a command, a webhook or a deployer's answer can
+/// run out of.
 fn action_timeout(path: &[Segment], raw: &RawRedeploy, p: &mut Problems) -> Option<Duration> {
-    let uses_timeout = raw.command.is_some() || raw.webhook.is_some();
+    let uses_timeout = raw.command.is_some() || raw.webhook.is_some() || raw.deployer.is_some();
     if raw.timeout.is_some() && !uses_timeout {
         p.add(
             &child(path, "timeout"),
-            "only for command and webhook (docker has health_timeout)",
+            "only for command, webhook and deployer (docker has health_timeout)",
         );
     }
     raw.timeout
@@ -158,7 +163,12 @@ fn command_action(
 }
 
 /// `deployer = "/path/to/deployer.sock"`.
-fn deployer_action(path: &[Segment], socket: String, p: &mut Problems) -> Option<RedeployAction> {
+fn deployer_action(
+    path: &[Segment],
+    socket: String,
+    timeout: Option<Duration>,
+    p: &mut Problems,
+) -> Option<RedeployAction> {
     let socket = PathBuf::from(socket);
     if socket.is_relative() {
         p.add(
@@ -169,7 +179,10 @@ fn deployer_action(path: &[Segment], socket: String, p: &mut Problems) -> Option
             ),
         );
     }
-    Some(RedeployAction::Deployer { socket })
+    Some(RedeployAction::Deployer {
+        socket,
+        timeout: timeout.unwrap_or(DEFAULT_DEPLOYER_TIMEOUT),
+    })
 }
 
 /// `exit = CODE`: 0 would tell the orchestrator that all is well.

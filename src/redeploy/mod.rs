@@ -254,7 +254,9 @@ impl Redeployer {
             }
             RedeployAction::Webhook(target) => post::post(target, request).await,
             RedeployAction::Docker(docker) => docker::replace(docker, request).await,
-            RedeployAction::Deployer { socket } => deployer::ask(socket, request).await,
+            RedeployAction::Deployer { socket, timeout } => {
+                deployer::ask(socket, *timeout, request).await
+            }
             RedeployAction::Exit(code) => Ok(RedeployOutcome::Exit(*code)),
         }
     }

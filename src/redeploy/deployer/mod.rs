@@ -6,6 +6,7 @@
 pub(crate) mod trusted;
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -49,6 +50,7 @@ fn outcome(reply: DeployReply, socket: &Path) -> Result<String, RedeployError> {
 
 pub(super) async fn ask(
     socket: &Path,
+    timeout: Duration,
     request: &Redeploy,
 ) -> Result<RedeployOutcome, RedeployError> {
     let fail = |message: String| RedeployError::Deployer {
@@ -83,7 +85,15 @@ pub(super) async fn ask(
         .await
         .map_err(|e| fail(format!("cannot send the request: {e}")))?;
     info!(release = %message.release, sha = %message.sha, "redeploy: asked the deployer; it builds and replaces this container");
-    match conn.recv::<DeployReply>().await {
+    let answer = tokio::time::timeout(timeout, conn.recv::<DeployReply>())
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "no answer within {} (`[redeploy] timeout`): is its engine hung?",
+                humantime::format_duration(timeout)
+            ))
+        })?;
+    match answer {
         Ok(Some((reply, fds))) => {
             discard(fds);
             outcome(reply, socket).map(RedeployOutcome::Deployed)

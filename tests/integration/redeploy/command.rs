@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
+use crate::fixture::config::quote;
 use crate::fixture::prelude::*;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -119,6 +120,72 @@ fn failing_or_slow_command_is_an_error() {
     let (code, _, stderr) = redeploy(&dir, &cfg, &[], &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("did not finish within 300ms"), "{stderr}");
+}
+
+/// `[redeploy] deployer` waits for the deployer's answer at most `timeout`:
+/// a deployer whose engine hangs (here: one that takes the request and
+/// never answers) fails the redeploy with a reason, instead of keeping it
+/// "running" for ever. And `timeout` is refused where nothing can use it.
+#[test]
+fn a_deployer_that_never_answers_fails_the_redeploy_after_its_timeout() {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept, bind, listen, socket,
+    };
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let dir = TestDir::new();
+    let path = dir.join("deployer.sock");
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    listen(&listener, Backlog::new(4).unwrap()).unwrap();
+    let (taken, asked) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let fd = accept(listener.as_raw_fd()).unwrap();
+        // SAFETY: accept returned a new descriptor that nothing else owns.
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut request = vec![0u8; 64 * 1024];
+        let n = nix::unistd::read(&conn, &mut request).unwrap();
+        taken
+            .send(String::from_utf8_lossy(&request[..n]).into_owned())
+            .unwrap();
+        // Silent from here on, the connection held open.
+        std::thread::sleep(Duration::from_secs(30));
+        drop(conn);
+    });
+    let cfg = ConfigToml::new()
+        .app(&["true"], "")
+        .section(
+            "redeploy",
+            &format!(
+                "deployer = {}\ntimeout = \"500ms\"",
+                quote(path.to_str().unwrap())
+            ),
+        )
+        .write(&dir);
+    let (code, _, stderr) = redeploy(&dir, &cfg, &[], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    let request = asked.recv_timeout(SECS_20).expect("the deployer was asked");
+    assert!(request.contains(SHA), "{request}");
+    assert!(
+        stderr.contains("no answer within 500ms (`[redeploy] timeout`)"),
+        "{stderr}"
+    );
+
+    let cfg = dir.write(
+        "exit.toml",
+        "[app]\ncommand = [\"true\"]\n[redeploy]\nexit = 75\ntimeout = \"1s\"\n",
+    );
+    let (code, _, err) = run_cutover(&dir, &["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("only for command, webhook and deployer"),
+        "{err}"
+    );
 }
 
 /// One captured request.

@@ -41,7 +41,10 @@ struct Seen {
     last_lines: std::collections::VecDeque<String>,
     /// How many non-empty lines were seen in all.
     count: u64,
-    /// The first line that reads like the cause of a crash, and its number.
+    /// The latest line that reads like the cause of a crash, and its
+    /// number: the latest, as a traceback's last line is the one raised
+    /// (Python prints a chained exception's root first), and an exception
+    /// logged and survived long before is not why the instance died.
     cause: Option<(u64, String)>,
     /// The pipe reached its end: every process holding it exited.
     closed: bool,
@@ -151,7 +154,7 @@ fn note_last_lines(seen: &watch::Sender<Seen>, bytes: &[u8]) {
         for (i, (cause, line)) in new.into_iter().enumerate() {
             let number = s.count;
             s.count += 1;
-            if cause && s.cause.is_none() {
+            if cause {
                 s.cause = Some((number, line.clone()));
             }
             if i < skipped {
@@ -260,6 +263,72 @@ gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>
             "{kept}"
         );
         assert_eq!(kept.matches(" | ").count(), LAST_LINES + 1, "{kept}");
+    }
+
+    /// Node 20 and Puma 5.6 (Debian) as they die on a release that raises at
+    /// load: the error line, then more than 8 lines of frames and footer.
+    #[tokio::test]
+    async fn node_and_pumas_errors_are_kept_above_their_stack_frames() {
+        let node = "/srv/app/current/server.js:1
+throw new Error(\"broken release\");
+^
+
+Error: broken release
+    at Object.<anonymous> (/srv/app/current/server.js:1:7)
+    at Module._compile (node:internal/modules/cjs/loader:1521:14)
+    at Module._extensions..js (node:internal/modules/cjs/loader:1623:10)
+    at Module.load (node:internal/modules/cjs/loader:1266:32)
+    at Module._load (node:internal/modules/cjs/loader:1091:12)
+    at Function.executeUserEntryPoint [as runMain] (node:internal/modules/run_main:164:12)
+    at node:internal/main/run_main_module:28:49
+
+Node.js v20.20.2
+";
+        let mut puma = String::from(
+            "Puma starting in single mode...
+* Puma version: 5.6.5 (ruby 3.1.2-p20) (\"Birdie's Version\")
+! Unable to load application: RuntimeError: broken release
+config.ru:1:in `block in <main>': broken release (RuntimeError)
+",
+        );
+        for frame in 0..8 {
+            puma.push_str(&format!(
+                "\tfrom /usr/lib/ruby/puma/runner.rb:{frame}:in `run'\n"
+            ));
+        }
+        for (output, cause) in [
+            (node, "Error: broken release"),
+            (
+                puma.as_str(),
+                "config.ru:1:in `block in <main>': broken release (RuntimeError)",
+            ),
+        ] {
+            let (mut tail, write) = StderrTail::start().unwrap();
+            std::fs::File::from(write)
+                .write_all(output.as_bytes())
+                .unwrap();
+            let kept = tail.last_lines().await.unwrap();
+            assert!(kept.starts_with(&format!("{cause} | … | ")), "{kept}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_latest_cause_is_the_one_kept() {
+        let (mut tail, write) = StderrTail::start().unwrap();
+        let mut file = std::fs::File::from(write);
+        file.write_all(b"KeyError: 'DATABASE_URL'\n").unwrap();
+        file.write_all(b"During handling of the above exception, another exception occurred:\n")
+            .unwrap();
+        file.write_all(b"RuntimeError: set DATABASE_URL\n").unwrap();
+        for i in 0..8 {
+            file.write_all(format!("  frame {i}\n").as_bytes()).unwrap();
+        }
+        drop(file);
+        let kept = tail.last_lines().await.unwrap();
+        assert!(
+            kept.starts_with("RuntimeError: set DATABASE_URL | … | frame 0"),
+            "{kept}"
+        );
     }
 
     #[test]
